@@ -1,0 +1,346 @@
+"""Every exception medigan_iso raises, in one hierarchy.
+
+This module owns the error types and nothing else: it imports nothing from the rest of the package, so
+every layer may raise from it. Each class carries the data a caller needs to act (as attributes) and a
+message that ends with a remedy. Third-party exceptions (requests, json, jsonschema, subprocess) are
+translated once, at the boundary that sees them, with ``raise ... from exc``.
+
+    MediganIsoError                      base; ``remedy`` says what to do next
+    ├── CatalogueError
+    │   ├── CatalogueSourceError         a catalogue file/URL cannot be read or is not JSON
+    │   ├── CatalogueValidationError     entries break the JSON Schema (every violation, with its path)
+    │   └── UnknownModelError            an id resolves to no entry (close matches attached)
+    ├── PackageError
+    │   ├── PackageDownloadError         a model package cannot be downloaded
+    │   ├── PackageIntegrityError        a package's hash differs from the catalogue's
+    │   ├── UnsafeArchiveError           a zip is refused by safe_extract (nothing was written)
+    │   └── PackageLayoutError           a package has no importable generate function / model file
+    ├── EnvError
+    │   ├── ResolutionError              uv cannot resolve the model's requirements
+    │   ├── InterpreterNotFoundError     no interpreter satisfies the entry's python_requires
+    │   ├── EnvBuildError                installing a resolved env failed
+    │   └── EnvNotBuiltError             no env exists and building one was not allowed
+    ├── RunnerError
+    │   ├── ProtocolError                a malformed or oversized frame crossed the pipe
+    │   ├── RunnerStartError             the runner could not be started or did not say hello
+    │   ├── RunnerTimeoutError           a runner clock (ready, inactivity) ran out
+    │   ├── RunnerCrashedError           the runner process died (exit code or signal, stderr tail)
+    │   └── ModelError                   the model's own code raised (remote type and traceback)
+    └── SandboxError                     a required confinement layer is unavailable
+
+Never shadow builtins: there is no ``TimeoutError`` or ``EnvironmentError`` here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = [
+    "CatalogueError",
+    "CatalogueSourceError",
+    "CatalogueValidationError",
+    "EnvBuildError",
+    "EnvError",
+    "EnvNotBuiltError",
+    "InterpreterNotFoundError",
+    "MediganIsoError",
+    "ModelError",
+    "PackageDownloadError",
+    "PackageError",
+    "PackageIntegrityError",
+    "PackageLayoutError",
+    "ProtocolError",
+    "ResolutionError",
+    "RunnerCrashedError",
+    "RunnerError",
+    "RunnerStartError",
+    "RunnerTimeoutError",
+    "SandboxError",
+    "UnknownModelError",
+    "UnsafeArchiveError",
+]
+
+
+class MediganIsoError(Exception):
+    """Base of every medigan_iso error. ``str(err)`` is the message followed by the remedy."""
+
+    def __init__(self, message: str, *, remedy: str | None = None) -> None:
+        self.message = message
+        self.remedy = remedy
+        super().__init__(message if not remedy else f"{message}\n  -> {remedy}")
+
+
+# --- catalogue -------------------------------------------------------------------------------------
+
+
+class CatalogueError(MediganIsoError):
+    """Raised when the model catalogue cannot be loaded, validated or queried."""
+
+
+class CatalogueSourceError(CatalogueError):
+    """Raised when a catalogue source (file, directory, URL) cannot be read or parsed as JSON."""
+
+    def __init__(self, source: str, reason: str, *, remedy: str | None = None) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"catalogue source {source}: {reason}", remedy=remedy)
+
+
+class CatalogueValidationError(CatalogueError):
+    """Raised when catalogue entries break the schema; ``violations`` lists (model_id, json_path, message)."""
+
+    def __init__(
+        self,
+        source: str,
+        violations: Sequence[tuple[str, str, str]],
+        *,
+        strict: bool = False,
+    ) -> None:
+        self.source = source
+        self.violations = list(violations)
+        self.strict = strict
+        self.model_ids = sorted({model_id for model_id, _, _ in self.violations})
+        lines = [f"{model_id}: {path}: {msg}" for model_id, path, msg in self.violations]
+        mode = "strict" if strict else "lenient"
+        super().__init__(
+            f"{source}: {len(lines)} schema violation(s) ({mode} mode) in "
+            f"{', '.join(self.model_ids)}:\n    " + "\n    ".join(lines),
+            remedy="fix the entries listed above; `medigan-iso validate PATH` re-checks a file",
+        )
+
+
+class UnknownModelError(CatalogueError, LookupError):
+    """Raised when a model id matches no catalogue entry."""
+
+    def __init__(self, model_id: object, close_matches: Sequence[str] = ()) -> None:
+        self.model_id = model_id
+        self.close_matches = list(close_matches)
+        hint = (
+            f"did you mean {', '.join(self.close_matches)}?"
+            if self.close_matches
+            else "`medigan-iso list` shows every known model id"
+        )
+        super().__init__(f"no model with id {model_id!r} in the catalogue", remedy=hint)
+
+
+# --- packages --------------------------------------------------------------------------------------
+
+
+class PackageError(MediganIsoError):
+    """Raised when a model package cannot be fetched, verified, extracted or loaded."""
+
+
+class PackageDownloadError(PackageError):
+    """Raised when a package download fails; ``status`` is the HTTP status when there was one."""
+
+    def __init__(
+        self, url: str, reason: str, *, status: int | None = None, remedy: str | None = None
+    ) -> None:
+        self.url = url
+        self.reason = reason
+        self.status = status
+        super().__init__(f"cannot download {url}: {reason}", remedy=remedy)
+
+
+class PackageIntegrityError(PackageError):
+    """Raised when a package's digest differs from the pinned one; the file has been deleted."""
+
+    def __init__(self, source: str, *, algorithm: str, expected: str, actual: str) -> None:
+        self.source = source
+        self.algorithm = algorithm
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{source}: {algorithm} mismatch: expected {expected}, got {actual} (the file was deleted)",
+            remedy="the download was corrupted or the package changed upstream; retry, and if it "
+            "persists ask the catalogue maintainer to confirm the hash",
+        )
+
+
+class UnsafeArchiveError(PackageError):
+    """Raised when safe_extract refuses an archive; nothing from it was written."""
+
+    def __init__(self, archive: str, reason: str, *, member: str | None = None) -> None:
+        self.archive = archive
+        self.reason = reason
+        self.member = member
+        where = f" (entry {member!r})" if member is not None else ""
+        super().__init__(
+            f"refusing to extract {archive}{where}: {reason}; nothing was written",
+            remedy="the package is malformed or hostile; do not run it",
+        )
+
+
+class PackageLayoutError(PackageError):
+    """Raised when an extracted package does not have the layout its catalogue entry describes."""
+
+    def __init__(self, model_id: str, reason: str, *, path: Path | None = None) -> None:
+        self.model_id = model_id
+        self.reason = reason
+        self.path = path
+        super().__init__(f"model {model_id}: {reason}" + (f" ({path})" if path else ""))
+
+
+# --- environments ----------------------------------------------------------------------------------
+
+
+class EnvError(MediganIsoError):
+    """Raised when a model environment cannot be resolved, built or found."""
+
+
+class ResolutionError(EnvError):
+    """Raised when the resolver finds no set of versions; ``explanation`` is the resolver's own text."""
+
+    def __init__(
+        self,
+        model_id: str | None,
+        requirements: Sequence[str],
+        explanation: str,
+        *,
+        offline_may_help: bool | None = None,
+        remedy: str | None = None,
+    ) -> None:
+        self.model_id = model_id
+        self.requirements = list(requirements)
+        self.explanation = explanation
+        self.offline_may_help = offline_may_help
+        who = f"model {model_id}" if model_id else "requirements"
+        super().__init__(f"cannot resolve {who}: {explanation.strip()}", remedy=remedy)
+
+
+class InterpreterNotFoundError(EnvError):
+    """Raised when no interpreter satisfies an entry's ``python_requires``."""
+
+    def __init__(self, model_id: str | None, python_requires: str, *, detail: str = "") -> None:
+        self.model_id = model_id
+        self.python_requires = python_requires
+        who = f"model {model_id}" if model_id else "this env"
+        super().__init__(
+            f"{who} needs Python {python_requires}, and none was found" + (f": {detail}" if detail else ""),
+            remedy=f"install one with `uv python install '{python_requires}'`",
+        )
+
+
+class EnvBuildError(EnvError):
+    """Raised when installing an env fails; ``log_path`` holds the full build log."""
+
+    def __init__(
+        self,
+        model_id: str | None,
+        reason: str,
+        *,
+        returncode: int | None = None,
+        log_path: Path | None = None,
+        log_tail: str = "",
+        remedy: str | None = None,
+    ) -> None:
+        self.model_id = model_id
+        self.reason = reason
+        self.returncode = returncode
+        self.log_path = log_path
+        self.log_tail = log_tail
+        who = f"model {model_id}" if model_id else "env"
+        msg = f"building the env for {who} failed: {reason}"
+        if returncode is not None:
+            msg += f" (exit code {returncode})"
+        if log_tail:
+            msg += "\n" + log_tail.rstrip()
+        if log_path is not None:
+            msg += f"\n  full log: {log_path}"
+        super().__init__(msg, remedy=remedy)
+
+
+class EnvNotBuiltError(EnvError):
+    """Raised when a model has no env yet and the caller did not allow building one."""
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.command = f"medigan-iso env build {model_id}"
+        super().__init__(
+            f"model {model_id} has no environment yet and install_dependencies=False",
+            remedy=f"run `{self.command}`, or pass install_dependencies=True",
+        )
+
+
+# --- runner ----------------------------------------------------------------------------------------
+
+
+class RunnerError(MediganIsoError):
+    """Raised when the runner subprocess misbehaves or the model inside it fails."""
+
+
+class ProtocolError(RunnerError):
+    """Raised when a frame from the runner is malformed, oversized or out of order."""
+
+
+class RunnerStartError(RunnerError):
+    """Raised when the runner cannot be spawned or its handshake is wrong."""
+
+
+class RunnerTimeoutError(RunnerError):
+    """Raised when a runner clock runs out; ``phase`` is "ready", "inactivity" or "shutdown"."""
+
+    def __init__(self, phase: str, timeout_s: float, *, stderr_tail: str = "") -> None:
+        self.phase = phase
+        self.timeout_s = timeout_s
+        self.stderr_tail = stderr_tail
+        msg = f"runner timed out waiting for {phase} after {timeout_s:g} s"
+        if stderr_tail:
+            msg += "\n  runner stderr (tail):\n" + stderr_tail.rstrip()
+        super().__init__(msg, remedy="raise the timeout if the model is just slow")
+
+
+class RunnerCrashedError(RunnerError):
+    """Raised when the runner process dies; carries exit code or signal name and the stderr tail."""
+
+    def __init__(
+        self,
+        *,
+        returncode: int | None,
+        signal_name: str | None = None,
+        stderr_tail: str = "",
+        log_path: Path | None = None,
+        model_id: str | None = None,
+    ) -> None:
+        self.returncode = returncode
+        self.signal_name = signal_name
+        self.stderr_tail = stderr_tail
+        self.log_path = log_path
+        self.model_id = model_id
+        how = f"killed by {signal_name}" if signal_name else f"exited with code {returncode}"
+        who = f" for model {model_id}" if model_id else ""
+        msg = f"runner{who} {how}"
+        if stderr_tail:
+            msg += "\n  runner stderr (tail):\n" + stderr_tail.rstrip()
+        if log_path is not None:
+            msg += f"\n  full log: {log_path}"
+        super().__init__(msg)
+
+
+class ModelError(RunnerError):
+    """Raised when the model's own code raised inside the runner."""
+
+    def __init__(
+        self, remote_type: str, remote_message: str, traceback_text: str, *, model_id: str | None = None
+    ) -> None:
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.traceback_text = traceback_text
+        self.model_id = model_id
+        who = f"model {model_id}" if model_id else "model"
+        super().__init__(
+            f"{who} raised {remote_type}: {remote_message}\n--- remote traceback ---\n{traceback_text}"
+        )
+
+
+# --- sandbox ---------------------------------------------------------------------------------------
+
+
+class SandboxError(MediganIsoError):
+    """Raised when the sandbox policy requires a confinement layer this machine cannot provide."""
+
+    def __init__(self, layer: str, reason: str, *, remedy: str | None = None) -> None:
+        self.layer = layer
+        self.reason = reason
+        super().__init__(f"sandbox layer {layer!r} unavailable: {reason}", remedy=remedy)

@@ -1,0 +1,80 @@
+"""On-disk locations: every directory medigan_iso reads or writes is named here and nowhere else.
+
+The root is ``$MEDIGAN_ISO_HOME`` when set, else platformdirs' user cache dir for ``medigan-iso``.
+The uv cache lives under the root by default so that it shares a filesystem with the envs (uv then
+hardlinks files into envs instead of copying them); ``$MEDIGAN_ISO_UV_CACHE`` moves it (tests and CI
+point it at one persistent folder so TensorFlow is downloaded once, not on every run).
+
+This module creates directories and the ``CACHEDIR.TAG`` file; it never deletes anything.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+__all__ = ["CACHEDIR_TAG_NAME", "CacheLayout", "cache_layout"]
+
+HOME_ENV = "MEDIGAN_ISO_HOME"
+UV_CACHE_ENV = "MEDIGAN_ISO_UV_CACHE"
+CACHEDIR_TAG_NAME = "CACHEDIR.TAG"
+# https://bford.info/cachedir/ : backup tools skip directories holding this file.
+_CACHEDIR_TAG = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by medigan-iso.\n"
+    "# For information about cache directory tags, see https://bford.info/cachedir/\n"
+)
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """The cache directories under one root. Build it with :func:`cache_layout`."""
+
+    root: Path
+    catalogues: Path  # cached remote catalogues (+ ETag metadata)
+    packages: Path  # downloaded package archives and extracted, content-addressed trees
+    envs: Path  # one virtualenv per env key; build temp dirs live here too (same filesystem)
+    uv_cache: Path  # uv's cache
+    locks: Path  # file locks for builds and downloads
+    logs: Path  # env build logs and runner stderr logs
+
+    def ensure(self) -> CacheLayout:
+        """Create every directory and the CACHEDIR.TAG at the root; return self."""
+        for path in (
+            self.root,
+            self.catalogues,
+            self.packages,
+            self.envs,
+            self.uv_cache,
+            self.locks,
+            self.logs,
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+        tag = self.root / CACHEDIR_TAG_NAME
+        if not tag.exists():
+            tag.write_text(_CACHEDIR_TAG, encoding="ascii")
+        return self
+
+
+def cache_layout(home: str | os.PathLike[str] | None = None) -> CacheLayout:
+    """Return the layout rooted at ``home``, else ``$MEDIGAN_ISO_HOME``, else the user cache dir.
+
+    Nothing is created; call :meth:`CacheLayout.ensure` before writing.
+    """
+    if home is None:
+        home = os.environ.get(HOME_ENV) or platformdirs.user_cache_dir("medigan-iso", appauthor=False)
+    root = Path(home).expanduser().absolute()
+    uv_cache_env = os.environ.get(UV_CACHE_ENV)
+    uv_cache = Path(uv_cache_env).expanduser().absolute() if uv_cache_env else root / "uv-cache"
+    return CacheLayout(
+        root=root,
+        catalogues=root / "catalogues",
+        packages=root / "packages",
+        envs=root / "envs",
+        uv_cache=uv_cache,
+        locks=root / "locks",
+        logs=root / "logs",
+    )
