@@ -1,0 +1,82 @@
+"""Run the search/rank cases of tests/data/search_cases.json through medigan 1.0.0 itself; print JSON.
+
+Usage (inside an env with ``medigan==1.0.0``; tox env ``oracle``):
+``python tests/oracle/run_medigan.py CATALOGUE.json [--out FILE]``. medigan reads ``./config/global.json``
+when it exists, so the script runs it from a temp dir holding a copy of CATALOGUE.json: no network.
+The output maps case id -> result (model ids for searches, medigan's dicts for key-value and rank), or
+``{"error": "<exception type>"}`` where medigan crashes. It imports nothing from medigan_iso.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+CASES = Path(__file__).resolve().parent.parent / "data" / "search_cases.json"
+
+
+def run_case(generators: Any, case: dict[str, Any]) -> Any:
+    kind = case["kind"]
+    if kind == "search":
+        found = generators.find_matching_models_by_values(
+            values=case["values"],
+            target_values_operator=case["operator"],
+            are_keys_also_matched=case["keys"],
+            is_case_sensitive=case["case_sensitive"],
+        )
+        return [candidate.model_id for candidate in found]
+    if kind == "key_value":
+        return generators.get_models_by_key_value_pair(
+            key1=case["key"], value1=case["value"], is_case_sensitive=case["case_sensitive"]
+        )
+    if kind == "rank":
+        return generators.rank_models_by_performance(
+            model_ids=case["model_ids"], metric=case["metric"], order=case["order"]
+        )
+    if kind == "find_and_rank":
+        return generators.find_models_and_rank(
+            values=case["values"],
+            target_values_operator=case["operator"],
+            are_keys_also_matched=case["keys"],
+            is_case_sensitive=case["case_sensitive"],
+            metric=case["metric"],
+            order=case["order"],
+        )
+    raise ValueError(f"unknown case kind {kind!r}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("catalogue")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    cases = json.loads(CASES.read_text())
+    catalogue = Path(args.catalogue).resolve()
+    out = Path(args.out).resolve() if args.out else None
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        (Path(workdir) / "config").mkdir()
+        shutil.copy(catalogue, Path(workdir) / "config" / "global.json")
+        os.chdir(workdir)
+        from medigan import Generators
+
+        generators = Generators()
+        for case in cases:
+            try:
+                results[case["id"]] = run_case(generators, case)
+            except Exception as exc:  # medigan's crashes are data here
+                results[case["id"]] = {"error": type(exc).__name__}
+    text = json.dumps(results, indent=1, sort_keys=True)
+    if out is not None:
+        out.write_text(text + "\n")
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
