@@ -1,7 +1,8 @@
 """Run the search/rank cases of tests/data/search_cases.json through medigan 1.0.0 itself; print JSON.
 
 Usage (inside an env with ``medigan==1.0.0``; tox env ``oracle``):
-``python tests/oracle/run_medigan.py CATALOGUE.json [--out FILE]``. medigan reads ``./config/global.json``
+``python tests/oracle/run_medigan.py CATALOGUE.json [--out FILE] [--check RECORDED.json]``; ``--check``
+exits 1 listing every case whose answer differs from the recording the test suite compares against. medigan reads ``./config/global.json``
 when it exists, so the script runs it from a temp dir holding a copy of CATALOGUE.json: no network.
 The output maps case id -> result (model ids for searches, medigan's dicts for key-value and rank), or
 ``{"error": "<exception type>"}`` where medigan crashes. It imports nothing from medigan_iso.
@@ -54,10 +55,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("catalogue")
     parser.add_argument("--out")
+    parser.add_argument("--check", help="compare with a recorded results file; exit 1 on any difference")
     args = parser.parse_args()
     cases = json.loads(CASES.read_text())
     catalogue = Path(args.catalogue).resolve()
     out = Path(args.out).resolve() if args.out else None
+    check = Path(args.check).resolve() if args.check else None
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as workdir:
         (Path(workdir) / "config").mkdir()
@@ -74,7 +77,14 @@ def main() -> None:
     text = json.dumps(results, indent=1, sort_keys=True)
     if out is not None:
         out.write_text(text + "\n")
-    else:
+    if check is not None:
+        recorded = json.loads(check.read_text())
+        differ = sorted(k for k in set(recorded) | set(results) if recorded.get(k) != results.get(k))
+        for case_id in differ:
+            print(f"DIFFERS {case_id}: medigan {results.get(case_id)!r} != recorded {recorded.get(case_id)!r}")
+        print(f"{len(results) - len(differ)}/{len(results)} cases equal the recording")
+        raise SystemExit(1 if differ else 0)
+    if out is None:
         print(text)
 
 
