@@ -1,11 +1,12 @@
 """Run the search/rank cases of tests/data/search_cases.json through medigan 1.0.0 itself; print JSON.
 
 Usage (inside an env with ``medigan==1.0.0``; tox env ``oracle``):
-``python tests/oracle/run_medigan.py CATALOGUE.json [--out FILE] [--check RECORDED.json]``; ``--check``
-exits 1 listing every case whose answer differs from the recording the test suite compares against. medigan reads ``./config/global.json``
-when it exists, so the script runs it from a temp dir holding a copy of CATALOGUE.json: no network.
-The output maps case id -> result (model ids for searches, medigan's dicts for key-value and rank), or
-``{"error": "<exception type>"}`` where medigan crashes. It imports nothing from medigan_iso.
+``python tests/oracle/run_medigan.py CATALOGUE.json [--out FILE] [--check RECORDED.json]``.
+``--check`` exits 1 listing every case whose answer differs from the recording the test suite compares
+against. medigan reads ``./config/global.json`` when it exists, so the script runs it from a temp dir
+holding a copy of CATALOGUE.json: no network. The output maps case id -> result (model ids for searches,
+medigan's dicts for key-value and rank), or ``{"error": "<exception type>"}`` where medigan crashes.
+It imports nothing from medigan_iso.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def main() -> None:
         recorded = json.loads(check.read_text())
         differ = sorted(k for k in set(recorded) | set(results) if recorded.get(k) != results.get(k))
         for case_id in differ:
-            print(f"DIFFERS {case_id}: medigan {results.get(case_id)!r} != recorded {recorded.get(case_id)!r}")
+            print(f"DIFFERS {case_id}: medigan {results.get(case_id)!r}, recorded {recorded.get(case_id)!r}")
         print(f"{len(results) - len(differ)}/{len(results)} cases equal the recording")
         raise SystemExit(1 if differ else 0)
     if out is None:
