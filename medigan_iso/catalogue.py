@@ -76,6 +76,8 @@ CATALOGUE_MAX_AGE_S = 3600.0
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 15.0
 MAX_CATALOGUE_BYTES = 32 * 1024 * 1024
+# After the official catalogue was unreachable, later loads skip it for this long instead of waiting again.
+OFFICIAL_RETRY_AFTER_FAILURE_S = 300.0
 ROOT_ID = "<catalogue>"  # model id reported for violations of the catalogue as a whole
 
 _TRUE_STRINGS = frozenset({"1", "true", "yes", "on"})
@@ -326,7 +328,7 @@ def _violations(data: Any, *, strict: bool) -> list[tuple[str, str, str]]:
         model_id, inner = (str(path[0]), path[1:]) if path else (ROOT_ID, [])
         message = error.message
         hint = error.schema.get("description") if isinstance(error.schema, Mapping) else None
-        if hint and error.validator == "pattern":
+        if hint and error.validator in {"pattern", "anyOf"} and "$id" not in error.schema:
             message += f" (expected {hint})"
         found.append((model_id, _pointer(inner), message))
     if isinstance(data, Mapping):
@@ -462,6 +464,23 @@ class _UrlCache:
             return None
         return (text, meta) if isinstance(meta, dict) else None
 
+    @property
+    def failure_marker(self) -> Path:
+        return self.meta.with_name(self.meta.name.replace(".meta.json", ".unreachable"))
+
+    def mark_failed(self) -> None:
+        try:
+            self.body.parent.mkdir(parents=True, exist_ok=True)
+            self.failure_marker.write_text(str(time.time()), encoding="ascii")
+        except OSError:  # a read-only cache must not turn a network error into another error
+            pass
+
+    def failed_within(self, seconds: float) -> bool:
+        try:
+            return time.time() - self.failure_marker.stat().st_mtime < seconds
+        except OSError:
+            return False
+
     def write(self, url: str, text: str, etag: str | None) -> None:
         self.body.parent.mkdir(parents=True, exist_ok=True)
         meta = {"url": url, "etag": etag, "fetched_at": time.time()}
@@ -469,6 +488,7 @@ class _UrlCache:
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             tmp.write_text(content, encoding="utf-8")
             tmp.replace(path)
+        self.failure_marker.unlink(missing_ok=True)
 
 
 def _age(meta: Mapping[str, Any]) -> float:
@@ -486,10 +506,21 @@ def _describe_age(seconds: float) -> str:
     return f"{seconds / 86400:.0f} days"
 
 
-def _read_url(url: str, *, catalogues_dir: Path, offline: bool, max_age_s: float) -> str:
-    """The text at ``url``: fresh from the cache, revalidated with ETag, or the last cached copy."""
+def _read_url(
+    url: str, *, catalogues_dir: Path, offline: bool, max_age_s: float, backoff_s: float = 0.0
+) -> str:
+    """The text at ``url``: fresh from the cache, revalidated with ETag, or the last cached copy.
+
+    With ``backoff_s``, a URL that was unreachable less than that long ago is not tried again (the
+    official catalogue uses it so that a machine without GitHub pays the timeout once, not per call).
+    """
     cache = _UrlCache.for_url(catalogues_dir, url)
     cached = cache.read()
+    if not offline and backoff_s > 0 and cache.failed_within(backoff_s):
+        if cached is not None:
+            logger.info("%s was unreachable moments ago; using the cached copy", url)
+            return cached[0]
+        raise CatalogueSourceError(url, f"unreachable less than {backoff_s:g} s ago; not retried yet")
     if offline:
         if cached is not None:
             logger.info("offline: using the copy of %s cached %s ago", url, _describe_age(_age(cached[1])))
@@ -512,6 +543,14 @@ def _read_url(url: str, *, catalogues_dir: Path, offline: bool, max_age_s: float
             if status == 304 and cached is not None:
                 cache.write(url, cached[0], cached[1].get("etag"))
                 return cached[0]
+            if status >= 500 and cached is not None:
+                logger.warning(
+                    "%s answered HTTP %s; using the copy cached %s ago",
+                    url,
+                    status,
+                    _describe_age(_age(cached[1])),
+                )
+                return cached[0]
             if status != 200:
                 raise CatalogueSourceError(
                     url,
@@ -529,6 +568,7 @@ def _read_url(url: str, *, catalogues_dir: Path, offline: bool, max_age_s: float
             etag = response.headers.get("ETag")
     except requests.RequestException as exc:
         reason = _short_reason(exc)
+        cache.mark_failed()
         if cached is not None:
             logger.warning(
                 "cannot reach %s (%s); using the copy cached %s ago",
@@ -604,13 +644,18 @@ def _read_item(
     return _read_path(Path(text).expanduser())
 
 
-def _bundled_source() -> _Source | None:
-    bundled = resources.files("medigan_iso") / "data" / BUNDLED_CATALOGUE_NAME
-    if not bundled.is_file():
-        return None
-    name = f"<bundled {BUNDLED_CATALOGUE_NAME}>"
-    data = _parse(bundled.read_text(encoding="utf-8"), name)
-    return _Source(name, data, catalogue_dir=Path(str(bundled)).parent, is_bundled=True)
+def _bundled_source(path: Path | None) -> _Source | None:
+    if path is None:
+        packaged = resources.files("medigan_iso") / "data" / BUNDLED_CATALOGUE_NAME
+        if not packaged.is_file():
+            return None
+        path = Path(str(packaged))
+    name = f"<bundled {path.name}>"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogueSourceError(name, f"cannot be read ({exc})", remedy="reinstall medigan-iso") from exc
+    return _Source(name, _parse(text, name), catalogue_dir=path.resolve().parent, is_bundled=True)
 
 
 def _official_source(
@@ -618,7 +663,13 @@ def _official_source(
 ) -> _Source | None:
     catalogues_dir = cache_layout(home).catalogues
     try:
-        text = _read_url(url, catalogues_dir=catalogues_dir, offline=offline, max_age_s=max_age_s)
+        text = _read_url(
+            url,
+            catalogues_dir=catalogues_dir,
+            offline=offline,
+            max_age_s=max_age_s,
+            backoff_s=OFFICIAL_RETRY_AFTER_FAILURE_S,
+        )
     except CatalogueSourceError as exc:
         # The official catalogue is a default, not something the user asked for: without it, the
         # bundled and configured catalogues still work.
@@ -645,18 +696,21 @@ def load_catalogue(
     strict: bool = False,
     official_url: str | None = None,
     max_age_s: float | None = None,
+    bundled_catalogue: str | os.PathLike[str] | None = None,
 ) -> Catalogue:
     """Load, validate and merge every catalogue source (see the module docstring for the order).
 
     ``config`` replaces ``$MEDIGAN_ISO_CONFIG`` when given. ``offline`` defaults to
     ``$MEDIGAN_ISO_OFFLINE``; offline, no network is touched and URLs come from the cache.
     ``official_url`` defaults to ``$MEDIGAN_ISO_CATALOGUE_URL`` or :data:`OFFICIAL_CATALOGUE_URL`
-    (``""`` disables it). Raises CatalogueSourceError or CatalogueValidationError.
+    (``""`` disables it). ``bundled_catalogue`` replaces the packaged bundled catalogue file (its
+    entries are ``is_bundled``; relative package links resolve against its folder).
+    Raises CatalogueSourceError or CatalogueValidationError.
     """
     offline = is_offline(offline)
     max_age = CATALOGUE_MAX_AGE_S if max_age_s is None else max_age_s
     sources: list[_Source] = []
-    bundled = _bundled_source()
+    bundled = _bundled_source(None if bundled_catalogue is None else Path(bundled_catalogue))
     if bundled is not None:
         sources.append(bundled)
     url = os.environ.get(CATALOGUE_URL_ENV, OFFICIAL_CATALOGUE_URL) if official_url is None else official_url

@@ -154,7 +154,12 @@ def test_lenient_violations_name_every_model_and_path() -> None:
     assert err.model_ids == ["00002_MISSING", "00003_LIST"]
     assert err.violations == [
         ("00002_MISSING", "/execution", "'package_name' is a required property"),
-        ("00002_MISSING", "/execution/image_size/0", "'abc' is not valid under any of the given schemas"),
+        (
+            "00002_MISSING",
+            "/execution/image_size/0",
+            "'abc' is not valid under any of the given schemas "
+            "(expected a positive integer, or (lenient mode) a string of digits)",
+        ),
         ("00002_MISSING", "/execution/python_requires", err.violations[2][2]),
         ("00003_LIST", "/", "[1, 2] is not of type 'object'"),
     ]
@@ -408,3 +413,17 @@ def test_file_urls_are_read_as_paths(tmp_path: Path, home: Path) -> None:
     catalogue = load_catalogue(path.as_uri())
     assert catalogue.ids() == ("00001_A",)
     assert catalogue.resolve(1).catalogue_dir == tmp_path.resolve()
+
+
+def test_bundled_entries_keep_relative_links_and_are_marked_bundled(tmp_path: Path, home: Path) -> None:
+    entry = _strict_entry()
+    entry["execution"]["package_link"] = "models/demo_numpy"
+    bundled = _write(tmp_path / "bundled_catalogue.json", {"00900_DEMO_NUMPY": entry})
+    mine = _write(tmp_path / "mine.json", {"00001_A": _strict_entry()})
+    catalogue = load_catalogue(mine, bundled_catalogue=bundled, strict=True)
+    assert catalogue.ids() == ("00900_DEMO_NUMPY", "00001_A")
+    demo = catalogue.resolve(900)
+    assert demo.is_bundled and not catalogue.resolve(1).is_bundled
+    assert demo.source == "<bundled bundled_catalogue.json>"
+    assert demo.catalogue_dir == tmp_path.resolve()
+    assert demo.catalogue_dir / demo.package_link == tmp_path.resolve() / "models" / "demo_numpy"

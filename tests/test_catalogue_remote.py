@@ -41,6 +41,7 @@ class Served:
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, If-None-Match)
     base: str = ""
     stop: Callable[[], None] = lambda: None
+    start: Callable[[], None] = lambda: None  # (re)start on the same port
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -65,7 +66,7 @@ def server() -> Iterator[Served]:
                 self.send_error(404, "Not Found")
                 return
             status, content_type, body = served.routes[self.path]
-            if self.path == "/global.json" and self.headers.get("If-None-Match") == ETAG:
+            if status == 200 and self.path == "/global.json" and self.headers.get("If-None-Match") == ETAG:
                 self.send_response(304)
                 self.send_header("ETag", ETAG)
                 self.end_headers()
@@ -80,18 +81,26 @@ def server() -> Iterator[Served]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    served.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    running: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
+
+    def start() -> None:
+        port = int(served.base.rsplit(":", 1)[1]) if served.base else 0
+        httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        served.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+        thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        running.append((httpd, thread))
 
     def stop() -> None:
-        if thread.is_alive():
+        while running:
+            httpd, thread = running.pop()
             httpd.shutdown()
             httpd.server_close()
             thread.join(5)
 
+    served.start = start
     served.stop = stop
+    start()
     try:
         yield served
     finally:
@@ -221,3 +230,31 @@ def test_offline_env_skips_the_official_catalogue_entirely(
     assert server.requests == []
     monkeypatch.delenv("MEDIGAN_ISO_OFFLINE")
     assert load_catalogue([]).ids() == ("00001_REMOTE",)
+
+
+def test_unreachable_official_catalogue_is_not_retried_for_a_while(
+    server: Served, online: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    official = server.url("/global.json")
+    server.stop()
+    caplog.set_level(logging.INFO, logger="medigan_iso.catalogue")
+    assert load_catalogue([], official_url=official).ids() == ()
+    assert any("unreachable (" in r.getMessage() for r in caplog.records)
+    server.start()
+    assert load_catalogue([], official_url=official).ids() == ()  # not asked again so soon
+    assert server.requests == []
+    assert any("not retried yet" in r.getMessage() for r in caplog.records)
+    # a source the user names is always tried; its success clears the official URL's back-off
+    assert load_catalogue(official, official_url="").ids() == ("00001_REMOTE",)
+    assert load_catalogue([], official_url=official).ids() == ("00001_REMOTE",)
+
+
+def test_server_errors_fall_back_to_the_cached_copy(
+    server: Served, online: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = server.url("/global.json")
+    load_catalogue(url)
+    server.routes["/global.json"] = (503, "text/plain", b"down")
+    caplog.set_level(logging.WARNING, logger="medigan_iso.catalogue")
+    assert load_catalogue(url, max_age_s=0).ids() == ("00001_REMOTE",)
+    assert any(f"{url} answered HTTP 503; using the copy cached" in r.getMessage() for r in caplog.records)
