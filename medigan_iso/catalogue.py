@@ -215,6 +215,9 @@ class Catalogue:
             raise ValueError("a Catalogue cannot hold two entries with the same model id")
         object.__setattr__(self, "_by_id", MappingProxyType(by_id))
 
+    def __repr__(self) -> str:
+        return f"Catalogue({len(self.entries)} models from {list(self.sources)!r})"
+
     def ids(self) -> tuple[str, ...]:
         """Full model ids in catalogue order."""
         return tuple(entry.model_id for entry in self.entries)

@@ -68,6 +68,11 @@ class Generators:
         home: str | os.PathLike[str] | None = None,
         offline: bool | None = None,
     ) -> None:
+        if config_manager is not None and not isinstance(config_manager, Catalogue):
+            raise TypeError(
+                f"config_manager must be a medigan_iso Catalogue (from load_catalogue), not "
+                f"{type(config_manager).__name__}; pass catalogue sources as config= instead"
+            )
         self.home = home
         self.catalogue: Catalogue = (
             config_manager

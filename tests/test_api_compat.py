@@ -298,3 +298,8 @@ def test_facade_search_and_rank(generators: Generators) -> None:
         "FID": 225.85,
     }
     assert generators.get_models_by_key_value_pair("type", "dcgan", is_case_sensitive=True) == []
+
+
+def test_facade_refuses_a_foreign_config_manager() -> None:
+    with pytest.raises(TypeError, match=r"config_manager must be a medigan_iso Catalogue .* not dict"):
+        Generators(config_manager={"00001": {}})  # type: ignore[arg-type]

@@ -289,6 +289,14 @@ def test_unknown_id_lists_close_matches(upstream: Catalogue) -> None:
     assert "did you mean" in str(info.value)
 
 
+def test_catalogue_is_a_comparable_hashable_value(upstream: Catalogue, shared_fixtures: Path) -> None:
+    again = load_catalogue(shared_fixtures / "medigan_global.json")
+    assert again == upstream and hash(again) == hash(upstream)
+    assert again.resolve(1) == upstream.resolve(1)
+    path = shared_fixtures / "medigan_global.json"
+    assert repr(upstream) == f"Catalogue(23 models from ['<bundled bundled_catalogue.json>', '{path}'])"
+
+
 def test_with_entry_replaces_in_place_and_appends_new_ids(upstream: Catalogue) -> None:
     replaced = ModelEntry.from_raw("00002_DCGAN_MMG_MASS_ROI", _strict_entry(), source="mine")
     added = ModelEntry.from_raw("00100_DEMO", _strict_entry(), source="mine")
