@@ -9,9 +9,10 @@ Sources, later overriding earlier (an overriding entry keeps the position of the
 
 1. the bundled catalogue, ``medigan_iso/data/bundled_catalogue.json`` (demo models shipped in the wheel);
 2. the official medigan catalogue (:data:`OFFICIAL_CATALOGUE_URL`, or ``$MEDIGAN_ISO_CATALOGUE_URL``; an
-   empty value disables it), skipped when offline and never cached; unreachable -> last cached copy;
+   empty value disables it): offline or unreachable, the last cached copy, else it is skipped;
 3. ``<cache>/catalogues/local_models.json``, where ``Generators.add_model_to_config`` stores additions;
-4. ``config=`` (a path, URL, dict, or a list of them) or else ``$MEDIGAN_ISO_CONFIG`` (os.pathsep-separated).
+4. ``config=`` (a path, URL, dict, or a list of them) or else ``$MEDIGAN_ISO_CONFIG`` (os.pathsep-separated;
+   URLs stay whole although POSIX's separator is ``:``).
 
 It must not search or rank (``search``), download packages (``packages``) or print (``cli``).
 """
@@ -56,6 +57,7 @@ __all__ = [
     "load_catalogue",
     "load_schema",
     "read_catalogue_source",
+    "split_config_env",
     "thaw",
     "validate_catalogue",
 ]
@@ -682,10 +684,29 @@ def _official_source(
     return _Source(url, _parse(text, url))
 
 
+def split_config_env(value: str) -> list[str]:
+    """Split ``$MEDIGAN_ISO_CONFIG`` on os.pathsep, keeping URLs whole (``https://...`` holds a ``:``)."""
+    parts = value.split(os.pathsep)
+    items: list[str] = []
+    index = 0
+    while index < len(parts):
+        part = parts[index]
+        if part.lower() in {"http", "https", "file"} and index + 1 < len(parts):
+            # a URL cut at its scheme; its port (host:8000/...) is a further cut
+            part = f"{part}:{parts[index + 1]}"
+            index += 1
+            while index + 1 < len(parts) and re.match(r"^\d+(/|$)", parts[index + 1]):
+                part = f"{part}:{parts[index + 1]}"
+                index += 1
+        if part.strip():
+            items.append(part.strip())
+        index += 1
+    return items
+
+
 def _config_items(config: ConfigSource | Sequence[ConfigSource] | None) -> list[ConfigSource]:
     if config is None:
-        env = os.environ.get(CONFIG_ENV, "")
-        return [part for part in env.split(os.pathsep) if part.strip()]
+        return list(split_config_env(os.environ.get(CONFIG_ENV, "")))
     if isinstance(config, (str, os.PathLike, Mapping)):
         return [config]
     return list(config)

@@ -15,6 +15,7 @@ from medigan_iso.catalogue import (
     ModelEntry,
     load_catalogue,
     load_schema,
+    split_config_env,
     thaw,
     validate_catalogue,
 )
@@ -435,3 +436,17 @@ def test_bundled_entries_keep_relative_links_and_are_marked_bundled(tmp_path: Pa
     assert demo.source == "<bundled bundled_catalogue.json>"
     assert demo.catalogue_dir == tmp_path.resolve()
     assert demo.catalogue_dir / demo.package_link == tmp_path.resolve() / "models" / "demo_numpy"
+
+
+@pytest.mark.skipif(os.pathsep != ":", reason="POSIX separator")
+def test_config_env_keeps_urls_whole_on_posix() -> None:
+    value = "/a/cat.json:https://example.org/g.json::http://127.0.0.1:8000/x.json:file:///c/d.json:rel"
+    assert split_config_env(value) == [
+        "/a/cat.json",
+        "https://example.org/g.json",
+        "http://127.0.0.1:8000/x.json",
+        "file:///c/d.json",
+        "rel",
+    ]
+    assert split_config_env("") == []
+    assert split_config_env("http") == ["http"]  # a relative path that happens to be named http

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -258,3 +259,12 @@ def test_server_errors_fall_back_to_the_cached_copy(
     caplog.set_level(logging.WARNING, logger="medigan_iso.catalogue")
     assert load_catalogue(url, max_age_s=0).ids() == ("00001_REMOTE",)
     assert any(f"{url} answered HTTP 503; using the copy cached" in r.getMessage() for r in caplog.records)
+
+
+def test_config_env_mixes_urls_with_ports_and_files(
+    server: Served, online: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"00002_MINE": ENTRY}))
+    monkeypatch.setenv("MEDIGAN_ISO_CONFIG", os.pathsep.join([server.url("/global.json"), str(mine)]))
+    assert load_catalogue().ids() == ("00001_REMOTE", "00002_MINE")
