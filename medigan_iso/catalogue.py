@@ -486,6 +486,15 @@ class _UrlCache:
         except OSError:
             return False
 
+    def save(self, url: str, text: str, etag: str | None) -> None:
+        """Write the copy, or log why not: an unwritable cache must not fail a successful download."""
+        try:
+            self.write(url, text, etag)
+        except OSError as exc:
+            logger.warning(
+                "cannot cache %s in %s (%s); it will be downloaded again", url, self.body.parent, exc
+            )
+
     def write(self, url: str, text: str, etag: str | None) -> None:
         self.body.parent.mkdir(parents=True, exist_ok=True)
         meta = {"url": url, "etag": etag, "fetched_at": time.time()}
@@ -546,7 +555,7 @@ def _read_url(
         ) as response:
             status = response.status_code
             if status == 304 and cached is not None:
-                cache.write(url, cached[0], cached[1].get("etag"))
+                cache.save(url, cached[0], cached[1].get("etag"))
                 return cached[0]
             if status >= 500 and cached is not None:
                 logger.warning(
@@ -599,7 +608,7 @@ def _read_url(
     except UnicodeDecodeError as exc:
         raise CatalogueSourceError(url, f"is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     _parse(text, url)  # never cache what cannot be used
-    cache.write(url, text, etag)
+    cache.save(url, text, etag)
     return text
 
 

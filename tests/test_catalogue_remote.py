@@ -268,3 +268,17 @@ def test_config_env_mixes_urls_with_ports_and_files(
     mine.write_text(json.dumps({"00002_MINE": ENTRY}))
     monkeypatch.setenv("MEDIGAN_ISO_CONFIG", os.pathsep.join([server.url("/global.json"), str(mine)]))
     assert load_catalogue().ids() == ("00001_REMOTE", "00002_MINE")
+
+
+def test_an_unwritable_cache_does_not_fail_a_download(
+    server: Served, online: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    catalogues = cache_layout(online).catalogues
+    catalogues.parent.mkdir(parents=True)
+    catalogues.write_text("a file where the cache folder should be")
+    caplog.set_level(logging.WARNING, logger="medigan_iso.catalogue")
+    assert load_catalogue(server.url("/global.json")).ids() == ("00001_REMOTE",)
+    assert any(
+        r.getMessage().startswith(f"cannot cache {server.url('/global.json')} in {catalogues}")
+        for r in caplog.records
+    )
