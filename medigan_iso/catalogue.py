@@ -290,18 +290,17 @@ class Catalogue:
 # --- schemas and validation ------------------------------------------------------------------------
 
 
-def _schema_dir() -> Path:
-    packaged = resources.files("medigan_iso") / "schemas"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    # A source checkout run without installing (the wheel force-includes schemas/ as medigan_iso/schemas).
-    return Path(__file__).resolve().parent.parent / "schemas"
-
-
 def load_schema(name: str) -> dict[str, Any]:
-    """The JSON Schema ``name`` (``catalogue.schema.json`` or ``model_entry.schema.json``) as data."""
+    """The JSON Schema ``name`` (``catalogue.schema.json`` or ``model_entry.schema.json``) as data.
+
+    Read with importlib.resources from ``medigan_iso/schemas`` (the wheel force-includes ``schemas/``
+    there); a source checkout used without installing falls back to the top-level ``schemas/``.
+    """
     packaged = resources.files("medigan_iso") / "schemas" / name
-    text = packaged.read_text(encoding="utf-8") if packaged.is_file() else (_schema_dir() / name).read_text()
+    if packaged.is_file():
+        text = packaged.read_text(encoding="utf-8")
+    else:
+        text = (Path(__file__).resolve().parent.parent / "schemas" / name).read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 
