@@ -49,6 +49,18 @@ def run_case(generators: Any, case: dict[str, Any]) -> Any:
             metric=case["metric"],
             order=case["order"],
         )
+    if kind == "list_models":
+        return generators.list_models()
+    if kind == "selection_keys":
+        return generators.get_selection_keys(model_id=case["model_id"])
+    if kind == "selection_values":
+        return generators.get_selection_values_for_key(key=case["key"], model_id=case["model_id"])
+    if kind == "config_by_id":
+        return generators.get_config_by_id(model_id=case["model_id"], config_key=case["config_key"])
+    if kind == "criteria_by_id":
+        return generators.get_selection_criteria_by_id(model_id=case["model_id"])
+    if kind == "criteria_by_ids":
+        return generators.get_selection_criteria_by_ids(model_ids=case["model_ids"])
     raise ValueError(f"unknown case kind {kind!r}")
 
 
