@@ -9,7 +9,8 @@ translated once, at the boundary that sees them, with ``raise ... from exc``.
     ├── CatalogueError
     │   ├── CatalogueSourceError         a catalogue file/URL cannot be read or is not JSON
     │   ├── CatalogueValidationError     entries break the JSON Schema (every violation, with its path)
-    │   └── UnknownModelError            an id resolves to no entry (close matches attached)
+    │   ├── UnknownModelError            an id resolves to no entry (close matches attached)
+    │   └── ConfigKeyError               a dotted config key is missing from a model's entry
     ├── PackageError
     │   ├── PackageDownloadError         a model package cannot be downloaded
     │   ├── PackageIntegrityError        a package's hash differs from the catalogue's
@@ -40,6 +41,7 @@ __all__ = [
     "CatalogueError",
     "CatalogueSourceError",
     "CatalogueValidationError",
+    "ConfigKeyError",
     "EnvBuildError",
     "EnvError",
     "EnvNotBuiltError",
@@ -122,6 +124,24 @@ class UnknownModelError(CatalogueError, LookupError):
             else "`medigan-iso list` shows every known model id"
         )
         super().__init__(f"no model with id {model_id!r} in the catalogue", remedy=hint)
+
+
+class ConfigKeyError(CatalogueError, KeyError):
+    """Raised when a dotted config key (``"execution.generate_method.name"``) is not in a model's entry."""
+
+    def __init__(self, model_id: str, config_key: str, available: Sequence[str] = ()) -> None:
+        self.model_id = model_id
+        self.config_key = config_key
+        self.available = list(available)
+        hint = (
+            f"keys available there: {', '.join(self.available)}"
+            if self.available
+            else "`medigan-iso info MODEL --json` shows the whole entry"
+        )
+        super().__init__(f"model {model_id} has no config key {config_key!r}", remedy=hint)
+
+    def __str__(self) -> str:  # KeyError would show the repr of the message
+        return Exception.__str__(self)
 
 
 # --- packages --------------------------------------------------------------------------------------
