@@ -28,6 +28,7 @@ from medigan_iso.errors import (
     RunnerTimeoutError,
     SandboxError,
     UnknownModelError,
+    UnpinnedPackageError,
     UnsafeArchiveError,
 )
 
@@ -55,6 +56,7 @@ __all__ = [
     "RunnerTimeoutError",
     "SandboxError",
     "UnknownModelError",
+    "UnpinnedPackageError",
     "UnsafeArchiveError",
     "__version__",
 ]
