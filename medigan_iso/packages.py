@@ -550,7 +550,9 @@ def _model_file(root: Path, *, model_id: str, model_name: str, extension: str) -
     # medigan concatenates: model_name may hold a sub-path and extension may be "" or ".pth.tar".
     file_name = f"{model_name}{extension}"
     parts = _relative_parts(file_name)
-    if parts is None or not parts:
+    if parts == ():
+        return root  # no model file named (e.g. `fetch --link`): the package directory itself
+    if parts is None:
         raise PackageLayoutError(
             model_id, f"model_name + extension {file_name!r} is not a relative path inside the package"
         )

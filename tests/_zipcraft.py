@@ -12,7 +12,9 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 STORED = 0
 DEFLATED = 8
@@ -111,3 +113,36 @@ def package_zip(files: Mapping[str, bytes], *, dirs: Sequence[str] = ()) -> byte
         for name, data in files.items():
             zf.writestr(name, data)
     return out.getvalue()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A catalogue entry as far as ``packages.ensure_package`` cares (satisfies ``PackageEntry``)."""
+
+    model_id: str
+    package_link: str
+    package_name: str = "demo_pkg"
+    model_name: str = "weights"
+    extension: str = ".npy"
+    custom_defaults: Mapping[str, Any] = field(default_factory=dict)
+    package_sha256: str | None = None
+    package_md5: str | None = None
+    catalogue_dir: Path | None = None
+
+
+INIT_PY = b"def generate(model_file, num_samples, output_path, save_images, **custom):\n    return []\n"
+
+
+def model_zip(
+    package_name: str = "demo_pkg",
+    *,
+    nested: bool = True,
+    model_file: str = "weights.npy",
+    extra: Mapping[str, bytes] | None = None,
+) -> bytes:
+    """A medigan-style package: ``<package_name>/__init__.py`` (nested) or ``__init__.py`` at the root."""
+    prefix = f"{package_name}/" if nested else ""
+    files = {f"{prefix}__init__.py": INIT_PY, f"{prefix}{model_file}": b"\x93NUMPY fake weights " * 50}
+    for name, data in (extra or {}).items():
+        files[prefix + name] = data
+    return package_zip(files)
