@@ -103,6 +103,9 @@ _FLAG_STRONG_ENCRYPTION = 0x0040
 _FLAG_CD_ENCRYPTED = 0x2000
 _ALLOWED_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # 30 bytes
+_EOCD = struct.Struct("<4sHHHHIIH")  # 22 bytes, then the comment
+_ZIP64_LOCATOR = struct.Struct("<4sIQI")  # 20 bytes
+_ZIP64_EOCD = struct.Struct("<4sQHHIIQQQQ")  # 56 bytes
 
 ProgressCallback = Callable[[int, "int | None"], None]
 """Called as ``progress(bytes_done, bytes_total_or_None)`` while a package downloads."""
@@ -139,6 +142,7 @@ class ExtractLimits:
     max_total_bytes: int = 16 << 30  # sum of declared (and actual) uncompressed sizes
     max_ratio: float = 200.0  # uncompressed / compressed, per entry above ratio_floor_bytes
     ratio_floor_bytes: int = 1 << 20  # entries this small cannot hurt, whatever their ratio
+    max_central_directory_bytes: int = 64 << 20
     max_name_bytes: int = 1024
     max_component_bytes: int = 255
     chunk_bytes: int = 1 << 20
@@ -397,6 +401,41 @@ def _check_layout_on_disk(
             )
 
 
+def _check_end_record(fh: IO[bytes], archive: str, limits: ExtractLimits) -> None:
+    """Read the entry count and central directory size from the end record before zipfile does.
+
+    zipfile builds a ZipInfo for every central-directory record up front, so a forged directory of
+    millions of entries costs gigabytes of memory before any per-entry cap could run.
+    """
+    size = fh.seek(0, os.SEEK_END)
+    tail_len = min(size, _EOCD.size + 0xFFFF)
+    fh.seek(size - tail_len)
+    tail = fh.read(tail_len)
+    pos = tail.rfind(b"PK\x05\x06")
+    if pos < 0 or len(tail) - pos < _EOCD.size:
+        raise UnsafeArchiveError(archive, "not a readable zip archive (no end of central directory record)")
+    _sig, _disk, _cd_disk, _n_here, count, cd_size, _cd_offset, _comment = _EOCD.unpack_from(tail, pos)
+    if count == 0xFFFF or cd_size == 0xFFFFFFFF:
+        locator_at = size - tail_len + pos - _ZIP64_LOCATOR.size
+        if locator_at >= 0:
+            fh.seek(locator_at)
+            locator = fh.read(_ZIP64_LOCATOR.size)
+            if len(locator) == _ZIP64_LOCATOR.size and locator[:4] == b"PK\x06\x07":
+                record_at = _ZIP64_LOCATOR.unpack(locator)[2]
+                fh.seek(record_at)
+                record = fh.read(_ZIP64_EOCD.size)
+                if len(record) == _ZIP64_EOCD.size and record[:4] == b"PK\x06\x06":
+                    fields = _ZIP64_EOCD.unpack(record)
+                    count, cd_size = fields[7], fields[8]
+    if count > limits.max_entries:
+        raise UnsafeArchiveError(archive, f"{count} entries, above the cap of {limits.max_entries}")
+    if cd_size > limits.max_central_directory_bytes:
+        raise UnsafeArchiveError(
+            archive,
+            f"central directory of {cd_size} bytes, above the cap of {limits.max_central_directory_bytes}",
+        )
+
+
 def _make_writable(path: Path) -> None:
     for dirpath, dirnames, _files in os.walk(path):
         for d in dirnames:
@@ -452,6 +491,7 @@ def safe_extract(
         raise FileExistsError(f"safe_extract destination exists and is not an empty directory: {dest_path}")
     dest_path.parent.mkdir(parents=True, exist_ok=True)
     with archive_path.open("rb") as fh:
+        _check_end_record(fh, label, limits)
         try:
             zf = zipfile.ZipFile(fh)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
@@ -627,21 +667,30 @@ def _classify(entry: PackageEntry) -> _Source:
                 "" if entry.package_sha256 else " and no package_sha256 is pinned to detect it",
             )
         return _Source("url", link, url=link)
+    if scheme not in ("", "file") and len(scheme) > 1:  # one letter is a Windows drive, not a scheme
+        raise PackageDownloadError(
+            link, f"unsupported scheme {scheme!r}", remedy="use https://, file://, or a local path"
+        )
+    if entry.catalogue_dir is None:
+        # An entry from a remote catalogue (or none) must not make the host copy local files into a
+        # package tree, where the model's code could read them: `"package_link": "~/.ssh"`.
+        raise PackageDownloadError(
+            link,
+            f"model {entry.model_id} has a local package_link but does not come from a catalogue file "
+            "on this machine",
+            remedy="local links are honoured only in local catalogue files; put the entry in one "
+            "(MEDIGAN_ISO_CONFIG=path/to/catalogue.json) or use `medigan-iso fetch --link PATH`",
+        )
     if scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise PackageDownloadError(
                 link, f"file:// URL with a remote host {parsed.netloc!r} is not supported"
             )
         path = Path(urllib.request.url2pathname(parsed.path))
-    elif scheme and len(scheme) > 1:  # one letter is a Windows drive, not a scheme
-        raise PackageDownloadError(
-            link, f"unsupported scheme {scheme!r}", remedy="use https://, file://, or a local path"
-        )
     else:
         path = Path(link).expanduser()
         if not path.is_absolute():
-            base = entry.catalogue_dir if entry.catalogue_dir is not None else Path.cwd()
-            path = base / path
+            path = entry.catalogue_dir / path
     if path.is_dir():
         return _Source("dir", link, path=path)
     if path.is_file():
@@ -848,7 +897,11 @@ def _download_once(
         if total is not None and done < total:
             raise _TransientError(f"connection closed after {done} of {total} bytes")
         if done == 0 or (have == 0 and len(head) < 4):
-            _check_head(url, head, status)
+            try:
+                _check_head(url, head, status)
+            except PackageDownloadError:
+                _discard(part)
+                raise
 
 
 def _check_head(url: str, head: bytes, status: int) -> None:
@@ -958,11 +1011,10 @@ def _install_tree(archive: Path, sha: str, layout: CacheLayout, limits: ExtractL
     tree = _trees(layout) / sha
     if tree.is_dir():
         return tree
-    try:
-        safe_extract(archive, tree, limits=limits, read_only=True)
-    except FileExistsError:
+    # Two links may serve the same bytes: the tree is locked by its hash, not by the link.
+    with _locked(layout, sha, f"extracting {archive.name}"):
         if not tree.is_dir():
-            raise
+            safe_extract(archive, tree, limits=limits, read_only=True)
     return tree
 
 
@@ -1067,8 +1119,7 @@ def _fetch_file(
         actual = _verify(
             copy, source=str(source.path), sha=sha, md5=md5, actual=(sha_h.hexdigest(), md5_h.hexdigest())
         )
-        with _locked(layout, actual, f"extracting {source.path}"):
-            tree = _install_tree(copy, actual, layout, limits)
+        tree = _install_tree(copy, actual, layout, limits)
     finally:
         copy.unlink(missing_ok=True)
     return tree, actual

@@ -43,7 +43,13 @@ def _compress(data: bytes, method: int) -> bytes:
     return comp.compress(data) + comp.flush()
 
 
-def build_zip(entries: Sequence[RawEntry], *, prefix: bytes = b"") -> bytes:
+def build_zip(
+    entries: Sequence[RawEntry],
+    *,
+    prefix: bytes = b"",
+    zip64_end: bool = False,
+    declared_count: int | None = None,
+) -> bytes:
     out = io.BytesIO()
     out.write(prefix)
     offsets: list[int] = []
@@ -98,9 +104,16 @@ def build_zip(entries: Sequence[RawEntry], *, prefix: bytes = b"") -> bytes:
         )
         out.write(entry.name)
     cd_size = out.tell() - cd_start
-    out.write(
-        struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(records), len(records), cd_size, cd_start, 0)
-    )
+    count = len(records) if declared_count is None else declared_count
+    if zip64_end:
+        record_at = out.tell()
+        out.write(
+            struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, cd_size, cd_start)
+        )
+        out.write(struct.pack("<4sIQI", b"PK\x06\x07", 0, record_at, 1))
+        out.write(struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0))
+    else:
+        out.write(struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, count, count, cd_size, cd_start, 0))
     return out.getvalue()
 
 

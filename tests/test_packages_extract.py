@@ -161,6 +161,26 @@ def test_too_many_entries_are_refused(tmp_path: Path) -> None:
     assert "11 entries, above the cap of 10" in err.reason
 
 
+def test_a_forged_entry_count_is_refused_before_the_directory_is_parsed(tmp_path: Path) -> None:
+    err = _refused(tmp_path, build_zip([GOOD], declared_count=60_000))
+    assert err.member is None
+    assert "60000 entries, above the cap of 50000" in err.reason
+
+
+def test_an_oversized_central_directory_is_refused(tmp_path: Path) -> None:
+    err = _refused(tmp_path, build_zip([GOOD, GOOD]), limits=ExtractLimits(max_central_directory_bytes=60))
+    assert "central directory of 108 bytes, above the cap of 60" in err.reason
+
+
+def test_zip64_end_records_are_read_for_the_entry_cap(tmp_path: Path) -> None:
+    entries = [RawEntry(f"f{i}".encode(), b"x") for i in range(3)]
+    data = build_zip(entries, zip64_end=True)
+    safe_extract(_write(tmp_path / "first", data), tmp_path / "ok")
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["f0", "f1", "f2"]
+    err = _refused(tmp_path, build_zip(entries, zip64_end=True, declared_count=70_000))
+    assert "70000 entries, above the cap of 50000" in err.reason
+
+
 def test_data_prepended_to_the_archive_is_refused(tmp_path: Path) -> None:
     err = _refused(tmp_path, build_zip([GOOD], prefix=b"#!/bin/sh\nexit 0\n"))
     assert "before the first zip entry" in err.reason

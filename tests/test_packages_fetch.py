@@ -266,8 +266,12 @@ def test_four_processes_fetching_one_package_download_it_once(home: Path, server
 def test_local_zip_path_and_file_url_are_verified_and_extracted(home: Path, tmp_path: Path) -> None:
     archive = tmp_path / "pkg.zip"
     archive.write_bytes(PACKAGE)
-    by_path = ensure_package(_entry(str(archive), package_sha256=PACKAGE_SHA), home=home)
-    by_url = ensure_package(_entry(archive.as_uri(), package_sha256=PACKAGE_SHA), home=home)
+    by_path = ensure_package(
+        _entry(str(archive), package_sha256=PACKAGE_SHA, catalogue_dir=tmp_path), home=home
+    )
+    by_url = ensure_package(
+        _entry(archive.as_uri(), package_sha256=PACKAGE_SHA, catalogue_dir=tmp_path), home=home
+    )
     assert by_path == by_url
     assert (by_path.root / "big.bin").read_bytes() == BIG_WEIGHTS
     assert archive.read_bytes() == PACKAGE  # the source is left alone
@@ -277,7 +281,7 @@ def test_local_zip_with_wrong_hash_is_refused_and_the_source_kept(home: Path, tm
     archive = tmp_path / "pkg.zip"
     archive.write_bytes(PACKAGE)
     with pytest.raises(PackageIntegrityError) as info:
-        ensure_package(_entry(str(archive), package_sha256="1" * 64), home=home)
+        ensure_package(_entry(str(archive), package_sha256="1" * 64, catalogue_dir=tmp_path), home=home)
     assert info.value.actual == PACKAGE_SHA
     assert archive.is_file()
     _store_is_empty(home)
@@ -305,7 +309,7 @@ def test_directory_link_with_a_wrong_tree_hash_is_refused(home: Path, tmp_path: 
     pkg_dir.mkdir()
     (pkg_dir / "__init__.py").write_text("")
     with pytest.raises(PackageIntegrityError) as info:
-        ensure_package(_entry(str(pkg_dir), package_sha256="2" * 64), home=home)
+        ensure_package(_entry(str(pkg_dir), package_sha256="2" * 64, catalogue_dir=tmp_path), home=home)
     assert info.value.algorithm == "tree-sha256"
     assert info.value.actual == tree_sha256(pkg_dir)
     _store_is_empty(home)
@@ -318,6 +322,19 @@ def test_missing_local_link_is_a_clear_error(home: Path, tmp_path: Path) -> None
     assert info.value.remedy is not None and "catalogue's folder" in info.value.remedy
 
 
+def test_local_link_from_a_remote_catalogue_is_refused_without_reading_it(home: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "id_rsa").write_text("key")
+    for link in (str(secret), secret.as_uri(), "~/.ssh", "models/x"):
+        with pytest.raises(PackageDownloadError) as info:
+            ensure_package(_entry(link), home=home)  # catalogue_dir=None: the entry came from a URL
+        assert "does not come from a catalogue file on this machine" in info.value.reason
+        assert info.value.url == link
+        assert info.value.remedy is not None and "fetch --link" in info.value.remedy
+    _store_is_empty(home)
+
+
 def test_unsupported_scheme_is_refused(home: Path) -> None:
     with pytest.raises(PackageDownloadError) as info:
         ensure_package(_entry("ftp://example.org/pkg.zip"), home=home)
@@ -327,7 +344,7 @@ def test_unsupported_scheme_is_refused(home: Path) -> None:
 def test_store_tree_is_the_archive_bytes_content_addressed(home: Path, tmp_path: Path) -> None:
     archive = tmp_path / "pkg.zip"
     archive.write_bytes(PACKAGE)
-    pkg = ensure_package(_entry(str(archive)), home=home)
+    pkg = ensure_package(_entry(str(archive), catalogue_dir=tmp_path), home=home)
     tree = home / "packages" / "trees" / PACKAGE_SHA
     with zipfile.ZipFile(archive) as zf:
         names = sorted(n for n in zf.namelist() if not n.endswith("/"))

@@ -18,6 +18,7 @@ def _zip_entry(tmp_path: Path, data: bytes, **kw: Any) -> Entry:
     archive = tmp_path / f"{hashlib.sha256(data).hexdigest()[:8]}.zip"
     archive.write_bytes(data)
     kw.setdefault("model_id", "00009_PGGAN_POLYP_PATCHES_W_MASKS")
+    kw.setdefault("catalogue_dir", tmp_path)
     return Entry(package_link=str(archive), package_sha256=hashlib.sha256(data).hexdigest(), **kw)
 
 

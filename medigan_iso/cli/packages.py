@@ -89,6 +89,7 @@ def _link_entry(args: argparse.Namespace) -> _LinkEntry:
         package_name=name,
         package_sha256=args.sha256,
         package_md5=args.md5,
+        catalogue_dir=Path.cwd(),  # the user typed the link: local paths are theirs to give
     )
 
 
