@@ -1,9 +1,10 @@
 """A real HTTP server on 127.0.0.1 serving model packages, with knobs for the failures downloads must survive.
 
-``PackageServer`` runs a stdlib ``ThreadingHTTPServer`` in a daemon thread. Tests put bytes in ``files``
+``serve()`` runs a stdlib ``ThreadingHTTPServer`` in a daemon thread. Tests put bytes in ``state.files``
 and may ask it to: drop the connection after N bytes on the next GET of a path (``drop_after``), ignore
-``Range`` (``honour_range = False``), answer with a status or an HTML page (``status``, ``html``), or
-serve slowly (``chunk_delay_s``). It records every request's path and headers in ``requests``.
+``Range`` (``honour_range = False``), go silent mid-body (``stall_after``), redirect (``redirect``),
+answer with a status or an HTML page (``status``, ``html``), or serve slowly (``chunk_delay_s``). It
+records every request's path and headers in ``requests``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class ServerState:
     drop_after: dict[str, int] = field(default_factory=dict)
     status: dict[str, int] = field(default_factory=dict)
     html: dict[str, str] = field(default_factory=dict)  # path -> Content-Type of an HTML body
+    stall_after: dict[str, int] = field(default_factory=dict)  # next GET: send N bytes, then go silent
+    redirect: dict[str, str] = field(default_factory=dict)  # path -> Location
+    stall_s: float = 3.0
     honour_range: bool = True
     chunk_bytes: int = 64 << 10
     chunk_delay_s: float = 0.0
@@ -63,6 +67,13 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.requests.append(Request(path, {k: v for k, v in self.headers.items()}))
             drop = state.drop_after.pop(path, None)
+            stall = state.stall_after.pop(path, None)
+        if path in state.redirect:
+            self.send_response(302)
+            self.send_header("Location", state.redirect[path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if path in state.status:
             code = state.status[path]
             self._body(code, f"<html><body>error {code}</body></html>".encode(), "text/html")
@@ -104,6 +115,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if stall is not None:
+            self.wfile.write(body[:stall])
+            self.wfile.flush()
+            time.sleep(state.stall_s)
+            self.close_connection = True
             return
         for offset in range(0, len(body), state.chunk_bytes):
             self.wfile.write(body[offset : offset + state.chunk_bytes])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 import subprocess
@@ -86,6 +87,29 @@ def test_dropped_connection_resumes_with_range(home: Path, server: PackageServer
     assert second.headers["Range"] == f"bytes={1 << 20}-"
     assert second.headers["If-Range"].startswith('"')
     assert (pkg.root / "big.bin").read_bytes() == BIG_WEIGHTS
+
+
+def test_a_stalled_body_hits_the_read_timeout_and_resumes(home: Path, server: PackageServer) -> None:
+    server.state.stall_after["/pkg.zip"] = 1 << 20
+    options = DownloadOptions(connect_timeout_s=5, read_timeout_s=0.5, attempts=3, backoff_s=0.01)
+    entry = _entry(server.url("/pkg.zip"), package_sha256=PACKAGE_SHA)
+    pkg = ensure_package(entry, home=home, offline=False, options=options)
+    _first, second = server.state.gets("/pkg.zip")
+    assert second.headers["Range"] == f"bytes={1 << 20}-"
+    assert (pkg.root / "big.bin").read_bytes() == BIG_WEIGHTS
+
+
+def test_redirects_are_followed_and_plain_http_is_logged(
+    home: Path, server: PackageServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.state.redirect["/record/1/files/pkg.zip"] = "/pkg.zip"
+    with caplog.at_level(logging.WARNING, logger="medigan_iso.packages"):
+        pkg = ensure_package(_entry(server.url("/record/1/files/pkg.zip")), home=home, offline=False)
+    assert pkg.sha256 == PACKAGE_SHA
+    assert len(server.state.gets("/pkg.zip")) == 1
+    assert any(
+        "uses plain http" in r.getMessage() and "no package_sha256" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_server_ignoring_range_restarts_from_zero(home: Path, server: PackageServer) -> None:
