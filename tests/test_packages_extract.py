@@ -321,3 +321,30 @@ def test_zipfile_agrees_the_crafted_good_archive_is_valid(tmp_path: Path) -> Non
         assert zf.read("good.txt") == GOOD.data
     safe_extract(archive, tmp_path / "out")
     assert (tmp_path / "out" / "pkg" / "b.bin").read_bytes() == b"b" * 10
+
+
+_HOSTILE_ALPHABET = st.sampled_from(
+    ["a", "b", "/", "\\", ".", "..", ":", "C:", "\x00", "\n", "é", "~", " ", "//"]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.lists(_HOSTILE_ALPHABET, min_size=1, max_size=8).map("".join))
+def test_any_member_name_is_refused_or_lands_inside_dest(
+    tmp_path_factory: pytest.TempPathFactory, name: str
+) -> None:
+    tmp = tmp_path_factory.mktemp("hostile")
+    archive = tmp / "a.zip"
+    archive.write_bytes(build_zip([RawEntry(name.encode("utf-8"), b"payload", flags=0x800)]))  # UTF-8 names
+    dest = tmp / "box" / "out"
+    try:
+        safe_extract(archive, dest)
+    except UnsafeArchiveError as exc:
+        assert exc.member == name
+        assert not dest.exists()
+        return
+    assert dest.is_dir()
+    assert any(dest.iterdir()), "an accepted archive must have written its entry"
+    for path in tmp.rglob("*"):
+        assert path in (archive, dest.parent) or path.resolve().is_relative_to(dest.resolve())
+        assert not path.is_symlink()
