@@ -96,11 +96,12 @@ _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _IGNORED_DIRS = frozenset({"__pycache__"})
 _IGNORED_SUFFIXES = (".pyc",)
 # Zip general-purpose flag bits (APPNOTE 4.4.4): 0 = encrypted, 3 = sizes in a data descriptor,
-# 6 = strong encryption, 13 = encrypted central directory.
+# 6 = strong encryption, 11 = UTF-8 names, 13 = encrypted central directory.
 _FLAG_ENCRYPTED = 0x0001
 _FLAG_DATA_DESCRIPTOR = 0x0008
 _FLAG_STRONG_ENCRYPTION = 0x0040
 _FLAG_CD_ENCRYPTED = 0x2000
+_FLAG_UTF8 = 0x0800
 _ALLOWED_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # 30 bytes
 _EOCD = struct.Struct("<4sHHHHIIH")  # 22 bytes, then the comment
@@ -142,7 +143,7 @@ class ExtractLimits:
     max_total_bytes: int = 16 << 30  # sum of declared (and actual) uncompressed sizes
     max_ratio: float = 200.0  # uncompressed / compressed, per entry above ratio_floor_bytes
     ratio_floor_bytes: int = 1 << 20  # entries this small cannot hurt, whatever their ratio
-    max_central_directory_bytes: int = 64 << 20
+    max_central_directory_bytes: int = 16 << 20  # zipfile holds one ZipInfo per record in memory
     max_name_bytes: int = 1024
     max_component_bytes: int = 255
     chunk_bytes: int = 1 << 20
@@ -388,6 +389,12 @@ def _check_layout_on_disk(
             raise UnsafeArchiveError(
                 archive, "local header and central directory disagree on sizes or CRC", member=name
             )
+        # zipfile compares these names too, but only when the entry is opened: check before writing.
+        expected_name = info.orig_filename.encode("utf-8" if info.flag_bits & _FLAG_UTF8 else "cp437")
+        if fh.read(name_len) != expected_name:
+            raise UnsafeArchiveError(
+                archive, "local header and central directory disagree on the name", member=name
+            )
         start = info.header_offset
         end = start + _LOCAL_HEADER.size + name_len + extra_len + info.compress_size
         if end > cd_start:
@@ -401,7 +408,7 @@ def _check_layout_on_disk(
             )
 
 
-def _check_end_record(fh: IO[bytes], archive: str, limits: ExtractLimits) -> None:
+def _check_end_record(fh: IO[bytes], archive: str, limits: ExtractLimits) -> int:
     """Read the entry count and central directory size from the end record before zipfile does.
 
     zipfile builds a ZipInfo for every central-directory record up front, so a forged directory of
@@ -434,6 +441,7 @@ def _check_end_record(fh: IO[bytes], archive: str, limits: ExtractLimits) -> Non
             archive,
             f"central directory of {cd_size} bytes, above the cap of {limits.max_central_directory_bytes}",
         )
+    return int(count)
 
 
 def _make_writable(path: Path) -> None:
@@ -491,12 +499,18 @@ def safe_extract(
         raise FileExistsError(f"safe_extract destination exists and is not an empty directory: {dest_path}")
     dest_path.parent.mkdir(parents=True, exist_ok=True)
     with archive_path.open("rb") as fh:
-        _check_end_record(fh, label, limits)
+        declared_count = _check_end_record(fh, label, limits)
         try:
             zf = zipfile.ZipFile(fh)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
             raise UnsafeArchiveError(label, f"not a readable zip archive ({exc})") from exc
         with zf:
+            if len(zf.infolist()) != declared_count:
+                raise UnsafeArchiveError(
+                    label,
+                    f"the central directory holds {len(zf.infolist())} entries but the end record "
+                    f"declares {declared_count}",
+                )
             members = _check_archive(fh, zf, label, limits)
             tmp = Path(tempfile.mkdtemp(prefix=f".{dest_path.name}.tmp-", dir=dest_path.parent))
             try:

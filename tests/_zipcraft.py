@@ -34,6 +34,7 @@ class RawEntry:
     create_system: int = 3  # Unix
     crc: int | None = None  # override: a lying CRC (written to both headers)
     point_at: int | None = None  # central directory offset = this other entry's local header
+    at: int | None = None  # central directory record only, pointing at this absolute offset
 
 
 def _compress(data: bytes, method: int) -> bytes:
@@ -55,9 +56,13 @@ def build_zip(
     offsets: list[int] = []
     records: list[tuple[RawEntry, int, int, int]] = []
     for entry in entries:
-        offsets.append(out.tell())
         payload = _compress(entry.data, entry.method)
         crc = entry.crc if entry.crc is not None else zlib.crc32(entry.data)
+        if entry.at is not None:
+            offsets.append(entry.at)
+            records.append((entry, crc, len(payload), len(entry.data)))
+            continue
+        offsets.append(out.tell())
         out.write(
             struct.pack(
                 "<4sHHHHHIIIHH",

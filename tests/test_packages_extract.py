@@ -99,11 +99,28 @@ def test_declared_total_size_cap_is_enforced(tmp_path: Path) -> None:
 
 
 def test_overlapping_entries_are_refused(tmp_path: Path) -> None:
+    # "Quoted" overlap: b.bin's local header and data sit inside a.bin's stored data, so both names
+    # agree with their headers and only the overlap gives it away.
+    inner = build_zip([RawEntry(b"b.bin", b"\0" * 5000)])
+    inner_local = inner[: inner.rindex(b"PK\x01\x02")]
+    outer = RawEntry(b"a.bin", inner_local, method=STORED)
+    quoted = RawEntry(b"b.bin", b"\0" * 5000, at=30 + len(b"a.bin"))
+    err = _refused(tmp_path, build_zip([outer, quoted]))
+    assert err.member == "b.bin"
+    assert "overlaps entry 'a.bin'" in err.reason
+
+
+def test_entries_sharing_one_local_header_are_refused(tmp_path: Path) -> None:
     kernel = RawEntry(b"a.bin", b"\0" * 5000)
     twin = RawEntry(b"b.bin", b"\0" * 5000, point_at=0)  # its central record points at a.bin's header
     err = _refused(tmp_path, build_zip([kernel, twin]))
     assert err.member == "b.bin"
-    assert "overlap" in err.reason
+    assert "disagree on the name" in err.reason
+
+
+def test_central_directory_count_must_match_the_end_record(tmp_path: Path) -> None:
+    err = _refused(tmp_path, build_zip([GOOD, RawEntry(b"b.txt", b"b")], declared_count=1))
+    assert "holds 2 entries but the end record declares 1" in err.reason
 
 
 def test_entry_pointing_into_another_entrys_data_is_refused(tmp_path: Path) -> None:
