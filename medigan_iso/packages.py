@@ -569,6 +569,9 @@ def _write_members(
 
 def _package_root(tree: Path, *, model_id: str, package_name: str) -> Path:
     """The directory holding __init__.py, for every layout medigan accepts (and one it tolerates)."""
+    if _relative_parts(package_name) != (package_name,):
+        # "../<other sha>/pkg" would run another cached package's code under this entry's pin.
+        raise PackageLayoutError(model_id, f"package_name {package_name!r} is not a single folder name")
     tried: list[str] = []
     candidates: list[tuple[str, Path]] = [
         ("__init__.py at the archive root", tree),
@@ -1028,6 +1031,10 @@ def _install_tree(archive: Path, sha: str, layout: CacheLayout, limits: ExtractL
     # Two links may serve the same bytes: the tree is locked by its hash, not by the link.
     with _locked(layout, sha, f"extracting {archive.name}"):
         if not tree.is_dir():
+            # Holding the lock, any temp dir for this hash is a leftover of a killed extraction.
+            for stale in tree.parent.glob(f".{sha}.tmp-*"):
+                logger.info("removing a leftover extraction %s", stale)
+                _remove_tree(stale)
             safe_extract(archive, tree, limits=limits, read_only=True)
     return tree
 

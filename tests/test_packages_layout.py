@@ -180,3 +180,24 @@ def test_a_custom_default_climbing_out_of_the_package_is_refused(tmp_path: Path)
         rewrite_model_paths({"p": "models/00003/../../../etc/passwd"}, model_id="00003", root=tmp_path)
     assert info.value.model_id == "00003"
     assert "points outside the package" in info.value.reason
+
+
+@pytest.mark.parametrize("package_name", ["../other/pkg", "a/b", "..", "", "pkg\\x"])
+def test_package_name_must_be_one_folder_name(home: Path, tmp_path: Path, package_name: str) -> None:
+    entry = _zip_entry(tmp_path, model_zip("pkg", nested=False), package_name=package_name)
+    with pytest.raises(PackageLayoutError) as info:
+        ensure_package(entry, home=home)
+    assert f"package_name {package_name!r} is not a single folder name" in info.value.reason
+
+
+def test_a_leftover_extraction_of_the_same_package_is_cleaned_up(home: Path, tmp_path: Path) -> None:
+    data = model_zip("pkg")
+    sha = hashlib.sha256(data).hexdigest()
+    stale = home / "packages" / "trees" / f".{sha}.tmp-killed"
+    (stale / "pkg").mkdir(parents=True)
+    (stale / "pkg" / "half.bin").write_bytes(b"half")
+    stale.chmod(0o555)
+    pkg = ensure_package(_zip_entry(tmp_path, data, package_name="pkg"), home=home)
+    assert not stale.exists()
+    assert sorted(p.name for p in (home / "packages" / "trees").iterdir()) == [sha]
+    assert pkg.root == home / "packages" / "trees" / sha / "pkg"
