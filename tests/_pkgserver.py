@@ -37,6 +37,7 @@ class ServerState:
     redirect: dict[str, str] = field(default_factory=dict)  # path -> Location
     stall_s: float = 3.0
     honour_range: bool = True
+    honour_if_range: bool = True
     chunk_bytes: int = 64 << 10
     chunk_delay_s: float = 0.0
     requests: list[Request] = field(default_factory=list)
@@ -91,7 +92,11 @@ class _Handler(BaseHTTPRequestHandler):
         match = re.fullmatch(r"bytes=(\d+)-", rng or "")
         etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
         if_range = self.headers.get("If-Range")
-        if match and state.honour_range and (if_range is None or if_range == etag):
+        if (
+            match
+            and state.honour_range
+            and (if_range is None or if_range == etag or not state.honour_if_range)
+        ):
             start = int(match.group(1))
             if start >= len(data):
                 self.send_response(416)

@@ -140,6 +140,43 @@ def test_partial_download_survives_giving_up_and_resumes_next_call(home: Path, s
     assert (pkg.root / "big.bin").read_bytes() == BIG_WEIGHTS
 
 
+def test_a_partial_of_a_since_changed_file_is_not_spliced(home: Path, server: PackageServer) -> None:
+    server.state.drop_after["/pkg.zip"] = 1 << 20
+    one_try = DownloadOptions(attempts=1, backoff_s=0.01)
+    with pytest.raises(PackageDownloadError):
+        ensure_package(_entry(server.url("/pkg.zip")), home=home, offline=False, options=one_try)
+    new_package = model_zip("demo_pkg", extra={"big.bin": os.urandom(2 << 20)})
+    server.state.files["/pkg.zip"] = new_package  # upstream changed: its ETag changed too
+    new_sha = hashlib.sha256(new_package).hexdigest()
+    pkg = ensure_package(_entry(server.url("/pkg.zip"), package_sha256=new_sha), home=home, offline=False)
+    last = server.state.gets("/pkg.zip")[-1]
+    assert last.headers["Range"] == f"bytes={1 << 20}-"
+    assert (
+        last.headers["If-Range"] == f'"{PACKAGE_SHA[:16]}"'
+    )  # the old ETag: the server sent the new file whole
+    assert pkg.sha256 == new_sha
+
+
+def test_a_partial_longer_than_the_file_restarts_after_416(home: Path, server: PackageServer) -> None:
+    server.state.drop_after["/pkg.zip"] = 1 << 20
+    one_try = DownloadOptions(attempts=1, backoff_s=0.01)
+    with pytest.raises(PackageDownloadError):
+        ensure_package(_entry(server.url("/pkg.zip")), home=home, offline=False, options=one_try)
+    small = model_zip("demo_pkg")
+    assert len(small) < 1 << 20
+    server.state.files["/pkg.zip"] = small
+    server.state.honour_if_range = False  # many servers ignore If-Range: the stale Range gets a 416
+    pkg = ensure_package(
+        _entry(server.url("/pkg.zip"), package_sha256=hashlib.sha256(small).hexdigest()),
+        home=home,
+        offline=False,
+        options=FAST,
+    )
+    statuses = [r.headers.get("Range") for r in server.state.gets("/pkg.zip")]
+    assert statuses == [None, f"bytes={1 << 20}-", None]  # 416, then a clean full download
+    assert pkg.sha256 == hashlib.sha256(small).hexdigest()
+
+
 def test_404_is_a_clear_error_and_caches_nothing(home: Path, server: PackageServer) -> None:
     entry = _entry(server.url("/missing.zip"))
     with pytest.raises(PackageDownloadError) as info:
