@@ -55,9 +55,6 @@ class DownloadOptions:
 DEFAULT_DOWNLOAD_OPTIONS = DownloadOptions()
 
 
-# --- downloads -------------------------------------------------------------------------------------
-
-
 class _TransientError(Exception):
     """A failure worth retrying (connection drop, timeout, 5xx, 429)."""
 
