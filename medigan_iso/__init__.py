@@ -32,6 +32,7 @@ from medigan_iso.errors import (
     RunnerTimeoutError,
     SandboxError,
     UnknownModelError,
+    UnpinnedPackageError,
     UnsafeArchiveError,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "SandboxError",
     "SearchResult",
     "UnknownModelError",
+    "UnpinnedPackageError",
     "UnsafeArchiveError",
     "__version__",
     "info",

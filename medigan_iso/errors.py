@@ -15,7 +15,8 @@ translated once, at the boundary that sees them, with ``raise ... from exc``.
     │   ├── PackageDownloadError         a model package cannot be downloaded
     │   ├── PackageIntegrityError        a package's hash differs from the catalogue's
     │   ├── UnsafeArchiveError           a zip is refused by safe_extract (nothing was written)
-    │   └── PackageLayoutError           a package has no importable generate function / model file
+    │   ├── PackageLayoutError           a package has no importable generate function / model file
+    │   └── UnpinnedPackageError         a package has no (valid) pinned sha256 and the policy needs one
     ├── EnvError
     │   ├── ResolutionError              uv cannot resolve the model's requirements
     │   ├── InterpreterNotFoundError     no interpreter satisfies the entry's python_requires
@@ -60,6 +61,7 @@ __all__ = [
     "RunnerTimeoutError",
     "SandboxError",
     "UnknownModelError",
+    "UnpinnedPackageError",
     "UnsafeArchiveError",
 ]
 
@@ -200,6 +202,20 @@ class PackageLayoutError(PackageError):
         self.reason = reason
         self.path = path
         super().__init__(f"model {model_id}: {reason}" + (f" ({path})" if path else ""))
+
+
+class UnpinnedPackageError(PackageError):
+    """Raised when a package has no usable pinned sha256 and the policy (require_hashes) needs one."""
+
+    def __init__(self, model_id: str, source: str, reason: str, *, remedy: str | None = None) -> None:
+        self.model_id = model_id
+        self.source = source
+        self.reason = reason
+        super().__init__(
+            f"model {model_id} ({source}): {reason}",
+            remedy=remedy
+            or "pin it: `medigan-iso hash FILE_OR_DIR` prints the line to add to the entry's execution",
+        )
 
 
 # --- environments ----------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ def test_public_surface_is_pinned() -> None:
             "SandboxError",
             "SearchResult",
             "UnknownModelError",
+            "UnpinnedPackageError",
             "UnsafeArchiveError",
             "__version__",
             "info",
