@@ -6,10 +6,14 @@ The host never imports model code, torch or TensorFlow: every model runs in an e
 
 from __future__ import annotations
 
+from medigan_iso.api import ModelInfo, SearchResult, info, list_models, search
+from medigan_iso.catalogue import Catalogue, ModelEntry, load_catalogue
+from medigan_iso.compat import Generators
 from medigan_iso.errors import (
     CatalogueError,
     CatalogueSourceError,
     CatalogueValidationError,
+    ConfigKeyError,
     EnvBuildError,
     EnvError,
     EnvNotBuiltError,
@@ -28,21 +32,27 @@ from medigan_iso.errors import (
     RunnerTimeoutError,
     SandboxError,
     UnknownModelError,
+    UnpinnedPackageError,
     UnsafeArchiveError,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Catalogue",
     "CatalogueError",
     "CatalogueSourceError",
     "CatalogueValidationError",
+    "ConfigKeyError",
     "EnvBuildError",
     "EnvError",
     "EnvNotBuiltError",
+    "Generators",
     "InterpreterNotFoundError",
     "MediganIsoError",
+    "ModelEntry",
     "ModelError",
+    "ModelInfo",
     "PackageDownloadError",
     "PackageError",
     "PackageIntegrityError",
@@ -54,7 +64,13 @@ __all__ = [
     "RunnerStartError",
     "RunnerTimeoutError",
     "SandboxError",
+    "SearchResult",
     "UnknownModelError",
+    "UnpinnedPackageError",
     "UnsafeArchiveError",
     "__version__",
+    "info",
+    "list_models",
+    "load_catalogue",
+    "search",
 ]

@@ -9,12 +9,14 @@ translated once, at the boundary that sees them, with ``raise ... from exc``.
     ├── CatalogueError
     │   ├── CatalogueSourceError         a catalogue file/URL cannot be read or is not JSON
     │   ├── CatalogueValidationError     entries break the JSON Schema (every violation, with its path)
-    │   └── UnknownModelError            an id resolves to no entry (close matches attached)
+    │   ├── UnknownModelError            an id resolves to no entry (close matches attached)
+    │   └── ConfigKeyError               a dotted config key is missing from a model's entry
     ├── PackageError
     │   ├── PackageDownloadError         a model package cannot be downloaded
     │   ├── PackageIntegrityError        a package's hash differs from the catalogue's
     │   ├── UnsafeArchiveError           a zip is refused by safe_extract (nothing was written)
-    │   └── PackageLayoutError           a package has no importable generate function / model file
+    │   ├── PackageLayoutError           a package has no importable generate function / model file
+    │   └── UnpinnedPackageError         a package has no (valid) pinned sha256 and the policy needs one
     ├── EnvError
     │   ├── ResolutionError              uv cannot resolve the model's requirements
     │   ├── InterpreterNotFoundError     no interpreter satisfies the entry's python_requires
@@ -40,6 +42,7 @@ __all__ = [
     "CatalogueError",
     "CatalogueSourceError",
     "CatalogueValidationError",
+    "ConfigKeyError",
     "EnvBuildError",
     "EnvError",
     "EnvNotBuiltError",
@@ -58,6 +61,7 @@ __all__ = [
     "RunnerTimeoutError",
     "SandboxError",
     "UnknownModelError",
+    "UnpinnedPackageError",
     "UnsafeArchiveError",
 ]
 
@@ -124,6 +128,24 @@ class UnknownModelError(CatalogueError, LookupError):
         super().__init__(f"no model with id {model_id!r} in the catalogue", remedy=hint)
 
 
+class ConfigKeyError(CatalogueError, KeyError):
+    """Raised when a dotted config key (``"execution.generate_method.name"``) is not in a model's entry."""
+
+    def __init__(self, model_id: str, config_key: str, available: Sequence[str] = ()) -> None:
+        self.model_id = model_id
+        self.config_key = config_key
+        self.available = list(available)
+        hint = (
+            f"keys available there: {', '.join(self.available)}"
+            if self.available
+            else "`medigan-iso info MODEL --json` shows the whole entry"
+        )
+        super().__init__(f"model {model_id} has no config key {config_key!r}", remedy=hint)
+
+    def __str__(self) -> str:  # KeyError would show the repr of the message
+        return Exception.__str__(self)
+
+
 # --- packages --------------------------------------------------------------------------------------
 
 
@@ -180,6 +202,20 @@ class PackageLayoutError(PackageError):
         self.reason = reason
         self.path = path
         super().__init__(f"model {model_id}: {reason}" + (f" ({path})" if path else ""))
+
+
+class UnpinnedPackageError(PackageError):
+    """Raised when a package has no usable pinned sha256 and the policy (require_hashes) needs one."""
+
+    def __init__(self, model_id: str, source: str, reason: str, *, remedy: str | None = None) -> None:
+        self.model_id = model_id
+        self.source = source
+        self.reason = reason
+        super().__init__(
+            f"model {model_id} ({source}): {reason}",
+            remedy=remedy
+            or "pin it: `medigan-iso hash FILE_OR_DIR` prints the line to add to the entry's execution",
+        )
 
 
 # --- environments ----------------------------------------------------------------------------------

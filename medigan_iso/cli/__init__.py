@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command_groups() -> list[Callable[[Any], None]]:
     """The ``register`` function of every command group, in help order (one import per group)."""
-    return []
+    from medigan_iso.cli import catalogue, packages
+
+    return [catalogue.register, packages.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,6 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MediganIsoError as exc:
         print(f"medigan-iso: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # `medigan-iso list | head`: the reader left; say nothing more (Python docs, "Note on SIGPIPE")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("medigan-iso: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

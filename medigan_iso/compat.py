@@ -1,0 +1,281 @@
+"""medigan's ``Generators`` facade: same method names, parameters and defaults, on medigan_iso's catalogue.
+
+This module owns the medigan-compatible surface (catalogue, search and rank methods here; generation
+methods join later). Every id-taking method accepts abbreviated ids (``"00002"``, ``"03"``, ``4``) and
+raises UnknownModelError for unknown ones. Differences from medigan 1.0, all deliberate fixes:
+
+- ``get_selection_criteria_by_ids(None)`` returns every model (medigan crashed);
+- ``get_selection_values_for_key`` takes dotted keys for one model too and gives None where a model lacks
+  the key (medigan raised KeyError);
+- ``is_model_metadata_valid`` checks the JSON Schema (medigan's ``Path()`` turned every https link into
+  ``https:/`` and rejected it); ``metadata`` may be ``{model_id: entry}`` (medigan's shape) or the entry;
+- ``add_model_to_config(store_new_config=True)`` stores the entry in
+  ``<cache>/catalogues/local_models.json``, a source every later ``load_catalogue`` reads, instead of
+  rewriting a ``config/global.json`` in the working directory;
+- ranking and key-value search behave as :mod:`medigan_iso.search` documents.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from medigan_iso.catalogue import (
+    LOCAL_CATALOGUE_NAME,
+    Catalogue,
+    ConfigSource,
+    ModelEntry,
+    load_catalogue,
+    thaw,
+    validate_catalogue,
+)
+from medigan_iso.errors import CatalogueValidationError, ConfigKeyError
+from medigan_iso.paths import cache_layout
+from medigan_iso.search import (
+    MatchCandidate,
+    deep_get,
+    find_matching_models,
+    models_by_key_value,
+    rank_models,
+)
+from medigan_iso.search import find_models_and_rank as _find_models_and_rank
+
+__all__ = ["Generators"]
+
+logger = logging.getLogger(__name__)
+
+_MISSING = object()
+
+
+class Generators:
+    """medigan's entry point. ``config=`` (path, URL, dict or list) chooses the catalogue sources; or
+    pass a loaded :class:`~medigan_iso.catalogue.Catalogue` as ``config_manager``."""
+
+    def __init__(
+        self,
+        config_manager: Catalogue | None = None,
+        model_selector: Any = None,
+        model_executors: list[Any] | None = None,
+        model_contributors: list[Any] | None = None,
+        initialize_all_models: bool = False,
+        *,
+        config: ConfigSource | Sequence[ConfigSource] | None = None,
+        home: str | os.PathLike[str] | None = None,
+        offline: bool | None = None,
+    ) -> None:
+        if config_manager is not None and not isinstance(config_manager, Catalogue):
+            raise TypeError(
+                f"config_manager must be a medigan_iso Catalogue (from load_catalogue), not "
+                f"{type(config_manager).__name__}; pass catalogue sources as config= instead"
+            )
+        self.home = home
+        self.catalogue: Catalogue = (
+            config_manager
+            if config_manager is not None
+            else load_catalogue(config, home=home, offline=offline)
+        )
+        self.model_selector = model_selector
+        self.model_executors: list[Any] = list(model_executors or [])
+        self.model_contributors: list[Any] = list(model_contributors or [])
+        # Read by the generation methods (a later part of medigan_iso); the catalogue side ignores it.
+        self.initialize_all_models = initialize_all_models
+
+    def __repr__(self) -> str:
+        return f"Generators(model_ids={list(self.catalogue.ids())})"
+
+    # --- catalogue -------------------------------------------------------------------------------
+
+    def list_models(self) -> list[str]:
+        """Full model ids in catalogue order."""
+        return list(self.catalogue.ids())
+
+    def get_config_by_id(self, model_id: str | int, config_key: str | None = None) -> Any:
+        """The entry (or the part at a dotted ``config_key`` such as ``"execution.generate_method.name"``),
+        as a fresh plain copy."""
+        entry = self.catalogue.resolve(model_id)
+        if config_key is None:
+            return thaw(entry.raw)
+        value = deep_get(entry.raw, config_key, _MISSING)
+        if value is _MISSING:
+            raise ConfigKeyError(entry.model_id, config_key, _available(entry.raw, config_key))
+        return thaw(value)
+
+    def is_model_metadata_valid(
+        self, model_id: str, metadata: Mapping[str, Any], is_local_model: bool = True
+    ) -> bool:
+        """Whether ``metadata`` is a valid entry (lenient JSON Schema) and its package link fits: an existing
+        local file or folder when ``is_local_model``, else a URL. Reasons are logged, as in medigan."""
+        entry = _entry_of(model_id, metadata)
+        if entry is None:
+            logger.info("metadata for model %r is not valid: no entry under that id", model_id)
+            return False
+        try:
+            validate_catalogue({model_id: entry}, source=f"metadata of {model_id}")
+        except CatalogueValidationError as exc:
+            logger.info("metadata for model %r is not valid: %s", model_id, exc.message)
+            return False
+        link = str(entry["execution"]["package_link"])
+        if is_local_model:
+            if not Path(link).expanduser().exists():
+                logger.info("metadata for model %r is not valid: %s does not exist", model_id, link)
+                return False
+        else:
+            parsed = urlparse(link)
+            if not (parsed.scheme and parsed.netloc):
+                logger.info("metadata for model %r is not valid: %s is not a URL", model_id, link)
+                return False
+        return True
+
+    def add_model_to_config(
+        self,
+        model_id: str,
+        metadata: Mapping[str, Any],
+        is_local_model: bool | None = None,
+        overwrite_existing_metadata: bool = False,
+        store_new_config: bool = True,
+    ) -> bool:
+        """Add (or with ``overwrite_existing_metadata`` replace) a model entry; return whether it was added.
+
+        ``is_local_model=None`` means: local when the package link is not a URL.
+        """
+        entry = _entry_of(model_id, metadata)
+        if is_local_model is None:
+            link = str(deep_get(entry, "execution.package_link", ""))
+            is_local_model = not urlparse(link).scheme.startswith("http")
+        if entry is None or not self.is_model_metadata_valid(
+            model_id, {model_id: entry}, is_local_model=is_local_model
+        ):
+            logger.warning("%s: metadata was not added: it is not valid (see the log above)", model_id)
+            return False
+        if model_id in self.catalogue.ids() and not overwrite_existing_metadata:
+            logger.warning(
+                "%s: metadata was not added: the catalogue already has it and "
+                "overwrite_existing_metadata=False",
+                model_id,
+            )
+            return False
+        entry = thaw(entry)
+        local_link = Path(str(entry["execution"]["package_link"])).expanduser()
+        if is_local_model and not local_link.is_absolute():
+            # the stored catalogue lives elsewhere: pin the link to what it meant here and now
+            entry["execution"]["package_link"] = str(local_link.resolve())
+        local = cache_layout(self.home).catalogues / LOCAL_CATALOGUE_NAME
+        catalogue_dir = None
+        if store_new_config:
+            stored = json.loads(local.read_text(encoding="utf-8")) if local.is_file() else {}
+            stored[model_id] = entry
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f"{local.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(stored, indent=2), encoding="utf-8")
+            tmp.replace(local)
+            catalogue_dir = local.parent
+            logger.info("%s: metadata added and stored in %s", model_id, local)
+        source = str(local) if store_new_config else "<add_model_to_config>"
+        self.catalogue = self.catalogue.with_entry(
+            ModelEntry.from_raw(model_id, entry, source=source, catalogue_dir=catalogue_dir)
+        )
+        return True
+
+    # --- selection -------------------------------------------------------------------------------
+
+    def get_selection_criteria_by_id(self, model_id: str | int, is_model_id_removed: bool = True) -> Any:
+        """The model's ``selection`` dict, or ``{"model_id": id, "selection": ...}``."""
+        entry = self.catalogue.resolve(model_id)
+        if is_model_id_removed:
+            return thaw(entry.selection)
+        return {"model_id": entry.model_id, "selection": thaw(entry.selection)}
+
+    def get_selection_criteria_by_ids(
+        self, model_ids: Sequence[str | int] | None = None, are_model_ids_removed: bool = True
+    ) -> list[Any]:
+        """Selection dicts of ``model_ids`` (None = every model), in catalogue order."""
+        wanted = None if model_ids is None else {self.catalogue.resolve_id(m) for m in model_ids}
+        return [
+            self.get_selection_criteria_by_id(entry.model_id, is_model_id_removed=are_model_ids_removed)
+            for entry in self.catalogue
+            if wanted is None or entry.model_id in wanted
+        ]
+
+    def get_selection_values_for_key(self, key: str, model_id: str | int | None = None) -> list[Any]:
+        """The value at the dotted ``key`` of each model's selection (one model when ``model_id``)."""
+        entries = [self.catalogue.resolve(model_id)] if model_id is not None else list(self.catalogue)
+        return [thaw(deep_get(entry.selection, key)) for entry in entries]
+
+    def get_selection_keys(self, model_id: str | int | None = None) -> list[str]:
+        """First-level selection keys of one model, or their union over all models in first-seen order."""
+        entries = [self.catalogue.resolve(model_id)] if model_id is not None else list(self.catalogue)
+        return list(dict.fromkeys(key for entry in entries for key in entry.selection))
+
+    # --- search and rank -------------------------------------------------------------------------
+
+    def find_matching_models_by_values(
+        self,
+        values: list[Any],
+        target_values_operator: str = "AND",
+        are_keys_also_matched: bool = False,
+        is_case_sensitive: bool = False,
+    ) -> list[MatchCandidate]:
+        """Candidates (``.model_id``, ``.matched_entries``, ``.is_match``) in catalogue order."""
+        return find_matching_models(
+            self.catalogue,
+            values,
+            operator=target_values_operator,
+            match_keys=are_keys_also_matched,
+            case_sensitive=is_case_sensitive,
+        )
+
+    def get_models_by_key_value_pair(
+        self, key1: str, value1: Any, is_case_sensitive: bool = False
+    ) -> list[dict[str, Any]]:
+        """``[{"model_id": id, key1: value1}]`` for models whose selection has ``value1`` at ``key1``."""
+        return models_by_key_value(self.catalogue, key1, value1, case_sensitive=is_case_sensitive)
+
+    def rank_models_by_performance(
+        self, model_ids: Sequence[str | int] | None = None, metric: str = "SSIM", order: str = "asc"
+    ) -> list[dict[str, Any]]:
+        """``[{"model_id": id, metric: value}]`` sorted by ``selection.performance.<metric>``."""
+        return rank_models(self.catalogue, model_ids=model_ids, metric=metric, order=order)
+
+    def find_models_and_rank(
+        self,
+        values: list[Any],
+        target_values_operator: str = "AND",
+        are_keys_also_matched: bool = False,
+        is_case_sensitive: bool = False,
+        metric: str = "SSIM",
+        order: str = "asc",
+    ) -> list[dict[str, Any]]:
+        """Search, then rank the matches by ``metric``."""
+        return _find_models_and_rank(
+            self.catalogue,
+            values,
+            operator=target_values_operator,
+            match_keys=are_keys_also_matched,
+            case_sensitive=is_case_sensitive,
+            metric=metric,
+            order=order,
+        )
+
+
+def _entry_of(model_id: str, metadata: Any) -> Any:
+    """The entry inside medigan-shaped ``{model_id: entry}`` metadata, or ``metadata`` itself if it is one."""
+    if not isinstance(metadata, Mapping):
+        return None
+    if isinstance(metadata.get(model_id), Mapping):
+        return metadata[model_id]
+    return metadata if "execution" in metadata else None
+
+
+def _available(raw: Mapping[str, Any], dotted_key: str) -> list[str]:
+    parts = dotted_key.split(".")
+    current: Any = raw
+    for part in parts:
+        if not isinstance(current, Mapping) or part not in current:
+            break
+        current = current[part]
+    return sorted(str(k) for k in current) if isinstance(current, Mapping) else []

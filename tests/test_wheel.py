@@ -1,0 +1,76 @@
+"""The built wheel ships schemas/ inside medigan_iso; an installed copy finds them via importlib.resources."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+PROBE = """
+import json, sys
+from importlib import resources
+import medigan_iso
+from medigan_iso.catalogue import load_catalogue, load_schema, validate_catalogue
+root = resources.files("medigan_iso")
+names = sorted(p.name for p in (root / "schemas").iterdir())
+schema = load_schema("model_entry.schema.json")
+catalogue = load_catalogue([], offline=True, official_url="")
+print(json.dumps({"file": medigan_iso.__file__, "schemas": names, "title": schema["title"],
+                  "sources": list(catalogue.sources)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    uv = shutil.which("uv")
+    if uv is None or not (REPO_ROOT / "pyproject.toml").is_file():
+        pytest.skip("needs uv and the source tree")
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [uv, "build", "--wheel", "--out-dir", str(out), str(REPO_ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (built,) = out.glob("medigan_iso-*.whl")
+    return built
+
+
+def test_wheel_contains_schemas_bundled_catalogue_and_runner(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "medigan_iso/schemas/catalogue.schema.json" in names
+    assert "medigan_iso/schemas/model_entry.schema.json" in names
+    assert "medigan_iso/data/bundled_catalogue.json" in names
+    assert "medigan_iso_runner/protocol.py" in names
+    assert not any(name.startswith("schemas/") for name in names)
+
+
+def test_unpacked_wheel_finds_its_schemas_through_importlib_resources(wheel: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    env = {"MEDIGAN_ISO_HOME": str(tmp_path / "home"), "PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    # -S keeps this interpreter's site-packages (and any installed medigan_iso) off the path, but the
+    # dependencies are needed: add them after the unpacked wheel.
+    deps = [p for p in sys.path if p.endswith("site-packages")]
+    env["PYTHONPATH"] = ":".join([str(site), *deps])
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout)
+    assert Path(probe["file"]).is_relative_to(site)
+    assert probe["schemas"] == ["catalogue.schema.json", "model_entry.schema.json"]
+    assert probe["title"] == "medigan model entry"
+    assert probe["sources"] == ["<bundled bundled_catalogue.json>"]
