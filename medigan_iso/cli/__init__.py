@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command_groups() -> list[Callable[[Any], None]]:
     """The ``register`` function of every command group, in help order (one import per group)."""
-    return []
+    from medigan_iso.cli import env
+
+    return [env.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
