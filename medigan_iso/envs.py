@@ -1696,6 +1696,13 @@ def prune_envs(
     for leftover in sorted(layout.envs.iterdir()):
         if not leftover.name.startswith((TMP_PREFIX, OLD_PREFIX)):
             continue
+        if leftover.name.startswith(f"{TMP_PREFIX}resolve-"):
+            # scratch dirs of pip resolutions hold no key lock; only ones older than a day are orphans
+            with contextlib.suppress(OSError):
+                if leftover.stat().st_mtime < time.time() - 86400:
+                    _rmtree(leftover)
+                    removed.append(leftover)
+            continue
         key = leftover.name.split("-")[1] if leftover.name.count("-") >= 2 else ""
         lock = filelock.FileLock(str(layout.locks / f"env-{key}.lock"))
         try:

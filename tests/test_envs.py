@@ -405,6 +405,10 @@ def test_a_torch_env_and_a_numpy1_env_coexist(shared_home: Path, numpy1_env: Mod
     ).split()
     assert torch_version.startswith("2.13.0")
     assert numpy_major == "2"
+    # bytecode was compiled into the shared uv cache and hardlinked, not written anew into this env
+    site = torch_env.path / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    pyc = site / "torch" / "__pycache__" / f"__init__.{sys.implementation.cache_tag}.pyc"
+    assert pyc.is_file() and pyc.stat().st_nlink > 1
     assert run_in_env(numpy1_env, "import numpy; print(numpy.__version__.split('.')[0])") == "1"
 
 
