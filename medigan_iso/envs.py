@@ -475,11 +475,25 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The failing command's output from its first error line on (else its last lines), at most ``lines``.
+
+    uv prints the cause first and then long lists (every expected hash of a wheel), so a plain tail would
+    often show only the list.
+    """
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+    all_lines = text.rstrip().splitlines()
+    starts = [i for i, line in enumerate(all_lines) if re.match(r"\[\+[0-9.]+s\] \$ ", line)]
+    section = all_lines[starts[-1] + 1 :] if starts else all_lines
+    first_error = next((i for i, line in enumerate(section) if re.search(r"error|×", line, re.I)), None)
+    if first_error is None:
+        return "\n".join(section[-lines:])
+    excerpt = section[first_error : first_error + lines]
+    if len(section) > first_error + lines:
+        excerpt.append(f"... ({len(section) - first_error - lines} more lines in the log)")
+    return "\n".join(excerpt)
 
 
 def _rmtree(path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from medigan_iso.envs import (
     remove_env,
     resolve,
 )
-from medigan_iso.errors import EnvNotBuiltError, InterpreterNotFoundError, ResolutionError
+from medigan_iso.errors import EnvBuildError, EnvNotBuiltError, InterpreterNotFoundError, ResolutionError
 
 NUMPY1 = EnvSpec(["numpy<2"], name="demo-numpy1")
 BUILD_HEADER = "=== medigan-iso env build"
@@ -551,3 +552,33 @@ def test_cli_env_build_failure_shows_the_resolver_message(
     err = capsys.readouterr().err
     assert err.startswith("medigan-iso: error: cannot resolve requirements:")
     assert "unsatisfiable" in err
+
+
+def test_a_failed_install_raises_with_the_log_tail_and_leaves_nothing(
+    home: Path, online: None, numpy1_env: ModelEnv
+) -> None:
+    lock = numpy1_env.lock_path.read_text()
+    bad_lock = re.sub(r"sha256:[0-9a-f]{64}", "sha256:" + "0" * 64, lock)
+    entry = FakeEntry(model_id="00010_BAD_HASH", dependencies=(), requirements_lock=bad_lock)
+    with pytest.raises(EnvBuildError) as info:
+        ensure_env(entry, home=home)
+    err = info.value
+    assert err.model_id == "00010_BAD_HASH"
+    assert err.reason == "uv pip install failed" and err.returncode not in (None, 0)
+    assert err.log_path is not None and err.log_path.is_file()
+    assert "hash" in err.log_tail.lower()
+    assert err.log_tail in str(err) and "medigan-iso env build 00010_BAD_HASH --rebuild" in str(err)
+    assert [p.name for p in (home / "envs").iterdir() if not p.name.startswith(".")] == []
+    assert not list((home / "envs").glob(".tmp-*"))
+
+
+def test_prune_max_size_removes_least_recently_used_envs_first(home: Path, online: None) -> None:
+    old = ensure_env(["numpy<2"], home=home)
+    new = ensure_env(["numpy<2", "six"], home=home)
+    for env, age_days in ((old, 3), (new, 1)):
+        users = env.path / "medigan-iso-models.json"
+        users.write_text(json.dumps({"models": {}, "last_use": time.time() - age_days * 86400}))
+    sizes = {i.key: i.own_bytes for i in list_envs(home=home)}
+    report = prune_envs(home=home, max_size_gb=(sizes[new.key] + 1) / 1e9)
+    assert report.removed == (old.path,)
+    assert [i.key for i in list_envs(home=home)] == [new.key]
