@@ -72,6 +72,7 @@ __all__ = [
     "EnvSpec",
     "IndexSettings",
     "Interpreter",
+    "ModelEntryLike",
     "ModelEnv",
     "PruneReport",
     "Resolution",
@@ -1563,7 +1564,7 @@ def _ensure(
             raise EnvNotBuiltError(label)
         resolution = cached
     else:
-        if progress is not None and not rebuild:
+        if progress is not None:
             progress(f"resolving {label}")
         resolution = _resolve(spec, layout=layout, settings=settings, uv=uv, refresh=rebuild)
     key = _env_key(resolution.lock, resolution.interpreter, builder)

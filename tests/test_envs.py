@@ -582,3 +582,18 @@ def test_prune_max_size_removes_least_recently_used_envs_first(home: Path, onlin
     report = prune_envs(home=home, max_size_gb=(sizes[new.key] + 1) / 1e9)
     assert report.removed == (old.path,)
     assert [i.key for i in list_envs(home=home)] == [new.key]
+
+
+def test_rebuild_replaces_the_env_in_place_and_says_why(home: Path, online: None) -> None:
+    env = ensure_env(["numpy<2"], home=home)
+    marker = env.path / "marker-from-first-build"
+    marker.write_text("x")
+    messages: list[str] = []
+    again = ensure_env(["numpy<2"], home=home, rebuild=True, progress=messages.append)
+    assert again.key == env.key and again.path == env.path
+    assert not marker.exists()
+    assert builds_in_log(again) == 2
+    assert json.loads((again.path / "medigan-iso-stamp.json").read_text())["reason"] == "rebuild requested"
+    assert messages[0].startswith("resolving ") and messages[-1].startswith(f"env {env.key} ready in")
+    assert run_in_env(again, "import numpy; print(numpy.__version__[0])") == "1"
+    assert [p.name for p in (home / "envs").iterdir() if not p.name.startswith(".")] == [env.key]
