@@ -105,13 +105,10 @@ LOG_TAIL_LINES = 30
 UV_BIN_ENV = "MEDIGAN_ISO_UV"  # seam: path to the uv binary (a missing path forces the fallback)
 OFFLINE_ENV = "MEDIGAN_ISO_OFFLINE"
 BYTECODE_MARKER_PREFIX = ".medigan-iso-bytecode-"
-# pip reads these files in this order, later ones overriding earlier ones; $PIP_CONFIG_FILE comes last.
-PIP_CONFIG_FILES = (
-    Path("/etc/xdg/pip/pip.conf"),
-    Path("/etc/pip.conf"),
-    Path("~/.pip/pip.conf"),
-    Path("~/.config/pip/pip.conf"),
-)
+# pip's configuration files, lowest precedence first: global, then user (skipped when $PIP_CONFIG_FILE
+# names an existing file), then the site file of the host's environment; $PIP_CONFIG_FILE wins over all.
+PIP_GLOBAL_CONFIG_FILES = (Path("/etc/xdg/pip/pip.conf"), Path("/etc/pip.conf"))
+PIP_USER_CONFIG_FILES = (Path("~/.pip/pip.conf"), Path("~/.config/pip/pip.conf"))
 _NETWORK_ERROR_MARKERS = (
     "failed to fetch",
     "error sending request",
@@ -364,14 +361,18 @@ def index_settings(
     Precedence per setting, highest first: the per-call argument; uv's own variable (``UV_INDEX_URL``,
     ``UV_DEFAULT_INDEX``, ``UV_EXTRA_INDEX_URL``, ``UV_INDEX``, ``UV_FIND_LINKS``, ``UV_CONSTRAINT``,
     ``UV_NO_INDEX``: when set, we pass nothing and uv reads it); ``PIP_*`` variables; pip.conf
-    ``[global]``/``[install]`` from the standard files then ``$PIP_CONFIG_FILE``. Per-call find-links are
-    added to the translated ones. ``environ`` and ``pip_config_files`` are seams for tests.
+    ``[global]``/``[install]`` from pip's files in pip's order (``$PIP_CONFIG_FILE`` last). Per-call
+    find-links are added to the translated ones. ``environ`` and ``pip_config_files`` are seams for tests.
     """
     env = os.environ if environ is None else environ
     if pip_config_files is None:
-        files = list(PIP_CONFIG_FILES)
-        if env.get("PIP_CONFIG_FILE"):
-            files.append(Path(env["PIP_CONFIG_FILE"]))
+        env_file = Path(env["PIP_CONFIG_FILE"]).expanduser() if env.get("PIP_CONFIG_FILE") else None
+        files = list(PIP_GLOBAL_CONFIG_FILES)
+        if env_file is None or not env_file.is_file():
+            files += PIP_USER_CONFIG_FILES
+        files.append(Path(sys.prefix) / "pip.conf")
+        if env_file is not None:
+            files.append(env_file)
     else:
         files = list(pip_config_files)
     if env.get("PIP_CONFIG_FILE") == os.devnull:
