@@ -1183,9 +1183,12 @@ def _link_shared_bytecode(
             stderr=subprocess.STDOUT,
             check=False,
         )
-        for archive in cold:
-            with contextlib.suppress(OSError):
+        for archive in list(cold):
+            try:
                 (archive / marker).touch()
+            except OSError:  # a read-only uv cache: these wheels get compiled inside the env instead
+                cold.remove(archive)
+                matched.remove(archive)
     suffix = f".{interp.cache_tag}.pyc"
     for archive in matched:
         covered.update(entry.name for entry in archive.iterdir() if not entry.name.startswith("."))
