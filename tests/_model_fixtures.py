@@ -23,6 +23,9 @@ import numpy as np
 
 from .helpers import make_image
 
+_REUSED = np.zeros((256, 256), dtype=np.uint8)
+_CALLS = [0]
+
 
 def generate(model_file, num_samples, output_path, save_images, behaviour="plain", size=8, **kwargs):
     weights = np.load(model_file)
@@ -54,6 +57,10 @@ def generate(model_file, num_samples, output_path, save_images, behaviour="plain
         images = images[: max(0, num_samples - 1)]
     elif behaviour == "batched_array":
         return np.stack(images)
+    elif behaviour == "reuses_buffer":
+        _CALLS[0] += 1
+        _REUSED[...] = _CALLS[0] % 256
+        return [_REUSED] * num_samples
     elif behaviour == "unsendable":
         return [object()]
     if save_images:

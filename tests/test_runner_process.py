@@ -189,6 +189,17 @@ def test_unsendable_return_values_raise_model_error_and_the_runner_stays_usable(
     assert len(collect(runner, 2)) == 2
 
 
+def test_a_model_that_overwrites_its_output_buffer_still_streams_each_batch_intact(
+    runner: RunnerProcess,
+) -> None:
+    # The runner sends batch k while the model computes batch k+1: it must send a snapshot.
+    batches = list(runner.generate(60, batch_size=2, kwargs={"behaviour": "reuses_buffer"}))
+    firsts = [int(batch[0][0, 0]) for batch in batches]
+    assert firsts == list(range(firsts[0], firsts[0] + 30))
+    for batch in batches:
+        assert all(np.all(sample == batch[0][0, 0]) for sample in batch)
+
+
 # --- seeds, kwargs, shortfalls, saving ---------------------------------------------------------------
 
 

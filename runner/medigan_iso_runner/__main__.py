@@ -33,8 +33,8 @@ frames (runner -> host unless marked)
         ``done`` then says ``cancelled: true``.
     host ``shutdown``: exit with code 0.
 exit codes
-    0 after ``shutdown``, on stdin EOF (the host is gone) or when the parent died; 2 when the host sent a
-    malformed frame or a different protocol version; 3 when the host vanished before the handshake finished.
+    0 after ``shutdown`` and whenever the host is gone (stdin EOF, a write to a closed pipe, the parent
+    died); 2 when the host sent a malformed frame or a different protocol version.
     Any other code or signal comes from model code (``os._exit``, a segfault).
 
 Generation follows medigan: the entry's ``custom`` defaults, overridden by the caller's kwargs, then the
@@ -74,20 +74,67 @@ F_SETPIPE_SZ = 1031
 REPORTED_PACKAGES = ("torch", "tensorflow", "tensorflow-cpu", "keras")
 EXIT_OK = 0
 EXIT_PROTOCOL = 2
-EXIT_HOST_GONE = 3
+SNAPSHOT_POOL_SIZE = 2  # batch snapshots kept for reuse (one queued, one being written)
 
 
 class Channel:
-    """The protocol fds: one reader thread, one writer (the main thread)."""
+    """The protocol fds: a reader thread (see Runner.read_loop) and a writer thread fed by a 1-slot queue.
+
+    The writer thread lets the model compute batch k+1 while batch k is still being copied into the pipe;
+    the queue's single slot bounds the runner's memory to two batches.
+    """
 
     def __init__(self, in_fd: int, out_fd: int) -> None:
         self.in_fd = in_fd
         self.out_fd = out_fd
         self._reader = open(in_fd, "rb", buffering=0, closefd=False)  # noqa: SIM115 - lives for the process
+        self._outbox = queue.Queue(maxsize=1)  # type: queue.Queue
+        self._pool = queue.Queue()  # type: queue.Queue
+        threading.Thread(target=self._write_loop, name="medigan-iso-writer", daemon=True).start()
 
-    def send(self, header: Dict[str, Any], arrays: Any = ()) -> None:
+    def send(self, header: Dict[str, Any], arrays: Any = (), copy: bool = False) -> None:
+        """Queue one frame. ``copy`` snapshots the arrays (the model may reuse its buffers next call)."""
+        buffers = protocol.encode_frame(header, arrays)
+        snapshot = None
+        if copy and len(buffers) > 1:
+            total = sum(len(buf) for buf in buffers[1:])
+            snapshot = self._spare(total)
+            target = memoryview(snapshot)
+            offset = 0
+            for buf in buffers[1:]:
+                target[offset : offset + len(buf)] = buf
+                offset += len(buf)
+            buffers = [buffers[0], target[:total]]
+            target = None  # type: ignore[assignment]
+        self._outbox.put((buffers, snapshot))
+
+    def _spare(self, size: int) -> bytearray:
+        """A snapshot buffer from the pool (reused buffers are already paged in), at least ``size`` long."""
+        try:
+            spare = self._pool.get_nowait()
+        except queue.Empty:
+            return bytearray(size)
+        return spare if len(spare) >= size else bytearray(size)
+
+    def flush(self) -> None:
+        self._outbox.join()
+
+    def _write_loop(self) -> None:
         out_fd = self.out_fd
-        protocol.write_frame(lambda view: os.write(out_fd, view), header, arrays)
+        while True:
+            buffers, snapshot = self._outbox.get()
+            try:
+                for buf in buffers:
+                    view = memoryview(buf)
+                    while view:
+                        view = view[os.write(out_fd, view) :]
+            except OSError:  # the host closed its end: nobody is left to read our frames
+                os._exit(EXIT_OK)
+            buffers = buf = view = None  # release the batch before waiting for the next one
+            if snapshot is not None and self._pool.qsize() < SNAPSHOT_POOL_SIZE:
+                self._pool.put(snapshot)
+            snapshot = None
+            self._outbox.task_done()
 
     def receive(self) -> Optional[protocol.Frame]:
         return protocol.read_frame(self._reader.readinto)
@@ -388,6 +435,7 @@ class Runner:
                         "samples": tree,
                     },
                     arrays,
+                    copy=True,
                 )
                 produced += len(samples)
                 del samples, tree, arrays
@@ -423,10 +471,9 @@ class Runner:
 def main() -> int:
     channel = guard_fds()
     arm_parent_death_signal()
-    try:
-        return Runner(channel).serve()
-    except BrokenPipeError:
-        return EXIT_HOST_GONE
+    code = Runner(channel).serve()
+    channel.flush()
+    return code
 
 
 if __name__ == "__main__":
