@@ -251,6 +251,13 @@ class RunnerProcess:
         )
         try:
             runner._handshake()
+        except RunnerCrashedError as exc:
+            runner._kill()
+            raise RunnerStartError(
+                f"the runner {argv[-4]} exited before its hello: {exc.message}",
+                remedy="the env may lack medigan_iso_runner, msgpack or numpy; rebuild it "
+                "(`medigan-iso env build MODEL --rebuild`)",
+            ) from exc
         except BaseException:
             runner._kill()
             raise
@@ -293,19 +300,24 @@ class RunnerProcess:
         self.close()
 
     def close(self) -> None:
-        """Shut down: shutdown frame, grace, SIGTERM to the group, grace, SIGKILL; then clean up."""
+        """Shut down: shutdown frame (or stdin EOF when busy), grace, SIGTERM to the group, grace, SIGKILL."""
         if self._closed:
             return
         self._closed = True
         if self._active is not None:
+            # The runner is busy with a request: stdin EOF (below) stops it at once, a shutdown frame
+            # would wait for the whole request.
             self._active._abandon()
+            self._broken = True
         if self._exit_status() is None and not self._broken:
             with contextlib.suppress(OSError, RunnerError):
                 self._send({"kind": "shutdown"})
             self._wait_exit(self.shutdown_grace_s)
-        with contextlib.suppress(OSError):
-            assert self._popen.stdin is not None
-            self._popen.stdin.close()  # stdin EOF also makes the runner exit
+        if self._exit_status() is None:
+            with contextlib.suppress(OSError):
+                assert self._popen.stdin is not None
+                self._popen.stdin.close()  # stdin EOF makes the runner's reader thread exit the process
+            self._wait_exit(self.shutdown_grace_s)
         if self._exit_status() is None:
             self._signal_group(signal.SIGTERM)
             self._wait_exit(self.shutdown_grace_s)
@@ -435,9 +447,11 @@ class RunnerProcess:
             logger.log(level, "runner %s: %s", self.pid, frame.header.get("message"))
         return frame
 
-    def _send(self, header: dict[str, Any]) -> None:
+    def _send(self, header: dict[str, Any], arrays: Sequence[Any] = ()) -> None:
         try:
-            protocol.write_frame(lambda view: os.write(self._in_fd, view), header)
+            protocol.write_frame(lambda view: os.write(self._in_fd, view), header, arrays)
+        except protocol.ProtocolError as exc:
+            raise TypeError(f"cannot send a {header.get('kind')} frame to the runner: {exc.reason}") from exc
         except BrokenPipeError as exc:
             self._wait_exit(1.0)
             raise self._crashed() from exc
@@ -512,6 +526,10 @@ class RunnerProcess:
         self._check_idle()
         if self.loaded is None:
             raise RunnerError("generate called before load", remedy="call load(package_root, ...) first")
+        try:
+            kwargs_tree, kwargs_arrays = protocol.pack_samples(dict(kwargs or {}))
+        except protocol.ProtocolError as exc:
+            raise TypeError(f"model kwargs cannot be sent to the runner: {exc.reason}") from exc
         self._request += 1
         self._send(
             {
@@ -520,10 +538,11 @@ class RunnerProcess:
                 "n": n,
                 "batch_size": batch_size,
                 "seed": seed,
-                "kwargs": dict(kwargs or {}),
+                "kwargs": kwargs_tree,
                 "save_images": save_images,
                 "output_path": None if output_path is None else os.fspath(output_path),
-            }
+            },
+            kwargs_arrays,
         )
         stream = GenerateStream(self, self._request, n)
         self._active = stream

@@ -57,6 +57,8 @@ def generate(model_file, num_samples, output_path, save_images, behaviour="plain
         images = images[: max(0, num_samples - 1)]
     elif behaviour == "batched_array":
         return np.stack(images)
+    elif behaviour == "echo_kwargs":
+        return [dict(kwargs, size=size)]
     elif behaviour == "reuses_buffer":
         _CALLS[0] += 1
         _REUSED[...] = _CALLS[0] % 256

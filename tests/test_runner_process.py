@@ -66,6 +66,16 @@ def pid_gone(pid: int) -> bool:
 # --- handshake and load --------------------------------------------------------------------------------
 
 
+def test_closing_during_a_long_request_stops_the_runner_promptly(runner: RunnerProcess) -> None:
+    stream = runner.generate(1_000_000, batch_size=1, kwargs={"behaviour": "hangs"})
+    assert not stream.finished
+    started = time.monotonic()
+    runner.close()
+    assert time.monotonic() - started < 2
+    assert runner.returncode == 0  # stdin EOF, not SIGTERM
+    assert stream.finished
+
+
 def test_hello_reports_protocol_python_numpy_and_pid(numpy_env: Path, tmp_path: Path) -> None:
     with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log") as proc:
         assert proc.hello["protocol"] == protocol.PROTOCOL_VERSION
@@ -106,13 +116,18 @@ def test_missing_interpreter_raises_runner_start_error(tmp_path: Path) -> None:
     assert "medigan-iso env list" in str(info.value)
 
 
-def test_an_interpreter_without_the_runner_crashes_with_the_stderr_tail(tmp_path: Path) -> None:
+def test_an_interpreter_without_the_runner_fails_to_start_with_the_stderr_tail(tmp_path: Path) -> None:
     bare = getattr(sys, "_base_executable", sys.executable)  # the base interpreter, outside any venv
-    with pytest.raises(RunnerCrashedError) as info:
+    with pytest.raises(RunnerStartError) as info:
         RunnerProcess.start(bare, log_path=tmp_path / "r.log")
-    assert info.value.returncode == 1 and info.value.signal_name is None
-    assert "No module named" in info.value.stderr_tail
-    assert "exited with code 1" in str(info.value) and str(tmp_path / "r.log") in str(info.value)
+    crash = info.value.__cause__
+    assert isinstance(crash, RunnerCrashedError)
+    assert crash.returncode == 1 and crash.signal_name is None
+    assert "No module named" in crash.stderr_tail
+    message = str(info.value)
+    assert f"the runner {bare} exited before its hello: runner exited with code 1" in message
+    assert "No module named" in message and str(tmp_path / "r.log") in message
+    assert "medigan-iso env build MODEL --rebuild" in message
 
 
 def test_environment_is_an_allow_list_with_a_private_home(tmp_path: Path) -> None:
