@@ -12,7 +12,6 @@ for >= 1 MiB arrays >= 70 % of a raw pipe copy of the same bytes; spawn -> ready
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -74,49 +73,50 @@ def write_fast_model(root: Path) -> Path:
     return root
 
 
-def import_in_process(package: Path, name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(
-        name, package / "__init__.py", submodule_search_locations=[str(package)]
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+IN_PROCESS = """
+import importlib.util, json, sys, time
+import numpy as np
+root, weights, n, batch, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+spec = importlib.util.spec_from_file_location(
+    "bench_model", root + "/__init__.py", submodule_search_locations=[root]
+)
+module = importlib.util.module_from_spec(spec)
+sys.modules["bench_model"] = module
+spec.loader.exec_module(module)
+np.random.seed(0)
+started = time.perf_counter()
+remaining = n
+while remaining:
+    b = min(batch, remaining)
+    out = module.generate(model_file=weights, num_samples=b, output_path=None, save_images=False, size=size)
+    assert len(out) == b
+    remaining -= b
+print(json.dumps(time.perf_counter() - started))
+"""
 
 
 def bench_overhead(python: Path, zoo: Path, work: Path, n: int, repeats: int) -> dict[str, Any]:
-    """Warm runner vs the same generate called in this process, same batches, same seed."""
+    """Warm runner vs the same generate called in-process by the env's interpreter (same batches, seed)."""
     batch = 32
-    kwargs = {"size": 128}
-    module = import_in_process(zoo, "_bench_zoo")
+    size = 128
     weights = str(zoo / "weights.npy")
 
     def in_process() -> float:
-        np.random.seed(0)
-        started = time.perf_counter()
-        remaining = n
-        while remaining:
-            b = min(batch, remaining)
-            out = module.generate(
-                model_file=weights, num_samples=b, output_path=None, save_images=False, **kwargs
-            )
-            assert len(out) == b
-            remaining -= b
-        return time.perf_counter() - started
+        argv = [str(python), "-I", "-c", IN_PROCESS, str(zoo), weights, str(n), str(batch), str(size)]
+        return float(json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout))
 
     with RunnerProcess.start(python, log_path=work / "overhead.log") as proc:
         proc.load(zoo, model_file=weights, package_name="bench-zoo")
-        list(proc.generate(batch, batch_size=batch, kwargs=kwargs))  # warm
+        list(proc.generate(batch, batch_size=batch, kwargs={"size": size}))  # warm
 
         def runner() -> float:
             started = time.perf_counter()
-            got = sum(len(b) for b in proc.generate(n, batch_size=batch, seed=0, kwargs=kwargs))
+            got = sum(len(b) for b in proc.generate(n, batch_size=batch, seed=0, kwargs={"size": size}))
             assert got == n
             return time.perf_counter() - started
 
         in_proc_s, runner_s = [], []
-        for _ in range(repeats):  # interleaved so drift hits both alike
+        for _ in range(repeats):  # interleaved so load from other processes hits both alike
             in_proc_s.append(in_process())
             runner_s.append(runner())
     best_in, best_run = min(in_proc_s), min(runner_s)
@@ -130,6 +130,10 @@ def bench_overhead(python: Path, zoo: Path, work: Path, n: int, repeats: int) ->
         "in_process_median_s": round(statistics.median(in_proc_s), 4),
         "warm_runner_median_s": round(statistics.median(runner_s), 4),
         "overhead_pct": round(100 * (best_run - best_in) / best_in, 2),
+        "overhead_pct_medians": round(
+            100 * (statistics.median(runner_s) - statistics.median(in_proc_s)) / statistics.median(in_proc_s),
+            2,
+        ),
         "target_pct": OVERHEAD_TARGET_PCT,
     }
 
@@ -182,13 +186,13 @@ def bench_throughput(python: Path, fast: Path, work: Path, repeats: int) -> dict
             proc.load(fast, model_file=fast / "weights.bin", package_name="fast")
             kwargs = {"shape": list(shape), "dtype": dtype}
             list(proc.generate(2, batch_size=1, kwargs=kwargs))
-            frame_rates = []
-            for _ in range(repeats):
+            frame_rates, raw_rates = [], []
+            for _ in range(repeats):  # interleaved with the raw copy so both see the same machine load
                 started = time.perf_counter()
                 got = sum(len(b) for b in proc.generate(count, batch_size=1, kwargs=kwargs))
                 assert got == count
                 frame_rates.append(nbytes * count / (time.perf_counter() - started) / 2**30)
-        raw_rates = [raw_pipe_gib_s(python, nbytes, count) for _ in range(repeats)]
+                raw_rates.append(raw_pipe_gib_s(python, nbytes, count))
         frames, raw = max(frame_rates), max(raw_rates)
         results[label] = {
             "array_bytes": nbytes,
@@ -196,6 +200,9 @@ def bench_throughput(python: Path, fast: Path, work: Path, repeats: int) -> dict
             "frames_gib_s": round(frames, 3),
             "raw_pipe_gib_s": round(raw, 3),
             "ratio_pct": round(100 * frames / raw, 1),
+            "ratio_pct_medians": round(
+                100 * statistics.median(frame_rates) / statistics.median(raw_rates), 1
+            ),
         }
     return {"one_array_per_frame": results, "target_pct": THROUGHPUT_TARGET_PCT}
 
@@ -274,7 +281,12 @@ def main() -> int:
         fast = write_fast_model(work / "fast")
         report: dict[str, Any] = {
             "benchmark": "runner",
-            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "numpy": np.__version__},
+            "machine": {
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "numpy": np.__version__,
+                "load_average_at_start": os.getloadavg(),
+            },
             "env_build_s": round(env_s, 2),
         }
         # RSS first, while this process is still small; the other cases allocate more in-process.
@@ -284,6 +296,7 @@ def main() -> int:
         )
         report["frame_throughput"] = bench_throughput(python, fast, work, 1 if args.quick else 3)
         report["spawn_to_ready"] = bench_spawn(python, fast, work, 5 if args.quick else 15)
+        report["load_average_at_end"] = os.getloadavg()
         report["host_max_rss_mb_whole_run"] = round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
         )

@@ -7,7 +7,9 @@ or raises ``protocol.ProtocolError`` -- never another exception, never a read be
 from __future__ import annotations
 
 import contextlib
+import gc
 import struct
+import weakref
 from typing import Any
 
 import msgpack
@@ -93,6 +95,23 @@ def test_encoder_refuses_object_arrays_and_too_many_dims() -> None:
         protocol.encode_frame({"kind": "batch"}, [np.zeros((1, 1, 1, 1, 1))])
     with pytest.raises(protocol.ProtocolError, match="a set cannot cross the pipe"):
         protocol.pack_samples([{1, 2}])
+
+
+def test_decoded_and_packed_arrays_are_freed_without_the_cyclic_gc() -> None:
+    # Regression: recursive closures formed reference cycles that kept whole batches alive until a GC run.
+    gc.disable()
+    try:
+        image = np.zeros((16, 16), np.uint8)
+        sent = weakref.ref(image)
+        tree, arrays = protocol.pack_samples([(image, "label")])
+        frame = decode(encode({"kind": "batch", "samples": tree}, arrays))
+        assert frame is not None
+        samples = protocol.unpack_samples(frame.header["samples"], frame.arrays)
+        received = weakref.ref(samples[0][0])
+        del image, tree, arrays, frame, samples
+        assert sent() is None and received() is None
+    finally:
+        gc.enable()
 
 
 def test_clean_eof_at_a_frame_boundary_is_none() -> None:
