@@ -30,6 +30,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -66,7 +67,8 @@ STDERR_RING_BYTES = 64 * 1024
 STDERR_TAIL_LINES = 40
 PARENT_PID_ENV = "MEDIGAN_ISO_RUNNER_PARENT_PID"
 
-# Passed through to the runner when set; everything else (tokens, proxies' passwords, cloud keys) stays out.
+# Passed through to the runner when set; everything else (tokens, proxies' passwords, cloud keys,
+# LD_PRELOAD/LD_LIBRARY_PATH) stays out. PYTHON* variables would be ignored anyway: the runner runs with -I.
 _ALLOWED_ENV = (
     "PATH",
     "LANG",
@@ -105,7 +107,7 @@ def runner_environment(
     tmp = private_dir / "tmp"
     home.mkdir(exist_ok=True)
     tmp.mkdir(exist_ok=True)
-    env.update(HOME=str(home), TMPDIR=str(tmp), PYTHONDONTWRITEBYTECODE="1")
+    env.update(HOME=str(home), TMPDIR=str(tmp))
     for key, value in (overrides or {}).items():
         if value is None:
             env.pop(key, None)
@@ -186,9 +188,10 @@ class RunnerProcess:
         self._read_timeout_s = ready_timeout_s
         self._read_phase = "ready"
         self._request = 0
-        self._active: GenerateStream | None = None
+        # A weak reference: a stream the caller drops must be collectable so its __del__ can mark the runner.
+        self._active_ref: weakref.ref[GenerateStream] | None = None
         self._closed = False
-        self._broken = False
+        self._stop_reason: str | None = None
         self.hello: dict[str, Any] = {}
         self.loaded: dict[str, Any] | None = None
 
@@ -308,7 +311,7 @@ class RunnerProcess:
             # The runner is busy with a request: stdin EOF (below) stops it at once, a shutdown frame
             # would wait for the whole request.
             self._active._abandon()
-            self._broken = True
+            self._stop("it was closed during a generate request")
         if self._exit_status() is None and not self._broken:
             with contextlib.suppress(OSError, RunnerError):
                 self._send({"kind": "shutdown"})
@@ -370,7 +373,7 @@ class RunnerProcess:
 
     def _crashed(self) -> RunnerCrashedError:
         """Reap a dead runner (after killing its group) and describe how it died."""
-        self._broken = True
+        self._stop("it crashed")
         self._signal_group(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._popen.wait(timeout=1)
@@ -412,7 +415,7 @@ class RunnerProcess:
                 deadline = now + self._read_timeout_s
             remaining = deadline - now
             if remaining <= 0:
-                self._broken = True
+                self._stop("a clock ran out")
                 raise RunnerTimeoutError(
                     self._read_phase, self._read_timeout_s, stderr_tail=self._drain.tail()
                 )
@@ -422,13 +425,13 @@ class RunnerProcess:
 
     def _receive(self, *, timeout_s: float, phase: str) -> protocol.Frame:
         if self._broken or self._closed:
-            raise RunnerError("this runner has stopped", remedy="start a new RunnerProcess")
+            raise self._stopped_error()
         self._read_timeout_s = timeout_s
         self._read_phase = phase
         try:
             frame = protocol.read_frame(self._readinto)
         except protocol.ProtocolError as exc:
-            self._broken = True
+            self._stop("it sent a malformed frame")
             if exc.eof or self._exit_status() is not None:
                 self._wait_exit(1.0)
                 raise self._crashed() from exc
@@ -440,7 +443,7 @@ class RunnerProcess:
             self._wait_exit(1.0)
             raise self._crashed()
         if frame.kind not in protocol.RUNNER_KINDS:
-            self._broken = True
+            self._stop("it sent a malformed frame")
             raise ProtocolError(f"runner sent a host-only {frame.kind!r} frame")
         if frame.kind == "log":
             level = logging.WARNING if frame.header.get("level") == "warning" else logging.INFO
@@ -499,7 +502,7 @@ class RunnerProcess:
             if frame.kind == "error":
                 raise self._model_error(frame.header)
             if frame.kind != "log":
-                self._broken = True
+                self._stop("it sent a malformed frame")
                 raise ProtocolError(f"runner sent {frame.kind!r} while loading")
 
     def generate(
@@ -553,9 +556,30 @@ class RunnerProcess:
         if self._active is not None:
             self._active.cancel()
 
+    @property
+    def _active(self) -> GenerateStream | None:
+        return None if self._active_ref is None else self._active_ref()
+
+    @_active.setter
+    def _active(self, stream: GenerateStream | None) -> None:
+        self._active_ref = None if stream is None else weakref.ref(stream)
+
+    @property
+    def _broken(self) -> bool:
+        return self._stop_reason is not None
+
+    def _stop(self, reason: str) -> None:
+        """Mark the runner unusable; the first reason is the one reported."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+
+    def _stopped_error(self) -> RunnerError:
+        reason = self._stop_reason or "it was closed"
+        return RunnerError(f"this runner has stopped: {reason}", remedy="start a new RunnerProcess")
+
     def _check_idle(self) -> None:
         if self._closed or self._broken:
-            raise RunnerError("this runner has stopped", remedy="start a new RunnerProcess")
+            raise self._stopped_error()
         if self._active is not None:
             raise RunnerError(
                 "a generate stream of this runner is still open", remedy="exhaust or close() it first"
@@ -595,18 +619,18 @@ class GenerateStream(Iterator[list[Sample]]):
             header = frame.header
             if frame.kind != "log" and header.get("request") != self.request:
                 self._finish()
-                runner._broken = True
+                runner._stop("it sent a malformed frame")
                 raise ProtocolError(f"runner answered request {header.get('request')!r}, not {self.request}")
             if frame.kind == "batch":
                 try:
                     samples = protocol.unpack_samples(header.get("samples"), frame.arrays)
                 except protocol.ProtocolError as exc:
                     self._finish()
-                    runner._broken = True
+                    runner._stop("it sent a malformed frame")
                     raise ProtocolError(f"malformed batch from the runner: {exc.reason}") from exc
                 if not isinstance(samples, list):
                     self._finish()
-                    runner._broken = True
+                    runner._stop("it sent a malformed frame")
                     raise ProtocolError("a batch frame must carry a list of samples")
                 self.produced += len(samples)
                 if self._cancel_sent:
@@ -625,7 +649,7 @@ class GenerateStream(Iterator[list[Sample]]):
                 raise runner._model_error(header)
             else:
                 self._finish()
-                runner._broken = True
+                runner._stop("it sent a malformed frame")
                 raise ProtocolError(f"runner sent {frame.kind!r} during generate")
         raise StopIteration
 
@@ -665,7 +689,9 @@ class GenerateStream(Iterator[list[Sample]]):
         self.close()
 
     def __del__(self) -> None:
-        # An abandoned, unfinished stream leaves frames in the pipe: the runner cannot be reused.
-        if not self.finished and self._runner._active is self:
-            self._runner._broken = True
+        # An abandoned, unfinished stream leaves frames in the pipe: the runner cannot be reused. (During
+        # __del__ the runner's weak reference still points here, or is already cleared by the cyclic GC.)
+        ref = self._runner._active_ref
+        if not self.finished and ref is not None and ref() in (self, None):
+            self._runner._stop("a generate stream was dropped before it finished")
             self._runner._active = None

@@ -139,7 +139,6 @@ def test_environment_is_an_allow_list_with_a_private_home(tmp_path: Path) -> Non
         "OMP_NUM_THREADS": "2",
         "HOME": str(tmp_path / "home"),
         "TMPDIR": str(tmp_path / "tmp"),
-        "PYTHONDONTWRITEBYTECODE": "1",
         "EXTRA": "1",
     }
 
@@ -310,6 +309,14 @@ def test_an_open_stream_blocks_a_second_request_until_closed(runner: RunnerProce
     assert len(collect(runner, 1)) == 1
 
 
+def test_a_dropped_unfinished_stream_stops_the_runner_with_the_reason(runner: RunnerProcess) -> None:
+    stream = runner.generate(100, batch_size=1)
+    next(stream)
+    del stream  # its frames are still in the pipe: the runner cannot be trusted with another request
+    with pytest.raises(RunnerError, match="stopped: a generate stream was dropped before it finished"):
+        runner.generate(1, batch_size=1)
+
+
 # --- failures --------------------------------------------------------------------------------------
 
 
@@ -333,8 +340,9 @@ def test_os_exit_raises_runner_crashed_error_within_a_second(runner: RunnerProce
     assert info.value.returncode == 3 and info.value.signal_name is None
     assert "exited with code 3" in str(info.value)
     assert info.value.log_path == runner.log_path
-    with pytest.raises(RunnerError, match="this runner has stopped"):
+    with pytest.raises(RunnerError, match="this runner has stopped: it crashed") as stopped:
         runner.generate(1, batch_size=1)
+    assert stopped.value.remedy == "start a new RunnerProcess"
 
 
 def test_a_killed_runner_reports_the_signal_name(runner: RunnerProcess) -> None:
