@@ -110,6 +110,17 @@ def test_a_package_that_fails_to_import_raises_model_error(numpy_env: Path, tmp_
         assert info3.value.remote_type == "AttributeError"
 
 
+def test_command_prefix_wraps_the_runner_argv(numpy_env: Path, tmp_path: Path) -> None:
+    # The seam the sandbox uses for bwrap: a launcher that receives the runner's argv and execs it.
+    record = tmp_path / "argv.txt"
+    launcher = tmp_path / "launcher.sh"
+    launcher.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\nexec "$@"\n')
+    launcher.chmod(0o755)
+    with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log", command_prefix=[str(launcher)]) as proc:
+        assert proc.hello["pid"] == proc.pid  # the launcher exec'd the runner
+    assert record.read_text().splitlines() == [str(numpy_env), "-I", "-m", "medigan_iso_runner"]
+
+
 def test_missing_interpreter_raises_runner_start_error(tmp_path: Path) -> None:
     with pytest.raises(RunnerStartError, match="cannot start the runner") as info:
         RunnerProcess.start(tmp_path / "no-such-python", log_path=tmp_path / "r.log")

@@ -10,15 +10,19 @@ argv
     ``<env python> -I -m medigan_iso_runner`` (no arguments; ``-I`` keeps PYTHONPATH, user site and the cwd
     off ``sys.path``).
 env
-    ``MEDIGAN_ISO_RUNNER_PARENT_PID`` (optional): the host's pid. After arming PR_SET_PDEATHSIG the runner
-    exits with code 0 if its parent is no longer that pid (the host died before the signal was armed). When
+    ``MEDIGAN_ISO_RUNNER_PARENT_PID`` (optional): the host's pid. After arming PR_SET_PDEATHSIG (SIGKILL,
+    Linux) the runner exits with code 0 if its parent is no longer that pid (the host died before the signal
+    was armed). When
     absent (a launcher such as bwrap sits between host and runner) the runner only checks that it was not
     re-parented to init. Everything else in the environment is the host's allow-list.
 fds
     0: frames from the host; 1: frames to the host; 2: free-form log text. Before any model code runs the
     runner dups fd 0 and fd 1 to private close-on-exec descriptors for the protocol, then points fd 0 at
     /dev/null and fd 1 at fd 2, so ``print()``, tqdm, C-level writes and ``os.system("echo")`` from model code
-    end up in the log instead of corrupting frames.
+    end up in the log instead of corrupting frames. A reader thread owns the input (it records cancels and
+    exits the process on EOF); a writer thread owns the output, fed through a one-slot queue with
+    snapshots of each batch, so the model computes batch k+1 while batch k is written and at most two
+    batches are held.
 frames (runner -> host unless marked)
     ``hello`` {protocol, python, implementation, executable, numpy, msgpack, packages, sandbox, pid} first;
     host ``load`` {protocol, package_root, package_name, model_file, generate_function, custom_defaults}
@@ -39,10 +43,14 @@ exit codes
     Any other code or signal comes from model code (``os._exit``, a segfault).
 
 Generation follows medigan: the entry's ``custom`` defaults, overridden by the caller's kwargs, then the
-four base args forced (``model_file``, ``num_samples``, ``output_path``, ``save_images``). The model is called
-once per batch of ``batch_size`` (the last batch smaller, never empty). A list return is a batch of samples;
-an ndarray return is split along its first axis; None counts as zero samples. A model that returns fewer
-samples than asked is not called again for them: what it returned is streamed and the shortfall reported.
+four base args forced (``model_file``, ``num_samples``, ``output_path``, ``save_images``). The package is
+imported from ``<package_root>/__init__.py`` as the private module ``_medigan_iso_model_<package_name>``
+(non-word characters become ``_``) with the root as its search location, so relative imports work and no
+shared ``models`` namespace exists. The model is called once per batch of ``batch_size`` (the last batch
+smaller, never empty). A list or tuple return is a batch of samples; an ndarray return is split along its
+first axis; None counts as zero samples; extra samples beyond those asked are dropped with a warning. A model
+that returns fewer samples than asked is not called again for them: what it returned is streamed and the
+shortfall reported.
 With a seed, ``random``, ``numpy.random`` and (when the model imported them) torch and TensorFlow are seeded
 once per ``generate`` request. With ``save_images``, each batch runs the model's own saving into
 ``<output_path>/batch_<n>`` and its files are moved to ``<output_path>/batch_<n>_<file>`` (medigan's naming).
