@@ -86,6 +86,12 @@ BROKEN_INIT = """
 raise ImportError("this model needs a package the env does not have")
 """
 
+HANGING_IMPORT_INIT = """
+import time
+
+time.sleep(3600)
+"""
+
 TORCH_INIT = """
 import numpy as np
 import torch
@@ -115,6 +121,10 @@ def write_numpy_zoo(root: Path) -> Path:
 
 def write_broken(root: Path) -> Path:
     return _write(root, {"__init__.py": BROKEN_INIT})
+
+
+def write_hanging_import(root: Path) -> Path:
+    return _write(root, {"__init__.py": HANGING_IMPORT_INIT})
 
 
 def write_torch_model(root: Path) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _envs_for_tests import build_runner_env
-from _model_fixtures import write_broken, write_numpy_zoo, write_torch_model
+from _model_fixtures import write_broken, write_hanging_import, write_numpy_zoo, write_torch_model
 from medigan_iso_runner import protocol
 
 from medigan_iso.errors import (
@@ -119,6 +119,16 @@ def test_command_prefix_wraps_the_runner_argv(numpy_env: Path, tmp_path: Path) -
     with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log", command_prefix=[str(launcher)]) as proc:
         assert proc.hello["pid"] == proc.pid  # the launcher exec'd the runner
     assert record.read_text().splitlines() == [str(numpy_env), "-I", "-m", "medigan_iso_runner"]
+
+
+def test_a_hanging_import_raises_the_ready_timeout(numpy_env: Path, tmp_path: Path) -> None:
+    pkg = write_hanging_import(tmp_path / "slow-pkg")
+    with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log", ready_timeout_s=1.0) as proc:
+        with pytest.raises(RunnerTimeoutError) as info:
+            proc.load(pkg, model_file=pkg / "weights.npy", package_name="slow-pkg")
+        assert (info.value.phase, info.value.timeout_s) == ("ready", 1.0)
+        assert "runner timed out waiting for ready after 1 s" in str(info.value)
+        assert info.value.remedy == "raise the timeout if the model is just slow"
 
 
 def test_missing_interpreter_raises_runner_start_error(tmp_path: Path) -> None:
@@ -424,6 +434,34 @@ def test_a_host_killed_with_sigkill_leaves_no_runner_behind(numpy_env: Path, tmp
     while not pid_gone(runner_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert pid_gone(runner_pid)
+
+
+def test_parent_death_signal_alone_kills_the_runner(numpy_env: Path, tmp_path: Path) -> None:
+    # A bystander keeps the runner's stdin pipe open, so no EOF arrives: only PR_SET_PDEATHSIG can act.
+    script = textwrap.dedent(
+        f"""
+        import subprocess, time
+        from medigan_iso.runner_process import RunnerProcess
+        proc = RunnerProcess.start({str(numpy_env)!r}, log_path={str(tmp_path / "r.log")!r})
+        holder = subprocess.Popen(["sleep", "600"], pass_fds=[proc._in_fd], start_new_session=True)
+        print(proc.pid, holder.pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    host = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert host.stdout is not None
+    runner_pid, holder_pid = map(int, host.stdout.readline().split())
+    try:
+        host.kill()
+        host.wait()
+        deadline = time.monotonic() + 5
+        while not pid_gone(runner_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pid_gone(runner_pid)
+        assert not pid_gone(holder_pid)  # the pipe really was still held open
+    finally:
+        host.stdout.close()
+        os.kill(holder_pid, signal.SIGKILL)
 
 
 def test_closing_stdin_alone_makes_the_runner_exit(numpy_env: Path) -> None:
