@@ -10,9 +10,10 @@ interpreter and a package root). Protocol errors from ``medigan_iso_runner.proto
 Hygiene: the child gets an allow-listed environment (no secrets), a private HOME and TMPDIR that are
 deleted on close, its own session and process group, pipes on fds 0-2 (never a tty)
 and no other inherited fds.
-``command_prefix`` is the seam for confinement (the sandbox prepends e.g. a bwrap argv). The runner arms
-PR_SET_PDEATHSIG and exits on stdin EOF, so it never outlives the host. PR_SET_PDEATHSIG fires when the
-*thread* that spawned the runner exits: spawn runners from a thread that lives as long as they do.
+``command_prefix`` is the seam for confinement (the sandbox prepends e.g. a bwrap argv). The runner exits on
+stdin EOF, when re-parented (a watchdog) and, when spawned from the main thread, by PR_SET_PDEATHSIG, so it
+never outlives the host. (PR_SET_PDEATHSIG fires when the spawning *thread* exits, so runners spawned from
+other threads rely on the first two.)
 
 Memory: one batch is held at a time; :meth:`RunnerProcess.generate` returns a lazy stream.
 """
@@ -66,6 +67,7 @@ DEATH_CHECK_INTERVAL_S = 0.2  # how often a blocked read checks that the runner 
 STDERR_RING_BYTES = 64 * 1024
 STDERR_TAIL_LINES = 40
 PARENT_PID_ENV = "MEDIGAN_ISO_RUNNER_PARENT_PID"
+PDEATHSIG_ENV = "MEDIGAN_ISO_RUNNER_PDEATHSIG"
 
 # Passed through to the runner when set; everything else (tokens, proxies' passwords, cloud keys,
 # LD_PRELOAD/LD_LIBRARY_PATH) stays out. PYTHON* variables would be ignored anyway: the runner runs with -I.
@@ -220,6 +222,8 @@ class RunnerProcess:
         overrides: dict[str, str | None] = {}
         if not command_prefix:
             overrides[PARENT_PID_ENV] = str(os.getpid())
+        # PR_SET_PDEATHSIG fires when the spawning *thread* exits: only arm it from the main thread.
+        overrides[PDEATHSIG_ENV] = "1" if threading.current_thread() is threading.main_thread() else "0"
         overrides.update(env_overrides or {})
         env = runner_environment(private_dir, overrides=overrides)
         argv = [*command_prefix, os.fspath(python), "-I", "-m", "medigan_iso_runner"]

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -436,13 +437,26 @@ def test_a_host_killed_with_sigkill_leaves_no_runner_behind(numpy_env: Path, tmp
     assert pid_gone(runner_pid)
 
 
-def test_parent_death_signal_alone_kills_the_runner(numpy_env: Path, tmp_path: Path) -> None:
-    # A bystander keeps the runner's stdin pipe open, so no EOF arrives: only PR_SET_PDEATHSIG can act.
+@pytest.mark.parametrize("spawn_in_thread", [False, True], ids=["pdeathsig", "parent-watchdog"])
+def test_a_dead_host_kills_the_runner_even_while_its_stdin_stays_open(
+    numpy_env: Path, tmp_path: Path, spawn_in_thread: bool
+) -> None:
+    # A bystander keeps the runner's stdin pipe open, so no EOF arrives: PR_SET_PDEATHSIG (main-thread
+    # spawn) or the runner's parent watchdog (spawned from a thread, where the signal is not armed) must act.
     script = textwrap.dedent(
         f"""
-        import subprocess, time
+        import subprocess, threading, time
         from medigan_iso.runner_process import RunnerProcess
-        proc = RunnerProcess.start({str(numpy_env)!r}, log_path={str(tmp_path / "r.log")!r})
+        started = []
+        def spawn():
+            started.append(RunnerProcess.start({str(numpy_env)!r}, log_path={str(tmp_path / "r.log")!r}))
+        if {spawn_in_thread!r}:
+            worker = threading.Thread(target=spawn)
+            worker.start()
+            worker.join()
+        else:
+            spawn()
+        proc = started[0]
         holder = subprocess.Popen(["sleep", "600"], pass_fds=[proc._in_fd], start_new_session=True)
         print(proc.pid, holder.pid, flush=True)
         time.sleep(600)
@@ -462,6 +476,23 @@ def test_parent_death_signal_alone_kills_the_runner(numpy_env: Path, tmp_path: P
     finally:
         host.stdout.close()
         os.kill(holder_pid, signal.SIGKILL)
+
+
+def test_a_runner_spawned_from_a_finished_thread_stays_alive(
+    numpy_env: Path, zoo: Path, tmp_path: Path
+) -> None:
+    # PR_SET_PDEATHSIG would kill it when the spawning thread exits; the host must not arm it there.
+    started: list[RunnerProcess] = []
+    worker = threading.Thread(
+        target=lambda: started.append(RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log"))
+    )
+    worker.start()
+    worker.join()
+    with started[0] as proc:
+        time.sleep(0.5)
+        assert proc.is_alive()
+        proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
+        assert len(collect(proc, 2)) == 2
 
 
 def test_closing_stdin_alone_makes_the_runner_exit(numpy_env: Path) -> None:

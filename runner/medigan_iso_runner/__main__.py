@@ -14,7 +14,10 @@ env
     Linux) the runner exits with code 0 if its parent is no longer that pid (the host died before the signal
     was armed). When
     absent (a launcher such as bwrap sits between host and runner) the runner only checks that it was not
-    re-parented to init. Everything else in the environment is the host's allow-list.
+    re-parented to init. ``MEDIGAN_ISO_RUNNER_PDEATHSIG=0`` skips PR_SET_PDEATHSIG (the host sets it when it
+    spawns from a non-main thread: the signal fires when the spawning *thread* exits); a watchdog thread
+    still exits the runner within a second of being re-parented. Everything else in the environment is the
+    host's allow-list.
 fds
     0: frames from the host; 1: frames to the host; 2: free-form log text. Before any model code runs the
     runner dups fd 0 and fd 1 to private close-on-exec descriptors for the protocol, then points fd 0 at
@@ -78,6 +81,8 @@ from medigan_iso_runner import protocol
 
 PR_SET_PDEATHSIG = 1
 PARENT_PID_ENV = "MEDIGAN_ISO_RUNNER_PARENT_PID"
+PDEATHSIG_ENV = "MEDIGAN_ISO_RUNNER_PDEATHSIG"
+PARENT_POLL_S = 1.0
 PIPE_BUFFER_BYTES = 1024 * 1024  # F_SETPIPE_SZ request: fewer wake-ups for MiB-sized frames
 F_SETPIPE_SZ = 1031
 REPORTED_PACKAGES = ("torch", "tensorflow", "tensorflow-cpu", "keras")
@@ -167,9 +172,24 @@ def guard_fds() -> Channel:
     return Channel(in_fd, out_fd)
 
 
+def log(message: str) -> None:
+    """One line to stderr (the host's log). Never raises: with the host gone, stderr is a broken pipe, and
+    the exits that follow a log line must still happen."""
+    try:
+        sys.stderr.write(f"medigan_iso_runner: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
 def arm_parent_death_signal() -> None:
-    """Die with the host: PR_SET_PDEATHSIG on Linux, then close the fork/arm race by checking the parent."""
-    if sys.platform.startswith("linux"):
+    """Die with the host: PR_SET_PDEATHSIG on Linux, a parent watchdog, and a check closing the fork race.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked us exits, so the host disables it (env
+    ``MEDIGAN_ISO_RUNNER_PDEATHSIG=0``) when it spawns from a thread other than its main thread. The
+    watchdog thread notices re-parenting within ``PARENT_POLL_S`` in every case; stdin EOF is the third way.
+    """
+    if sys.platform.startswith("linux") and os.environ.get(PDEATHSIG_ENV, "1") != "0":
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -178,8 +198,17 @@ def arm_parent_death_signal() -> None:
     expected = os.environ.get(PARENT_PID_ENV)
     parent = os.getppid()
     if (expected and expected.isdigit() and int(expected) != parent) or parent == 1:
-        sys.stderr.write("medigan_iso_runner: the host died before the runner started; exiting\n")
+        log("the host died before the runner started; exiting")
         os._exit(EXIT_OK)
+    threading.Thread(target=_watch_parent, args=(parent,), name="medigan-iso-parent", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(PARENT_POLL_S)
+        if os.getppid() != parent:
+            log("the host is gone; exiting")
+            os._exit(EXIT_OK)
 
 
 def package_versions() -> Dict[str, str]:
@@ -312,8 +341,7 @@ class Runner:
             try:
                 frame = self.channel.receive()
             except protocol.ProtocolError as exc:
-                sys.stderr.write(f"medigan_iso_runner: bad frame from the host: {exc.reason}\n")
-                sys.stderr.flush()
+                log(f"bad frame from the host: {exc.reason}")
                 os._exit(EXIT_PROTOCOL)
             if frame is None:  # stdin EOF: nobody is left to read our frames
                 os._exit(EXIT_OK)
@@ -341,17 +369,12 @@ class Runner:
             elif frame.kind == "generate":
                 self.handle_generate(frame.header, frame.arrays)
             else:
-                sys.stderr.write(f"medigan_iso_runner: unexpected {frame.kind} frame from the host\n")
+                log(f"unexpected {frame.kind} frame from the host")
                 return EXIT_PROTOCOL
 
     def handle_load(self, header: Dict[str, Any]) -> None:
         if header.get("protocol") != protocol.PROTOCOL_VERSION:
-            sys.stderr.write(
-                "medigan_iso_runner: host speaks protocol {!r}, runner {}\n".format(
-                    header.get("protocol"), protocol.PROTOCOL_VERSION
-                )
-            )
-            sys.stderr.flush()
+            log(f"host speaks protocol {header.get('protocol')!r}, runner {protocol.PROTOCOL_VERSION}")
             os._exit(EXIT_PROTOCOL)
         started = time.monotonic()
         try:
@@ -370,7 +393,7 @@ class Runner:
         )
 
     def warn(self, message: str) -> None:
-        sys.stderr.write(f"medigan_iso_runner: {message}\n")
+        log(message)
         self.channel.send({"kind": "log", "level": "warning", "message": message})
 
     def handle_generate(self, header: Dict[str, Any], arrays: List[Any]) -> None:
