@@ -435,10 +435,10 @@ class RunnerProcess:
         try:
             frame = protocol.read_frame(self._readinto)
         except protocol.ProtocolError as exc:
-            self._stop("it sent a malformed frame")
             if exc.eof or self._exit_status() is not None:
                 self._wait_exit(1.0)
                 raise self._crashed() from exc
+            self._stop("it sent a malformed frame")
             raise ProtocolError(
                 f"malformed frame from the runner: {exc.reason}",
                 remedy=f"the runner or model wrote to the protocol pipe; see the runner log {self.log_path}",

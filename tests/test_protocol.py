@@ -95,6 +95,8 @@ def test_encoder_refuses_object_arrays_and_too_many_dims() -> None:
         protocol.encode_frame({"kind": "batch"}, [np.zeros((1, 1, 1, 1, 1))])
     with pytest.raises(protocol.ProtocolError, match="a set cannot cross the pipe"):
         protocol.pack_samples([{1, 2}])
+    with pytest.raises(protocol.ProtocolError, match="65537 arrays in one frame exceed the cap of 65536"):
+        protocol.encode_frame({"kind": "batch"}, [np.zeros(0, np.uint8)] * 65537)
 
 
 def test_decoded_and_packed_arrays_are_freed_without_the_cyclic_gc() -> None:

@@ -157,6 +157,10 @@ def encode_frame(header: Dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> L
     """
     if header.get("kind") not in _KINDS:
         raise ProtocolError("unknown frame kind {!r}".format(header.get("kind")))
+    if len(arrays) > MAX_ARRAYS:
+        raise ProtocolError(
+            f"{len(arrays)} arrays in one frame exceed the cap of {MAX_ARRAYS}; use smaller batches"
+        )
     wire = [_as_wire_array(a) for a in arrays]
     if wire:
         header = dict(header)
@@ -168,6 +172,10 @@ def encode_frame(header: Dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> L
     if len(packed) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {len(packed)} bytes exceeds {MAX_HEADER_BYTES}")
     payload_len = sum(a.nbytes for a in wire)
+    if payload_len > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(
+            f"payload of {payload_len} bytes exceeds {MAX_PAYLOAD_BYTES}; use smaller batches"
+        )
     buffers = [_PREFIX.pack(MAGIC, len(packed), payload_len) + packed]  # type: List[Any]
     for a in wire:
         if a.nbytes:
