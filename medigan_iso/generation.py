@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from medigan_iso.catalogue import Catalogue, ModelEntry, load_catalogue
+from medigan_iso.catalogue import Catalogue, ConfigSource, ModelEntry, load_catalogue
 from medigan_iso.envs import ModelEnv, ensure_env
 from medigan_iso.errors import (
     ProtocolError,
@@ -57,8 +57,6 @@ DEFAULT_BATCH_SIZE = 32  # medigan saves in batches of 32; also bounds host memo
 RESPAWN_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # wait before the k-th respawn after consecutive crashes
 MAX_CONSECUTIVE_CRASHES = 3  # a Session stops respawning a model's runner after this many crashes in a row
 
-ConfigSource = str | os.PathLike[str] | Mapping[str, Any] | Sequence[Any] | None
-
 
 @dataclass(frozen=True)
 class PreparedModel:
@@ -87,13 +85,14 @@ class Session:
     served one at a time. Use it as a context manager; :meth:`close` stops every runner.
 
     ``install_dependencies`` allows building a model's env when none exists (otherwise
-    :class:`~medigan_iso.errors.EnvNotBuiltError` names the command that builds it).
+    :class:`~medigan_iso.errors.EnvNotBuiltError` names the command that builds it). ``config`` takes
+    catalogue sources (as :func:`~medigan_iso.catalogue.load_catalogue`) or a loaded Catalogue.
     """
 
     def __init__(
         self,
         *,
-        config: ConfigSource = None,
+        config: Catalogue | ConfigSource | Sequence[ConfigSource] | None = None,
         home: str | os.PathLike[str] | None = None,
         offline: bool | None = None,
         install_dependencies: bool = True,
@@ -103,7 +102,7 @@ class Session:
         inactivity_timeout_s: float = RUNNER_INACTIVITY_TIMEOUT_S,
         max_consecutive_crashes: int = MAX_CONSECUTIVE_CRASHES,
     ) -> None:
-        self._config = config
+        self._config = None if isinstance(config, Catalogue) else config
         self._home = None if home is None else Path(home)
         self._offline = offline
         self._install_dependencies = install_dependencies
@@ -113,7 +112,7 @@ class Session:
         self._inactivity_timeout_s = inactivity_timeout_s
         self._max_consecutive_crashes = max_consecutive_crashes
         self._lock = threading.Lock()
-        self._catalogue: Catalogue | None = None
+        self._catalogue: Catalogue | None = config if isinstance(config, Catalogue) else None
         self._slots: dict[str, _Slot] = {}
         self._prepare_locks: dict[str, threading.Lock] = {}
         self._spawner: concurrent.futures.ThreadPoolExecutor | None = None
@@ -157,11 +156,14 @@ class Session:
         """The catalogue entry for ``model_id`` (medigan's id resolution)."""
         return self.catalogue.resolve(model_id)
 
-    def prepare(self, model_id: str | int) -> PreparedModel:
-        """Fetch and verify the package and build (or reuse) the env of ``model_id``; start nothing."""
-        return self._slot(model_id).prepared
+    def prepare(self, model_id: str | int, *, install_dependencies: bool | None = None) -> PreparedModel:
+        """Fetch and verify the package and build (or reuse) the env of ``model_id``; start nothing.
 
-    def _slot(self, model_id: str | int) -> _Slot:
+        ``install_dependencies`` overrides the Session's setting for this model's env.
+        """
+        return self._slot(model_id, install_dependencies=install_dependencies).prepared
+
+    def _slot(self, model_id: str | int, *, install_dependencies: bool | None = None) -> _Slot:
         entry = self.resolve(model_id)
         with self._lock:
             self._check_open()
@@ -174,11 +176,11 @@ class Session:
                 slot = self._slots.get(entry.model_id)
             if slot is not None:
                 return slot
-            package = ensure_package(entry, home=self._home, offline=bool(self._offline))
+            package = ensure_package(entry, home=self._home, offline=self._offline)
             env = ensure_env(
                 entry,
                 home=self._home,
-                build=self._install_dependencies,
+                build=self._install_dependencies if install_dependencies is None else install_dependencies,
                 index_url=self._index_url,
                 find_links=self._find_links,
                 offline=self._offline,
@@ -415,7 +417,7 @@ def generate(
     batch_size: int | None = None,
     seed: int | None = None,
     output_path: str | os.PathLike[str] | None = None,
-    config: ConfigSource = None,
+    config: ConfigSource | Sequence[ConfigSource] | None = None,
     **model_kwargs: Any,
 ) -> list[Sample]:
     """Generate ``num_samples`` samples with ``model_id`` in its own env and return them.
@@ -436,7 +438,7 @@ def stream(
     batch_size: int | None = None,
     seed: int | None = None,
     output_path: str | os.PathLike[str] | None = None,
-    config: ConfigSource = None,
+    config: ConfigSource | Sequence[ConfigSource] | None = None,
     **model_kwargs: Any,
 ) -> Iterator[list[Sample]]:
     """Yield the samples of ``model_id`` batch by batch, with bounded host memory for any ``num_samples``."""

@@ -1,8 +1,8 @@
 """Writing generated samples to disk as PNG or .npy files, as batches arrive.
 
 Owns the file naming of ``medigan-iso generate`` and the documented conversion to 8-bit PNG. It writes
-only inside the output directory it is given, never follows a symlink there and never overwrites a file
-(outputs are opened with ``"xb"``).
+only inside the output directory it is given, never follows a symlink there, never overwrites a file and
+never leaves a half-written one (each file is written to a hidden temp name, then hard-linked into place).
 
 Conversion to uint8 for PNG (``--format npy`` keeps the exact arrays):
 - uint8 as is; bool as 0/255;
@@ -19,6 +19,7 @@ Samples: an array is ``sample_<i>.png``; a medigan tuple ``(image, mask, other, 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -75,11 +76,21 @@ def _png_layout(arr: npt.NDArray[Any]) -> npt.NDArray[Any] | None:
 
 
 def _write_exclusive(path: Path, data: bytes) -> None:
-    # "xb" refuses to overwrite, and O_NOFOLLOW (where available) refuses a symlink planted at the path.
+    """Write ``data`` to ``path`` whole or not at all, never replacing an existing file.
+
+    The bytes go to a hidden temp file first, which is then hard-linked to ``path`` (the link fails if
+    ``path`` exists, symlink or not): an interrupt (Ctrl-C) never leaves a truncated image behind.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(path, flags, 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+    try:
+        fd = os.open(tmp, flags, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.link(tmp, path, follow_symlinks=False)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 @dataclass

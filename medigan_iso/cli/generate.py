@@ -30,7 +30,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("-n", "--num-samples", type=int, default=16, help="how many samples (default 16)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output directory")
     parser.add_argument("--batch-size", type=int, default=None, help="samples per batch (default 32)")
-    parser.add_argument("--seed", type=int, default=None, help="seed random, numpy (and torch/TF) in the runner")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed random, numpy (and torch/TF) in the runner"
+    )
     parser.add_argument("--format", choices=("png", "npy"), default="png", help="file format (default png)")
     parser.add_argument(
         "--set",
@@ -88,7 +90,6 @@ class _Progress:
 def _run(args: argparse.Namespace) -> int:
     from medigan_iso.generation import Session
     from medigan_iso.images import SampleWriter
-    from medigan_iso.preview import contact_sheet
 
     if args.num_samples < 0:
         raise SystemExit("medigan-iso generate: error: -n must be >= 0")
@@ -121,6 +122,8 @@ def _run(args: argparse.Namespace) -> int:
     for note in writer.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.grid is not None and grid_samples:
+        from medigan_iso.preview import contact_sheet
+
         contact_sheet(grid_samples, args.grid)
         print(f"contact sheet: {args.grid}")
     if interrupted:
