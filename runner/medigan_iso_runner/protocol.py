@@ -1,6 +1,444 @@
-"""Wire protocol shared by the host and the runner (the runner issue fills this module in).
+"""Wire protocol shared by the host and the runner: framing, array payloads, sample structures.
+
+This module owns the byte format of every frame that crosses the runner's pipes, and nothing else: no
+processes, no timeouts, no model code. It runs on both sides (Python >= 3.8, stdlib + msgpack + numpy) and
+imports nothing from medigan_iso. On the host it is a security boundary: :func:`read_frame` and
+:func:`unpack_samples` raise only :class:`ProtocolError` on malformed input, never another exception, and
+never read more than the caps allow. Nothing is ever pickled or unpickled.
+
+Frame layout (all integers big-endian)::
+
+    magic  b"MDGN"          4 bytes
+    header_len  uint32      length of the msgpack header map
+    payload_len uint64      length of the raw payload that follows the header
+    header      msgpack map {"kind": <str>, ...}; "arrays": [[dtype_str, [dim, ...]], ...] when a payload
+    payload     the C-contiguous bytes of every array in "arrays", concatenated in order
+
+payload_len must equal the sum of prod(shape) * itemsize over "arrays". Each array is received with
+``readinto`` straight into a preallocated numpy array (no intermediate bytes object). Arrays travel one per
+sample component (a batch of 32 RGB images is 32 arrays of ndim 3), so ``MAX_NDIM = 4`` is enough for
+H x W x C x D volumes and a batch never needs a 5-d array.
+
+Sample structures (the model's return values) travel as a msgpack tree in the header's "samples" key:
+None, bool, int, float, str and bytes as themselves; a list as a msgpack array; a tuple as ``{"t": [...]}``;
+a dict with str keys as ``{"d": {...}}``; the i-th ndarray as ``{"a": i}`` and the i-th numpy scalar as
+``{"s": i}`` (a 0-d array). Array references must appear in order (0, 1, 2, ...) and each exactly once.
 
 PROTOCOL_VERSION is part of every env key: bump it whenever frames change incompatibly.
 """
 
+import io
+import struct
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
+
+import msgpack
+import numpy as np
+
+__all__ = [
+    "ALLOWED_DTYPES",
+    "DEFAULT_LIMITS",
+    "HOST_KINDS",
+    "MAGIC",
+    "MAX_ARRAYS",
+    "MAX_DEPTH",
+    "MAX_HEADER_BYTES",
+    "MAX_NDIM",
+    "MAX_PAYLOAD_BYTES",
+    "PROTOCOL_VERSION",
+    "RUNNER_KINDS",
+    "Frame",
+    "Limits",
+    "ProtocolError",
+    "bytes_reader",
+    "encode_frame",
+    "pack_samples",
+    "read_frame",
+    "unpack_samples",
+    "write_frame",
+]
+
 PROTOCOL_VERSION = 1
+
+MAGIC = b"MDGN"
+_PREFIX = struct.Struct(">4sIQ")
+PREFIX_BYTES = _PREFIX.size
+
+MAX_HEADER_BYTES = 4 * 1024 * 1024  # msgpack header map: kinds, kwargs, tracebacks, sample trees
+MAX_PAYLOAD_BYTES = 4 * 1024 * 1024 * 1024  # one batch of raw array bytes
+MAX_NDIM = 4  # per array; see the module docstring
+MAX_ARRAYS = 65536  # arrays in one frame
+MAX_DEPTH = 32  # nesting of sample trees and header values
+
+RUNNER_KINDS = frozenset({"hello", "ready", "batch", "progress", "log", "error", "done"})
+HOST_KINDS = frozenset({"load", "generate", "cancel", "shutdown"})
+_KINDS = RUNNER_KINDS | HOST_KINDS
+
+
+def _dtype_strings() -> FrozenSet[str]:
+    names = []
+    for code in ("b1", "i1", "u1"):
+        names.append("|" + code)
+    for code in ("i2", "i4", "i8", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16"):
+        names.append("<" + code)
+        names.append(">" + code)
+    return frozenset(names)
+
+
+# Fixed-size numeric dtypes only: object, structured, string, datetime and void dtypes are refused.
+# complex is allowed: it is plain numbers, and FFT-based models may return it.
+ALLOWED_DTYPES = _dtype_strings()
+
+
+class ProtocolError(Exception):
+    """Raised when a frame is malformed, oversized or truncated; ``reason`` says which rule broke.
+
+    ``eof`` is True when the stream ended inside a frame (the peer most likely died).
+    """
+
+    def __init__(self, reason: str, eof: bool = False) -> None:
+        self.reason = reason
+        self.eof = eof
+        super().__init__(reason)
+
+
+class Limits:
+    """Caps the decoder enforces; the defaults are the module constants."""
+
+    __slots__ = ("max_arrays", "max_depth", "max_header_bytes", "max_ndim", "max_payload_bytes")
+
+    def __init__(
+        self,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+        max_ndim: int = MAX_NDIM,
+        max_arrays: int = MAX_ARRAYS,
+        max_depth: int = MAX_DEPTH,
+    ) -> None:
+        self.max_header_bytes = max_header_bytes
+        self.max_payload_bytes = max_payload_bytes
+        self.max_ndim = max_ndim
+        self.max_arrays = max_arrays
+        self.max_depth = max_depth
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class Frame:
+    """One decoded frame: ``kind``, the whole ``header`` map and the payload ``arrays`` in order."""
+
+    __slots__ = ("arrays", "header", "kind")
+
+    def __init__(self, kind: str, header: Dict[str, Any], arrays: List[np.ndarray]) -> None:
+        self.kind = kind
+        self.header = header
+        self.arrays = arrays
+
+    def __repr__(self) -> str:
+        return f"Frame(kind={self.kind!r}, keys={sorted(self.header)!r}, arrays={len(self.arrays)})"
+
+
+# --- encoding ---------------------------------------------------------------------------------------
+
+
+def _as_wire_array(array: np.ndarray) -> np.ndarray:
+    if array.dtype.str not in ALLOWED_DTYPES:
+        raise ProtocolError(
+            f"arrays of dtype {array.dtype} cannot cross the pipe "
+            "(allowed: bool, int/uint 8-64, float16/32/64, complex64/128)"
+        )
+    if array.ndim > MAX_NDIM:
+        raise ProtocolError(f"arrays with ndim {array.ndim} > {MAX_NDIM} cannot cross the pipe")
+    # not np.ascontiguousarray: it turns 0-d arrays (numpy scalars) into 1-d ones
+    return array if array.flags.c_contiguous else array.copy(order="C")
+
+
+def encode_frame(header: Dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> List[Any]:
+    """Return the buffers of one frame (prefix + header, then each array's bytes), ready for writev.
+
+    ``header`` must hold "kind"; "arrays" is filled in from ``arrays``.
+    """
+    if header.get("kind") not in _KINDS:
+        raise ProtocolError("unknown frame kind {!r}".format(header.get("kind")))
+    if len(arrays) > MAX_ARRAYS:
+        raise ProtocolError(
+            f"{len(arrays)} arrays in one frame exceed the cap of {MAX_ARRAYS}; use smaller batches"
+        )
+    wire = [_as_wire_array(a) for a in arrays]
+    if wire:
+        header = dict(header)
+        header["arrays"] = [[a.dtype.str, list(a.shape)] for a in wire]
+    try:
+        packed = msgpack.packb(header, use_bin_type=True, strict_types=False)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"header cannot be encoded: {exc}") from exc
+    if len(packed) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(packed)} bytes exceeds {MAX_HEADER_BYTES}")
+    payload_len = sum(a.nbytes for a in wire)
+    if payload_len > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(
+            f"payload of {payload_len} bytes exceeds {MAX_PAYLOAD_BYTES}; use smaller batches"
+        )
+    buffers = [_PREFIX.pack(MAGIC, len(packed), payload_len) + packed]  # type: List[Any]
+    for a in wire:
+        if a.nbytes:
+            buffers.append(a.reshape(-1).view(np.uint8).data)
+    return buffers
+
+
+def write_frame(
+    write: Callable[[Any], Optional[int]], header: Dict[str, Any], arrays: Sequence[Any] = ()
+) -> int:
+    """Encode a frame and pass every buffer to ``write`` (a raw, possibly partial writer); return bytes sent.
+
+    ``write`` is called until each buffer is fully written (``os.write`` and ``FileIO.write`` may write
+    less than asked on a pipe).
+    """
+    total = 0
+    for buf in encode_frame(header, arrays):
+        view = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf
+        while view:
+            written = write(view)
+            if written is None:  # non-blocking writer with a full pipe
+                continue
+            view = view[written:]
+            total += written
+    return total
+
+
+# --- decoding ---------------------------------------------------------------------------------------
+
+
+def _read_exact(readinto: Callable[[memoryview], Optional[int]], view: memoryview, what: str) -> bool:
+    """Fill ``view``; return False on EOF before the first byte, raise ProtocolError on a later EOF."""
+    got = 0
+    size = len(view)
+    while got < size:
+        n = readinto(view[got:])
+        if not n:
+            if got == 0:
+                return False
+            raise ProtocolError(f"stream ended inside the {what} ({got} of {size} bytes)", eof=True)
+        got += n
+    return True
+
+
+def _check_plain(value: Any, depth: int, limits: Limits) -> None:
+    """Refuse anything but msgpack's plain types (no Timestamp, no ext) and too-deep nesting."""
+    if depth > limits.max_depth:
+        raise ProtocolError(f"header nesting deeper than {limits.max_depth}")
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return
+    if isinstance(value, list):
+        for item in value:
+            _check_plain(item, depth + 1, limits)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ProtocolError(f"header map keys must be str, got {type(key).__name__}")
+            _check_plain(item, depth + 1, limits)
+        return
+    raise ProtocolError(f"header holds a value of type {type(value).__name__}")
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"msgpack ext type {code} is not allowed")
+
+
+def _unpack_header(data: bytes, limits: Limits) -> Dict[str, Any]:
+    try:
+        header = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            ext_hook=_refuse_ext,
+            max_str_len=limits.max_header_bytes,
+            max_bin_len=limits.max_header_bytes,
+            max_array_len=limits.max_header_bytes,
+            max_map_len=limits.max_header_bytes,
+            max_ext_len=0,
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises ValueError, FormatError, StackError, ExtraData, ...
+        raise ProtocolError(f"header is not valid msgpack: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError(f"header is a {type(header).__name__}, not a map")
+    _check_plain(header, 0, limits)
+    kind = header.get("kind")
+    if kind not in _KINDS:
+        raise ProtocolError(f"unknown frame kind {kind!r}")
+    return header
+
+
+def _array_specs(header: Dict[str, Any], limits: Limits) -> List[Tuple[np.dtype, Tuple[int, ...], int]]:
+    specs = header.get("arrays", [])
+    if not isinstance(specs, list):
+        raise ProtocolError('"arrays" must be a list')
+    if len(specs) > limits.max_arrays:
+        raise ProtocolError(f"{len(specs)} arrays exceed the cap of {limits.max_arrays}")
+    out = []
+    for i, spec in enumerate(specs):
+        if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], str)):
+            raise ProtocolError(f"array {i}: descriptor must be [dtype_str, shape]")
+        dtype_str, shape = spec
+        if dtype_str not in ALLOWED_DTYPES:
+            raise ProtocolError(f"array {i}: dtype {dtype_str!r} is not allowed")
+        if not isinstance(shape, list) or len(shape) > limits.max_ndim:
+            raise ProtocolError(f"array {i}: shape must be a list of at most {limits.max_ndim} dims")
+        for dim in shape:
+            if type(dim) is not int or dim < 0:
+                raise ProtocolError(f"array {i}: dims must be non-negative ints, got {dim!r}")
+        dtype = np.dtype(dtype_str)
+        count = 1
+        for dim in shape:
+            count *= dim
+            if count * dtype.itemsize > limits.max_payload_bytes:
+                raise ProtocolError(f"array {i}: shape {shape} exceeds the payload cap")
+        out.append((dtype, tuple(shape), count * dtype.itemsize))
+    return out
+
+
+def read_frame(
+    readinto: Callable[[memoryview], Optional[int]], limits: Limits = DEFAULT_LIMITS
+) -> Optional[Frame]:
+    """Read one frame with ``readinto`` (a raw reader: returns bytes read, 0 at EOF).
+
+    Returns None on EOF at a frame boundary; raises ProtocolError (only) on anything malformed. The payload
+    is read straight into freshly allocated arrays; nothing beyond the declared, capped sizes is read.
+    """
+    prefix = bytearray(PREFIX_BYTES)
+    if not _read_exact(readinto, memoryview(prefix), "frame prefix"):
+        return None
+    magic, header_len, payload_len = _PREFIX.unpack(bytes(prefix))
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {magic!r} (is something else writing to the protocol pipe?)")
+    if header_len == 0 or header_len > limits.max_header_bytes:
+        raise ProtocolError(f"header length {header_len} outside 1..{limits.max_header_bytes}")
+    if payload_len > limits.max_payload_bytes:
+        raise ProtocolError(f"payload length {payload_len} exceeds {limits.max_payload_bytes}")
+    raw = bytearray(header_len)
+    if not _read_exact(readinto, memoryview(raw), "header"):
+        raise ProtocolError("stream ended before the header", eof=True)
+    header = _unpack_header(bytes(raw), limits)
+    specs = _array_specs(header, limits)
+    declared = sum(nbytes for _, _, nbytes in specs)
+    if declared != payload_len:
+        raise ProtocolError(f"payload length {payload_len} != {declared} declared by the arrays")
+    arrays = []
+    for dtype, shape, nbytes in specs:
+        array = np.empty(shape, dtype=dtype)
+        if nbytes and not _read_exact(readinto, array.reshape(-1).view(np.uint8).data, "payload"):
+            raise ProtocolError("stream ended before the payload", eof=True)
+        arrays.append(array)
+    return Frame(header["kind"], header, arrays)
+
+
+def bytes_reader(data: bytes) -> Callable[[memoryview], Optional[int]]:
+    """A ``readinto`` over an in-memory byte string (tests, fuzzing)."""
+    return io.BytesIO(data).readinto
+
+
+# --- sample structures ------------------------------------------------------------------------------
+
+
+# Packing and unpacking are classes, not nested recursive closures: a closure that calls itself is a
+# reference cycle, and the cycle kept every array of a batch alive until the cyclic GC ran (tens of MB of
+# host RSS while streaming).
+
+
+class _Packer:
+    def __init__(self) -> None:
+        self.arrays = []  # type: List[np.ndarray]
+
+    def walk(self, value: Any, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise ProtocolError(f"sample structure nested deeper than {MAX_DEPTH}")
+        if value is None or isinstance(value, (bool, str, bytes)):
+            return value
+        if isinstance(value, np.ndarray):
+            self.arrays.append(value)
+            return {"a": len(self.arrays) - 1}
+        if isinstance(value, np.generic):
+            self.arrays.append(np.asarray(value))
+            return {"s": len(self.arrays) - 1}
+        if isinstance(value, int):
+            if not -(2**63) <= value < 2**64:
+                raise ProtocolError(f"int {value} does not fit in 64 bits")
+            return int(value)
+        if isinstance(value, float):
+            return float(value)
+        if isinstance(value, tuple):
+            return {"t": [self.walk(v, depth + 1) for v in value]}
+        if isinstance(value, list):
+            return [self.walk(v, depth + 1) for v in value]
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ProtocolError(f"dict keys in samples must be str, got {type(key).__name__}")
+                out[key] = self.walk(item, depth + 1)
+            return {"d": out}
+        # Tensors and other array-likes with __array__ (torch on CPU, PIL images) become ndarrays.
+        if hasattr(value, "__array__"):
+            self.arrays.append(np.asarray(value))
+            return {"a": len(self.arrays) - 1}
+        raise ProtocolError(f"a {type(value).__name__} cannot cross the pipe")
+
+
+def pack_samples(samples: Any) -> Tuple[Any, List[np.ndarray]]:
+    """Turn a model's return value into (msgpack-able tree, arrays); see the module docstring."""
+    packer = _Packer()
+    tree = packer.walk(samples, 0)
+    return tree, packer.arrays
+
+
+class _Unpacker:
+    def __init__(self, arrays: Sequence[np.ndarray], limits: Limits) -> None:
+        self.arrays = arrays
+        self.limits = limits
+        self.next_ref = 0
+
+    def take(self, ref: Any, kind: str) -> Any:
+        if type(ref) is not int or ref != self.next_ref or ref >= len(self.arrays):
+            raise ProtocolError(f"array reference {ref!r} out of order (expected {self.next_ref})")
+        self.next_ref += 1
+        array = self.arrays[ref]
+        if kind == "s":
+            if array.ndim != 0:
+                raise ProtocolError(f"scalar reference {ref} points at a {array.ndim}-d array")
+            return array[()]
+        return array
+
+    def walk(self, node: Any, depth: int) -> Any:
+        if depth > self.limits.max_depth:
+            raise ProtocolError(f"sample tree nested deeper than {self.limits.max_depth}")
+        if node is None or isinstance(node, (bool, int, float, str, bytes)):
+            return node
+        if isinstance(node, list):
+            return [self.walk(v, depth + 1) for v in node]
+        if isinstance(node, dict) and len(node) == 1:
+            (tag, body) = next(iter(node.items()))
+            if tag in ("a", "s"):
+                return self.take(body, tag)
+            if tag == "t" and isinstance(body, list):
+                return tuple(self.walk(v, depth + 1) for v in body)
+            if tag == "d" and isinstance(body, dict):
+                return {k: self.walk(v, depth + 1) for k, v in body.items()}
+        raise ProtocolError(f"malformed sample node {_short(node)}")
+
+
+def unpack_samples(tree: Any, arrays: Sequence[np.ndarray], limits: Limits = DEFAULT_LIMITS) -> Any:
+    """Rebuild the structure :func:`pack_samples` encoded; raise ProtocolError if the tree is malformed."""
+    unpacker = _Unpacker(arrays, limits)
+    result = unpacker.walk(tree, 0)
+    if unpacker.next_ref != len(arrays):
+        raise ProtocolError(f"{len(arrays)} arrays sent but {unpacker.next_ref} referenced")
+    return result
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,358 @@
+"""Runner overhead, frame throughput, spawn latency and host memory, side by side in one run; prints JSON.
+
+Usage: ``python benchmarks/bench_runner.py [--quick]`` from a checkout with medigan_iso installed (the tox
+``py``/``bench`` envs). It builds a numpy-only model env with uv in a temp dir (the uv cache makes this ~1 s
+when warm), writes the fixture model packages, measures, and deletes everything it wrote.
+
+Targets (issue 4): warm-runner overhead vs in-process generate <= 5 % (n=1000, 128x128); frame throughput
+for >= 1 MiB arrays >= 70 % of a raw pipe copy of the same bytes; spawn -> ready excluding model imports
+<= 150 ms; host RSS while streaming 100,000 128x128 images to disk <= 200 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from _envs_for_tests import build_runner_env  # noqa: E402
+from _model_fixtures import write_numpy_zoo  # noqa: E402
+
+from medigan_iso.runner_process import RunnerProcess  # noqa: E402
+
+OVERHEAD_TARGET_PCT = 5.0
+THROUGHPUT_TARGET_PCT = 70.0
+SPAWN_TARGET_MS = 150.0
+RSS_TARGET_MB = 200.0
+
+# A model whose cost is negligible, so the pipe is what is measured: it returns copies of one array.
+FAST_MODEL = """
+import numpy as np
+
+_CACHE = {}
+
+
+def generate(model_file, num_samples, output_path, save_images, shape=(128, 128), dtype="uint8"):
+    key = (tuple(shape), dtype)
+    if key not in _CACHE:
+        _CACHE[key] = np.random.default_rng(0).integers(0, 255, size=key[0]).astype(dtype)
+    base = _CACHE[key]
+    return [base for _ in range(num_samples)]
+"""
+
+
+def rss_mb() -> float:
+    with Path("/proc/self/status").open(encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def process_cpu_s(pid: int) -> float:
+    """user + system CPU seconds of another process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def write_fast_model(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "__init__.py").write_text(textwrap.dedent(FAST_MODEL).lstrip(), encoding="utf-8")
+    (root / "weights.bin").write_bytes(b"\0")
+    return root
+
+
+IN_PROCESS = """
+import importlib.util, json, sys, time
+import numpy as np
+root, weights, n, batch, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+encode = sys.argv[6] == "1"  # also pack, encode and snapshot each batch as the runner does (no pipe)
+from medigan_iso_runner import protocol
+spec = importlib.util.spec_from_file_location(
+    "bench_model", root + "/__init__.py", submodule_search_locations=[root]
+)
+module = importlib.util.module_from_spec(spec)
+sys.modules["bench_model"] = module
+spec.loader.exec_module(module)
+np.random.seed(0)
+started = time.perf_counter()
+cpu_started = time.process_time()
+remaining = n
+while remaining:
+    b = min(batch, remaining)
+    out = module.generate(model_file=weights, num_samples=b, output_path=None, save_images=False, size=size)
+    assert len(out) == b
+    if encode:
+        tree, arrays = protocol.pack_samples(out)
+        buffers = protocol.encode_frame({"kind": "batch", "samples": tree}, arrays)
+        snapshot = bytearray(sum(len(buf) for buf in buffers[1:]))
+        view, offset = memoryview(snapshot), 0
+        for buf in buffers[1:]:
+            view[offset : offset + len(buf)] = buf
+            offset += len(buf)
+    remaining -= b
+print(json.dumps([time.perf_counter() - started, time.process_time() - cpu_started]))
+"""
+
+
+# The fixture model's cost is dominated by page faults: glibc hands its 393 KiB int64 temporaries back to the
+# kernel and faults them in again. How often depends on the heap's history, which differs between a runner
+# and a bare script, so a second variant pins glibc's thresholds on both sides to isolate the pipe's cost.
+MALLOC_PINNED_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20)}
+
+
+def bench_overhead(
+    python: Path, zoo: Path, work: Path, n: int, repeats: int, *, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Warm runner vs the same generate called in-process by the env's interpreter (same batches, seed)."""
+    batch = 32
+    size = 128
+    weights = str(zoo / "weights.npy")
+
+    def in_process(encode: bool = False) -> tuple[float, float]:
+        argv = [str(python), "-I", "-c", IN_PROCESS, str(zoo), weights, str(n), str(batch), str(size)]
+        argv.append("1" if encode else "0")
+        env = {**os.environ, **(extra_env or {})}
+        done = subprocess.run(argv, check=True, capture_output=True, text=True, env=env)
+        wall, cpu = json.loads(done.stdout)
+        return float(wall), float(cpu)
+
+    with RunnerProcess.start(python, log_path=work / "overhead.log", env_overrides=extra_env) as proc:
+        proc.load(zoo, model_file=weights, package_name="bench-zoo")
+        list(proc.generate(batch, batch_size=batch, kwargs={"size": size}))  # warm
+
+        def runner() -> tuple[float, float]:
+            cpu_started = time.process_time() + process_cpu_s(proc.pid)
+            started = time.perf_counter()
+            got = sum(len(b) for b in proc.generate(n, batch_size=batch, seed=0, kwargs={"size": size}))
+            assert got == n
+            wall = time.perf_counter() - started
+            return wall, time.process_time() + process_cpu_s(proc.pid) - cpu_started
+
+        in_proc: list[tuple[float, float]] = []
+        in_proc_encode: list[tuple[float, float]] = []
+        run: list[tuple[float, float]] = []
+        for _ in range(repeats):  # interleaved so load from other processes hits all alike
+            in_proc.append(in_process())
+            in_proc_encode.append(in_process(encode=True))
+            run.append(runner())
+    in_proc_s, runner_s = [w for w, _ in in_proc], [w for w, _ in run]
+    best_in, best_run = min(in_proc_s), min(runner_s)
+    cpu_in, cpu_run = min(c for _, c in in_proc), min(c for _, c in run)
+    return {
+        "env": extra_env or {},
+        "n": n,
+        "image": "128x128x3 uint8",
+        "batch_size": batch,
+        "repeats": repeats,
+        "in_process_s": round(best_in, 4),
+        "warm_runner_s": round(best_run, 4),
+        "in_process_median_s": round(statistics.median(in_proc_s), 4),
+        "warm_runner_median_s": round(statistics.median(runner_s), 4),
+        "overhead_pct": round(100 * (best_run - best_in) / best_in, 2),
+        "overhead_pct_medians": round(
+            100 * (statistics.median(runner_s) - statistics.median(in_proc_s)) / statistics.median(in_proc_s),
+            2,
+        ),
+        "in_process_plus_encode_s": round(min(w for w, _ in in_proc_encode), 4),
+        "encode_overhead_pct": round(100 * (min(w for w, _ in in_proc_encode) - best_in) / best_in, 2),
+        "in_process_cpu_s": round(cpu_in, 4),
+        "runner_plus_host_cpu_s": round(cpu_run, 4),
+        "cpu_overhead_pct": round(100 * (cpu_run - cpu_in) / cpu_in, 2),
+        "target_pct": OVERHEAD_TARGET_PCT,
+        "note": "overhead_pct compares best wall times; cpu_overhead_pct adds runner and host CPU time; "
+        "encode_overhead_pct is the runner's own work (pack, encode, snapshot) without the pipe",
+    }
+
+
+RAW_WRITER = """
+import os, sys
+import numpy as np
+size, count = int(sys.argv[1]), int(sys.argv[2])
+buf = memoryview(np.random.default_rng(0).integers(0, 255, size=size, dtype=np.uint8)).cast("B")
+out = sys.stdout.fileno()
+try:
+    import fcntl
+    fcntl.fcntl(out, 1031, 1 << 20)
+except OSError:
+    pass
+for _ in range(count):
+    view = buf
+    while view:
+        view = view[os.write(out, view):]
+"""
+
+
+def raw_pipe_gib_s(python: Path, size: int, count: int) -> float:
+    """The same bytes through a bare pipe: child os.write loop, parent readinto a preallocated buffer."""
+    target = np.empty(size, dtype=np.uint8)
+    view = memoryview(target).cast("B")
+    with subprocess.Popen(
+        [str(python), "-I", "-c", RAW_WRITER, str(size), str(count)], stdout=subprocess.PIPE
+    ) as child:
+        assert child.stdout is not None
+        fd = child.stdout.fileno()
+        started = time.perf_counter()
+        for _ in range(count):
+            got = 0
+            while got < size:
+                n = os.readv(fd, [view[got:]])
+                if n == 0:
+                    raise RuntimeError("raw writer ended early")
+                got += n
+        elapsed = time.perf_counter() - started
+    return size * count / elapsed / 2**30
+
+
+def bench_throughput(python: Path, fast: Path, work: Path, repeats: int) -> dict[str, Any]:
+    results = {}
+    for label, shape, dtype in (("1MiB", (1024, 1024), "uint8"), ("4MiB", (1024, 1024), "float32")):
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        count = max(64, (1 << 30) // nbytes)  # ~1 GiB per measurement
+        with RunnerProcess.start(python, log_path=work / "throughput.log") as proc:
+            proc.load(fast, model_file=fast / "weights.bin", package_name="fast")
+            kwargs = {"shape": list(shape), "dtype": dtype}
+            list(proc.generate(2, batch_size=1, kwargs=kwargs))
+            frame_rates, raw_rates = [], []
+            for _ in range(repeats):  # interleaved with the raw copy so both see the same machine load
+                started = time.perf_counter()
+                got = sum(len(b) for b in proc.generate(count, batch_size=1, kwargs=kwargs))
+                assert got == count
+                frame_rates.append(nbytes * count / (time.perf_counter() - started) / 2**30)
+                raw_rates.append(raw_pipe_gib_s(python, nbytes, count))
+        frames, raw = max(frame_rates), max(raw_rates)
+        results[label] = {
+            "array_bytes": nbytes,
+            "arrays": count,
+            "frames_gib_s": round(frames, 3),
+            "raw_pipe_gib_s": round(raw, 3),
+            "ratio_pct": round(100 * frames / raw, 1),
+            "ratio_pct_medians": round(
+                100 * statistics.median(frame_rates) / statistics.median(raw_rates), 1
+            ),
+        }
+    return {"one_array_per_frame": results, "target_pct": THROUGHPUT_TARGET_PCT}
+
+
+def bench_spawn(python: Path, fast: Path, work: Path, repeats: int) -> dict[str, Any]:
+    hello_ms, ready_ms = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        with RunnerProcess.start(python, log_path=work / "spawn.log") as proc:
+            hello_ms.append(1000 * (time.perf_counter() - started))
+            proc.load(fast, model_file=fast / "weights.bin", package_name="fast")
+            ready_ms.append(1000 * (time.perf_counter() - started))
+    return {
+        "repeats": repeats,
+        "spawn_to_hello_ms_median": round(statistics.median(hello_ms), 1),
+        "spawn_to_ready_ms_median": round(statistics.median(ready_ms), 1),
+        "spawn_to_ready_ms_min": round(min(ready_ms), 1),
+        "note": "ready = hello + load of a package importing only numpy (no model imports)",
+        "target_ms": SPAWN_TARGET_MS,
+    }
+
+
+def bench_rss(python: Path, fast: Path, work: Path, n: int) -> dict[str, Any]:
+    """Stream n 128x128 images to disk (one .npy each), sampling this process's RSS every batch."""
+    out = work / "rss-out"
+    out.mkdir()
+    peak = [rss_mb()]
+    baseline = peak[0]
+    stop = threading.Event()
+
+    def sampler() -> None:
+        while not stop.wait(0.05):
+            peak[0] = max(peak[0], rss_mb())
+
+    thread = threading.Thread(target=sampler, daemon=True)
+    thread.start()
+    started = time.perf_counter()
+    written = 0
+    try:
+        with RunnerProcess.start(python, log_path=work / "rss.log") as proc:
+            proc.load(fast, model_file=fast / "weights.bin", package_name="fast")
+            for batch in proc.generate(n, batch_size=64, kwargs={"shape": [128, 128]}):
+                for image in batch:
+                    np.save(out / f"{written:06d}.npy", image)
+                    written += 1
+                peak[0] = max(peak[0], rss_mb())
+    finally:
+        stop.set()
+        thread.join()
+        elapsed = time.perf_counter() - started
+        disk_mb = sum(p.stat().st_size for p in out.iterdir()) / 2**20
+        shutil.rmtree(out)
+    return {
+        "images": written,
+        "image": "128x128 uint8, one .npy file each",
+        "batch_size": 64,
+        "seconds": round(elapsed, 1),
+        "disk_mb_written": round(disk_mb, 1),
+        "host_rss_baseline_mb": round(baseline, 1),
+        "host_rss_peak_mb": round(peak[0], 1),
+        "host_rss_growth_mb": round(peak[0] - baseline, 1),
+        "target_mb": RSS_TARGET_MB,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller n and fewer repeats (smoke run)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="medigan-iso-bench-runner-"))
+    try:
+        started = time.perf_counter()
+        python = build_runner_env(work / "env", ["numpy", "msgpack"])
+        env_s = time.perf_counter() - started
+        zoo = write_numpy_zoo(work / "bench-zoo")
+        fast = write_fast_model(work / "fast")
+        report: dict[str, Any] = {
+            "benchmark": "runner",
+            "machine": {
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "numpy": np.__version__,
+                "load_average_at_start": os.getloadavg(),
+            },
+            "env_build_s": round(env_s, 2),
+        }
+        # RSS first, while this process is still small; the other cases allocate more in-process.
+        report["host_rss_streaming"] = bench_rss(python, fast, work, 10_000 if args.quick else 100_000)
+        repeats = 3 if args.quick else 5
+        report["overhead_warm_runner_vs_in_process"] = {
+            "default_malloc": bench_overhead(python, zoo, work, 1000, repeats),
+            "malloc_thresholds_pinned_both_sides": bench_overhead(
+                python, zoo, work, 1000, repeats, extra_env=MALLOC_PINNED_ENV
+            ),
+        }
+        report["frame_throughput"] = bench_throughput(python, fast, work, 1 if args.quick else 3)
+        report["spawn_to_ready"] = bench_spawn(python, fast, work, 5 if args.quick else 15)
+        report["load_average_at_end"] = os.getloadavg()
+        report["host_max_rss_mb_whole_run"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,701 @@
+"""Spawn, talk to and shut down one runner subprocess: the only module that starts a runner.
+
+A :class:`RunnerProcess` launches ``<env python> -I -m medigan_iso_runner`` (the runner's contract is the
+docstring of ``medigan_iso_runner.__main__``), checks its hello, loads a model package and streams generated
+batches back. It owns the subprocess lifecycle and the three clocks (spawn/load -> ready, inactivity between
+frames, shutdown grace); it does not know about catalogues, packages or envs (the api layer passes an
+interpreter and a package root). Protocol errors from ``medigan_iso_runner.protocol`` are translated to
+:class:`medigan_iso.errors.ProtocolError` here, once.
+
+Hygiene: the child gets an allow-listed environment (no secrets), a private HOME and TMPDIR that are
+deleted on close, its own session and process group, pipes on fds 0-2 (never a tty)
+and no other inherited fds.
+``command_prefix`` is the seam for confinement (the sandbox prepends e.g. a bwrap argv). The runner exits on
+stdin EOF, when re-parented (a watchdog) and, when spawned from the main thread, by PR_SET_PDEATHSIG, so it
+never outlives the host. (PR_SET_PDEATHSIG fires when the spawning *thread* exits, so runners spawned from
+other threads rely on the first two.)
+
+Memory: one batch is held at a time; :meth:`RunnerProcess.generate` returns a lazy stream.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from medigan_iso_runner import protocol
+
+from medigan_iso.errors import (
+    ModelError,
+    ProtocolError,
+    RunnerCrashedError,
+    RunnerError,
+    RunnerStartError,
+    RunnerTimeoutError,
+)
+
+__all__ = [
+    "RUNNER_INACTIVITY_TIMEOUT_S",
+    "RUNNER_READY_TIMEOUT_S",
+    "RUNNER_SHUTDOWN_GRACE_S",
+    "GenerateStream",
+    "RunnerProcess",
+    "Sample",
+    "runner_environment",
+]
+
+logger = logging.getLogger(__name__)
+
+RUNNER_READY_TIMEOUT_S = 300.0  # spawn -> hello, and load -> ready (model imports, weights)
+RUNNER_INACTIVITY_TIMEOUT_S = 600.0  # between two frames of a generate stream; never a total timeout
+RUNNER_SHUTDOWN_GRACE_S = 5.0  # shutdown frame -> SIGTERM; SIGTERM -> SIGKILL takes as long again
+DEATH_CHECK_INTERVAL_S = 0.2  # how often a blocked read checks that the runner still lives
+STDERR_RING_BYTES = 64 * 1024
+STDERR_TAIL_LINES = 40
+PARENT_PID_ENV = "MEDIGAN_ISO_RUNNER_PARENT_PID"
+PDEATHSIG_ENV = "MEDIGAN_ISO_RUNNER_PDEATHSIG"
+
+# Passed through to the runner when set; everything else (tokens, proxies' passwords, cloud keys,
+# LD_PRELOAD/LD_LIBRARY_PATH) stays out. PYTHON* variables would be ignored anyway: the runner runs with -I.
+_ALLOWED_ENV = (
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+    "TF_NUM_INTEROP_THREADS",
+    "TF_CPP_MIN_LOG_LEVEL",
+    "CUDA_VISIBLE_DEVICES",
+)
+
+Sample = Any
+"""One generated sample: ndarray | tuple | list | dict | None | str | bytes | int | float | bool."""
+
+
+def runner_environment(
+    private_dir: Path,
+    *,
+    source: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str | None] | None = None,
+) -> dict[str, str]:
+    """The runner's environment: the allow-list from ``source``, HOME/TMPDIR in ``private_dir``, overrides.
+
+    An override whose value is None removes the variable.
+    """
+    source = os.environ if source is None else source
+    env = {key: source[key] for key in _ALLOWED_ENV if key in source}
+    env.update({key: value for key, value in source.items() if key.startswith("LC_")})
+    env.setdefault("PATH", os.defpath)
+    home = private_dir / "home"
+    tmp = private_dir / "tmp"
+    home.mkdir(exist_ok=True)
+    tmp.mkdir(exist_ok=True)
+    env.update(HOME=str(home), TMPDIR=str(tmp))
+    for key, value in (overrides or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+class _StderrDrain:
+    """Copies the runner's stderr to a log file and keeps the last bytes in a bounded ring."""
+
+    def __init__(self, stream: Any, log_path: Path) -> None:
+        self._stream = stream
+        self._log_path = log_path
+        self._ring: collections.deque[bytes] = collections.deque()
+        self._ring_bytes = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="medigan-iso-runner-stderr", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        fd = self._stream.fileno()
+        with self._log_path.open("ab") as log:
+            while True:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                log.write(chunk)
+                log.flush()
+                with self._lock:
+                    self._ring.append(chunk)
+                    self._ring_bytes += len(chunk)
+                    while self._ring_bytes > STDERR_RING_BYTES and len(self._ring) > 1:
+                        self._ring_bytes -= len(self._ring.popleft())
+
+    def tail(self, lines: int = STDERR_TAIL_LINES) -> str:
+        with self._lock:
+            data = b"".join(self._ring)
+        text = data.decode("utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+
+class RunnerProcess:
+    """One live runner subprocess. Build it with :meth:`start`; use it as a context manager."""
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        *,
+        private_dir: Path,
+        log_path: Path,
+        drain: _StderrDrain,
+        ready_timeout_s: float,
+        inactivity_timeout_s: float,
+        shutdown_grace_s: float,
+        model_id: str | None,
+    ) -> None:
+        self._popen = popen
+        self._private_dir = private_dir
+        self.log_path = log_path
+        self._drain = drain
+        self.ready_timeout_s = ready_timeout_s
+        self.inactivity_timeout_s = inactivity_timeout_s
+        self.shutdown_grace_s = shutdown_grace_s
+        self.model_id = model_id
+        assert popen.stdout is not None and popen.stdin is not None
+        self._out_fd = popen.stdout.fileno()
+        self._in_fd = popen.stdin.fileno()
+        os.set_blocking(self._out_fd, False)
+        self._poller = select.poll()
+        self._poller.register(self._out_fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        self._read_timeout_s = ready_timeout_s
+        self._read_phase = "ready"
+        self._request = 0
+        # A weak reference: a stream the caller drops must be collectable so its __del__ can mark the runner.
+        self._active_ref: weakref.ref[GenerateStream] | None = None
+        self._closed = False
+        self._stop_reason: str | None = None
+        self.hello: dict[str, Any] = {}
+        self.loaded: dict[str, Any] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls,
+        python: str | os.PathLike[str],
+        *,
+        log_path: str | os.PathLike[str],
+        ready_timeout_s: float = RUNNER_READY_TIMEOUT_S,
+        inactivity_timeout_s: float = RUNNER_INACTIVITY_TIMEOUT_S,
+        shutdown_grace_s: float = RUNNER_SHUTDOWN_GRACE_S,
+        command_prefix: Sequence[str] = (),
+        env_overrides: Mapping[str, str | None] | None = None,
+        model_id: str | None = None,
+    ) -> RunnerProcess:
+        """Spawn a runner with ``python`` and wait (``ready_timeout_s``) for its hello.
+
+        Raises RunnerStartError (cannot exec, wrong protocol), RunnerCrashedError, RunnerTimeoutError.
+        """
+        log = Path(log_path)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        private_dir = Path(tempfile.mkdtemp(prefix="medigan-iso-runner-"))
+        overrides: dict[str, str | None] = {}
+        if not command_prefix:
+            overrides[PARENT_PID_ENV] = str(os.getpid())
+        # PR_SET_PDEATHSIG fires when the spawning *thread* exits: only arm it from the main thread.
+        overrides[PDEATHSIG_ENV] = "1" if threading.current_thread() is threading.main_thread() else "0"
+        overrides.update(env_overrides or {})
+        env = runner_environment(private_dir, overrides=overrides)
+        argv = [*command_prefix, os.fspath(python), "-I", "-m", "medigan_iso_runner"]
+        try:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=private_dir,
+                close_fds=True,
+                start_new_session=True,
+                bufsize=0,
+            )
+        except OSError as exc:
+            shutil.rmtree(private_dir, ignore_errors=True)
+            raise RunnerStartError(
+                f"cannot start the runner {argv[0]}: {exc}",
+                remedy="check that the model env exists (`medigan-iso env list`) and rebuild it if not",
+            ) from exc
+        assert popen.stderr is not None
+        runner = cls(
+            popen,
+            private_dir=private_dir,
+            log_path=log,
+            drain=_StderrDrain(popen.stderr, log),
+            ready_timeout_s=ready_timeout_s,
+            inactivity_timeout_s=inactivity_timeout_s,
+            shutdown_grace_s=shutdown_grace_s,
+            model_id=model_id,
+        )
+        try:
+            runner._handshake()
+        except RunnerCrashedError as exc:
+            runner._kill()
+            raise RunnerStartError(
+                f"the runner {argv[-4]} exited before its hello: {exc.message}",
+                remedy="the env may lack medigan_iso_runner, msgpack or numpy; rebuild it "
+                "(`medigan-iso env build MODEL --rebuild`)",
+            ) from exc
+        except BaseException:
+            runner._kill()
+            raise
+        return runner
+
+    def _handshake(self) -> None:
+        frame = self._receive(timeout_s=self.ready_timeout_s, phase="ready")
+        if frame.kind != "hello":
+            raise RunnerStartError(f"runner sent {frame.kind!r} before hello")
+        version = frame.header.get("protocol")
+        if version != protocol.PROTOCOL_VERSION:
+            raise RunnerStartError(
+                f"runner speaks protocol {version!r}, this host speaks {protocol.PROTOCOL_VERSION}",
+                remedy="the env holds an old runner; rebuild it (`medigan-iso env build MODEL --rebuild`)",
+            )
+        self.hello = dict(frame.header)
+        self.hello.pop("kind", None)
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    def stderr_tail(self, lines: int = STDERR_TAIL_LINES) -> str:
+        """The last lines the runner wrote to stderr (also in :attr:`log_path`)."""
+        return self._drain.tail(lines)
+
+    def is_alive(self) -> bool:
+        return not self._closed and self._exit_status() is None
+
+    def __enter__(self) -> RunnerProcess:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Shut down: shutdown frame (or stdin EOF when busy), grace, SIGTERM to the group, grace, SIGKILL."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._active is not None:
+            # The runner is busy with a request: stdin EOF (below) stops it at once, a shutdown frame
+            # would wait for the whole request.
+            self._active._abandon()
+            self._stop("it was closed during a generate request")
+        if self._exit_status() is None and not self._broken:
+            with contextlib.suppress(OSError, RunnerError):
+                self._send({"kind": "shutdown"})
+            self._wait_exit(self.shutdown_grace_s)
+        if self._exit_status() is None:
+            with contextlib.suppress(OSError):
+                assert self._popen.stdin is not None
+                self._popen.stdin.close()  # stdin EOF makes the runner's reader thread exit the process
+            self._wait_exit(self.shutdown_grace_s)
+        if self._exit_status() is None:
+            self._signal_group(signal.SIGTERM)
+            self._wait_exit(self.shutdown_grace_s)
+        self._kill()
+
+    def _kill(self) -> None:
+        """SIGKILL the whole process group (stray grandchildren too), reap, release fds and the temp dir."""
+        self._closed = True
+        self._signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout=5)
+        for stream in (self._popen.stdin, self._popen.stdout):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+        self._drain.join(1.0)
+        with contextlib.suppress(OSError):
+            assert self._popen.stderr is not None
+            self._popen.stderr.close()
+        shutil.rmtree(self._private_dir, ignore_errors=True)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        # Only while the leader is unreaped (running or zombie) is its pid guaranteed to still name our group.
+        if self._popen.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._popen.pid, sig)
+
+    def _exit_status(self) -> int | None:
+        """The runner's wait status if it has exited, without reaping it (so killpg stays safe)."""
+        if self._popen.returncode is not None:
+            return self._popen.returncode
+        try:
+            info = os.waitid(os.P_PID, self._popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return self._popen.poll()
+        if info is None:
+            return None
+        return -info.si_status if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else info.si_status
+
+    def _wait_exit(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self._exit_status() is None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    # --- frames ---------------------------------------------------------------------------------------
+
+    def _crashed(self) -> RunnerCrashedError:
+        """Reap a dead runner (after killing its group) and describe how it died."""
+        self._stop("it crashed")
+        self._signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout=1)
+        self._drain.join(1.0)
+        code = self._popen.returncode
+        signal_name = None
+        if code is not None and code < 0:
+            try:
+                signal_name = signal.Signals(-code).name
+            except ValueError:
+                signal_name = f"signal {-code}"
+        return RunnerCrashedError(
+            returncode=code,
+            signal_name=signal_name,
+            stderr_tail=self._drain.tail(),
+            log_path=self.log_path,
+            model_id=self.model_id,
+        )
+
+    def _readinto(self, view: memoryview) -> int:
+        """Read what the pipe holds; wait under the current clock, noticing a dead runner within a second.
+
+        The fd is non-blocking: a read is tried first and poll() only runs when the pipe is empty, which
+        saves a syscall per chunk on MiB-sized frames.
+        """
+        deadline = None
+        while True:
+            try:
+                n = os.readv(self._out_fd, [view])
+            except BlockingIOError:
+                pass
+            else:
+                if n == 0:  # EOF: the runner (and anything holding its pipe) is gone
+                    self._wait_exit(1.0)
+                    raise self._crashed()
+                return n
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self._read_timeout_s
+            remaining = deadline - now
+            if remaining <= 0:
+                self._stop("a clock ran out")
+                raise RunnerTimeoutError(
+                    self._read_phase, self._read_timeout_s, stderr_tail=self._drain.tail()
+                )
+            ready = self._poller.poll(int(min(remaining, DEATH_CHECK_INTERVAL_S) * 1000) + 1)
+            if not ready and self._exit_status() is not None:
+                raise self._crashed()
+
+    def _receive(self, *, timeout_s: float, phase: str) -> protocol.Frame:
+        if self._broken or self._closed:
+            raise self._stopped_error()
+        self._read_timeout_s = timeout_s
+        self._read_phase = phase
+        try:
+            frame = protocol.read_frame(self._readinto)
+        except protocol.ProtocolError as exc:
+            if exc.eof or self._exit_status() is not None:
+                self._wait_exit(1.0)
+                raise self._crashed() from exc
+            self._stop("it sent a malformed frame")
+            raise ProtocolError(
+                f"malformed frame from the runner: {exc.reason}",
+                remedy=f"the runner or model wrote to the protocol pipe; see the runner log {self.log_path}",
+            ) from exc
+        if frame is None:
+            self._wait_exit(1.0)
+            raise self._crashed()
+        if frame.kind not in protocol.RUNNER_KINDS:
+            self._stop("it sent a malformed frame")
+            raise ProtocolError(f"runner sent a host-only {frame.kind!r} frame")
+        if frame.kind == "log":
+            level = logging.WARNING if frame.header.get("level") == "warning" else logging.INFO
+            logger.log(level, "runner %s: %s", self.pid, frame.header.get("message"))
+        return frame
+
+    def _send(self, header: dict[str, Any], arrays: Sequence[Any] = ()) -> None:
+        try:
+            protocol.write_frame(lambda view: os.write(self._in_fd, view), header, arrays)
+        except protocol.ProtocolError as exc:
+            raise TypeError(f"cannot send a {header.get('kind')} frame to the runner: {exc.reason}") from exc
+        except BrokenPipeError as exc:
+            self._wait_exit(1.0)
+            raise self._crashed() from exc
+
+    def _model_error(self, header: Mapping[str, Any]) -> ModelError:
+        return ModelError(
+            str(header.get("type", "Exception")),
+            str(header.get("message", "")),
+            str(header.get("traceback", "")),
+            model_id=self.model_id,
+        )
+
+    # --- operations -----------------------------------------------------------------------------------
+
+    def load(
+        self,
+        package_root: str | os.PathLike[str],
+        *,
+        model_file: str | os.PathLike[str],
+        package_name: str,
+        generate_function: str = "generate",
+        custom_defaults: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Import the model package in the runner; return the ready header (module, load_s).
+
+        Raises ModelError when the package's import raises or has no such generate function.
+        """
+        self._check_idle()
+        self._send(
+            {
+                "kind": "load",
+                "protocol": protocol.PROTOCOL_VERSION,
+                "package_root": os.fspath(package_root),
+                "package_name": package_name,
+                "model_file": os.fspath(model_file),
+                "generate_function": generate_function,
+                "custom_defaults": dict(custom_defaults or {}),
+            }
+        )
+        while True:
+            frame = self._receive(timeout_s=self.ready_timeout_s, phase="ready")
+            if frame.kind == "ready":
+                self.loaded = dict(frame.header)
+                return self.loaded
+            if frame.kind == "error":
+                raise self._model_error(frame.header)
+            if frame.kind != "log":
+                self._stop("it sent a malformed frame")
+                raise ProtocolError(f"runner sent {frame.kind!r} while loading")
+
+    def generate(
+        self,
+        n: int,
+        *,
+        batch_size: int,
+        seed: int | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        save_images: bool = False,
+        output_path: str | os.PathLike[str] | None = None,
+    ) -> GenerateStream:
+        """Start generating ``n`` samples in batches; iterate the stream for one list of samples per batch.
+
+        With ``save_images`` the model writes files into ``output_path`` (medigan naming) and the stream
+        yields nothing; read ``stream.files`` afterwards. Closing the stream early cancels the request.
+        """
+        if n < 0 or batch_size < 1:
+            raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n} batch_size={batch_size}")
+        if seed is not None and not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+        if save_images and output_path is None:
+            raise ValueError("save_images=True needs an output_path")
+        self._check_idle()
+        if self.loaded is None:
+            raise RunnerError("generate called before load", remedy="call load(package_root, ...) first")
+        try:
+            kwargs_tree, kwargs_arrays = protocol.pack_samples(dict(kwargs or {}))
+        except protocol.ProtocolError as exc:
+            raise TypeError(f"model kwargs cannot be sent to the runner: {exc.reason}") from exc
+        self._request += 1
+        self._send(
+            {
+                "kind": "generate",
+                "request": self._request,
+                "n": n,
+                "batch_size": batch_size,
+                "seed": seed,
+                "kwargs": kwargs_tree,
+                "save_images": save_images,
+                "output_path": None if output_path is None else os.fspath(output_path),
+            },
+            kwargs_arrays,
+        )
+        stream = GenerateStream(self, self._request, n)
+        self._active = stream
+        return stream
+
+    def cancel(self) -> None:
+        """Ask the runner to stop the current generate request after the batch in flight."""
+        if self._active is not None:
+            self._active.cancel()
+
+    @property
+    def _active(self) -> GenerateStream | None:
+        return None if self._active_ref is None else self._active_ref()
+
+    @_active.setter
+    def _active(self, stream: GenerateStream | None) -> None:
+        self._active_ref = None if stream is None else weakref.ref(stream)
+
+    @property
+    def _broken(self) -> bool:
+        return self._stop_reason is not None
+
+    def _stop(self, reason: str) -> None:
+        """Mark the runner unusable; the first reason is the one reported."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+
+    def _stopped_error(self) -> RunnerError:
+        reason = self._stop_reason or "it was closed"
+        return RunnerError(f"this runner has stopped: {reason}", remedy="start a new RunnerProcess")
+
+    def _check_idle(self) -> None:
+        if self._closed or self._broken:
+            raise self._stopped_error()
+        if self._active is not None:
+            raise RunnerError(
+                "a generate stream of this runner is still open", remedy="exhaust or close() it first"
+            )
+
+
+class GenerateStream(Iterator[list[Sample]]):
+    """The batches of one generate request, read lazily (one batch in host memory at a time).
+
+    After exhaustion: ``produced`` (samples received), ``shortfall`` (asked but not returned by the model),
+    ``cancelled``, ``files`` (files written with save_images), ``warnings`` (the runner's log frames).
+    """
+
+    def __init__(self, runner: RunnerProcess, request: int, requested: int) -> None:
+        self._runner = runner
+        self.request = request
+        self.requested = requested
+        self.produced = 0
+        self.shortfall = 0
+        self.files = 0
+        self.cancelled = False
+        self.finished = False
+        self.warnings: list[str] = []
+        self._cancel_sent = False
+
+    def __iter__(self) -> GenerateStream:
+        return self
+
+    def __next__(self) -> list[Sample]:
+        runner = self._runner
+        while not self.finished:
+            try:
+                frame = runner._receive(timeout_s=runner.inactivity_timeout_s, phase="inactivity")
+            except BaseException:
+                self._finish()
+                raise
+            header = frame.header
+            if frame.kind != "log" and header.get("request") != self.request:
+                self._finish()
+                runner._stop("it sent a malformed frame")
+                raise ProtocolError(f"runner answered request {header.get('request')!r}, not {self.request}")
+            if frame.kind == "batch":
+                try:
+                    samples = protocol.unpack_samples(header.get("samples"), frame.arrays)
+                except protocol.ProtocolError as exc:
+                    self._finish()
+                    runner._stop("it sent a malformed frame")
+                    raise ProtocolError(f"malformed batch from the runner: {exc.reason}") from exc
+                if not isinstance(samples, list):
+                    self._finish()
+                    runner._stop("it sent a malformed frame")
+                    raise ProtocolError("a batch frame must carry a list of samples")
+                self.produced += len(samples)
+                if self._cancel_sent:
+                    continue
+                return samples
+            if frame.kind == "progress":
+                self.files += int(header.get("files", 0))
+            elif frame.kind == "log":
+                self.warnings.append(str(header.get("message", "")))
+            elif frame.kind == "done":
+                self.shortfall = int(header.get("shortfall", 0))
+                self.cancelled = bool(header.get("cancelled"))
+                self._finish()
+            elif frame.kind == "error":
+                self._finish()
+                raise runner._model_error(header)
+            else:
+                self._finish()
+                runner._stop("it sent a malformed frame")
+                raise ProtocolError(f"runner sent {frame.kind!r} during generate")
+        raise StopIteration
+
+    def _finish(self) -> None:
+        self.finished = True
+        if self._runner._active is self:
+            self._runner._active = None
+
+    def cancel(self) -> None:
+        """Ask the runner to stop; batches still in flight are read and dropped by the next iteration."""
+        if self.finished or self._cancel_sent:
+            return
+        self._cancel_sent = True
+        self._runner._send({"kind": "cancel", "request": self.request})
+
+    def close(self) -> None:
+        """Cancel and drain to the runner's ``done`` so the runner stays usable for the next request."""
+        if self.finished:
+            return
+        try:
+            self.cancel()
+            for _ in self:
+                pass
+        except RunnerError:
+            self._finish()
+            raise
+
+    def _abandon(self) -> None:
+        self._finish()
+
+    def __enter__(self) -> GenerateStream:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # An abandoned, unfinished stream leaves frames in the pipe: the runner cannot be reused. (During
+        # __del__ the runner's weak reference still points here, or is already cleared by the cyclic GC.)
+        ref = self._runner._active_ref
+        if not self.finished and ref is not None and ref() in (self, None):
+            self._runner._stop("a generate stream was dropped before it finished")
+            self._runner._active = None

@@ -1,0 +1,525 @@
+"""Run one medigan model inside its own env and serve it to the host over a frame pipe.
+
+This is the program ``medigan_iso.runner_process`` starts; it owns loading the model package, calling its
+generate function and streaming the results. It imports nothing from medigan_iso, only the stdlib, msgpack
+and numpy, and is written for Python >= 3.8. Frame format: ``medigan_iso_runner.protocol``.
+
+Contract
+--------
+argv
+    ``<env python> -I -m medigan_iso_runner`` (no arguments; ``-I`` keeps PYTHONPATH, user site and the cwd
+    off ``sys.path``).
+env
+    ``MEDIGAN_ISO_RUNNER_PARENT_PID`` (optional): the host's pid. After arming PR_SET_PDEATHSIG (SIGKILL,
+    Linux) the runner exits with code 0 if its parent is no longer that pid (the host died before the signal
+    was armed). When
+    absent (a launcher such as bwrap sits between host and runner) the runner only checks that it was not
+    re-parented to init. ``MEDIGAN_ISO_RUNNER_PDEATHSIG=0`` skips PR_SET_PDEATHSIG (the host sets it when it
+    spawns from a non-main thread: the signal fires when the spawning *thread* exits); a watchdog thread
+    still exits the runner within a second of being re-parented. Everything else in the environment is the
+    host's allow-list.
+fds
+    0: frames from the host; 1: frames to the host; 2: free-form log text. Before any model code runs the
+    runner dups fd 0 and fd 1 to private close-on-exec descriptors for the protocol, then points fd 0 at
+    /dev/null and fd 1 at fd 2, so ``print()``, tqdm, C-level writes and ``os.system("echo")`` from model code
+    end up in the log instead of corrupting frames. A reader thread owns the input (it records cancels and
+    exits the process on EOF); a writer thread owns the output, fed through a one-slot queue with
+    snapshots of each batch, so the model computes batch k+1 while batch k is written and at most two
+    batches are held.
+frames (runner -> host unless marked)
+    ``hello`` {protocol, python, implementation, executable, numpy, msgpack, packages, sandbox, pid} first;
+    host ``load`` {protocol, package_root, package_name, model_file, generate_function, custom_defaults}
+        -> ``ready`` {module, generate_function, load_s} or ``error``;
+    host ``generate`` {request, n, batch_size, seed, kwargs, save_images, output_path}; kwargs is a sample
+        tree (``protocol.pack_samples``), so arrays such as ``input_latent_vector`` travel in the payload
+        -> per batch: ``batch`` {request, index, requested, count, samples} (arrays in the payload), or with
+        save_images ``progress`` {request, index, done, total, files}; ``log`` {level, message} for warnings
+        (e.g. a batch shorter than asked); finally ``done`` {request, requested, produced, shortfall,
+        cancelled, files} or ``error`` {request, phase, type, message, traceback}. The runner stays
+        loaded after a model error.
+    host ``cancel`` {request}: stop that request before its next batch (the batch in flight still arrives);
+        ``done`` then says ``cancelled: true``.
+    host ``shutdown``: exit with code 0.
+exit codes
+    0 after ``shutdown`` and whenever the host is gone (stdin EOF, a write to a closed pipe, the parent
+    died); 2 when the host sent a malformed frame or a different protocol version.
+    Any other code or signal comes from model code (``os._exit``, a segfault).
+
+Generation follows medigan: the entry's ``custom`` defaults, overridden by the caller's kwargs, then the
+four base args forced (``model_file``, ``num_samples``, ``output_path``, ``save_images``). The package is
+imported from ``<package_root>/__init__.py`` as the private module ``_medigan_iso_model_<package_name>``
+(non-word characters become ``_``) with the root as its search location, so relative imports work and no
+shared ``models`` namespace exists. The model is called once per batch of ``batch_size`` (the last batch
+smaller, never empty). A list or tuple return is a batch of samples; an ndarray return is split along its
+first axis; None counts as zero samples; extra samples beyond those asked are dropped with a warning. A model
+that returns fewer samples than asked is not called again for them: what it returned is streamed and the
+shortfall reported.
+With a seed, ``random``, ``numpy.random`` and (when the model imported them) torch and TensorFlow are seeded
+once per ``generate`` request. With ``save_images``, each batch runs the model's own saving into
+``<output_path>/batch_<n>`` and its files are moved to ``<output_path>/batch_<n>_<file>`` (medigan's naming).
+"""
+
+import ctypes
+import importlib.util
+import os
+import platform
+import queue
+import random
+import re
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import msgpack
+import numpy as np
+
+from medigan_iso_runner import protocol
+
+PR_SET_PDEATHSIG = 1
+PARENT_PID_ENV = "MEDIGAN_ISO_RUNNER_PARENT_PID"
+PDEATHSIG_ENV = "MEDIGAN_ISO_RUNNER_PDEATHSIG"
+PARENT_POLL_S = 1.0
+PIPE_BUFFER_BYTES = 1024 * 1024  # F_SETPIPE_SZ request: fewer wake-ups for MiB-sized frames
+F_SETPIPE_SZ = 1031
+REPORTED_PACKAGES = ("torch", "tensorflow", "tensorflow-cpu", "keras")
+_DIST_INFO = re.compile(r"^([A-Za-z0-9_.]+)-([^-]+)\.dist-info$")
+EXIT_OK = 0
+EXIT_PROTOCOL = 2
+SNAPSHOT_POOL_SIZE = 2  # batch snapshots kept for reuse (one queued, one being written)
+
+
+class Channel:
+    """The protocol fds: a reader thread (see Runner.read_loop) and a writer thread fed by a 1-slot queue.
+
+    The writer thread lets the model compute batch k+1 while batch k is still being copied into the pipe;
+    the queue's single slot bounds the runner's memory to two batches.
+    """
+
+    def __init__(self, in_fd: int, out_fd: int) -> None:
+        self.in_fd = in_fd
+        self.out_fd = out_fd
+        self._reader = open(in_fd, "rb", buffering=0, closefd=False)  # noqa: SIM115 - lives for the process
+        self._outbox = queue.Queue(maxsize=1)  # type: queue.Queue
+        self._pool = queue.Queue()  # type: queue.Queue
+        threading.Thread(target=self._write_loop, name="medigan-iso-writer", daemon=True).start()
+
+    def send(self, header: Dict[str, Any], arrays: Any = (), copy: bool = False) -> None:
+        """Queue one frame. ``copy`` snapshots the arrays (the model may reuse its buffers next call)."""
+        buffers = protocol.encode_frame(header, arrays)
+        snapshot = None
+        if copy and len(buffers) > 1:
+            total = sum(len(buf) for buf in buffers[1:])
+            snapshot = self._spare(total)
+            target = memoryview(snapshot)
+            offset = 0
+            for buf in buffers[1:]:
+                target[offset : offset + len(buf)] = buf
+                offset += len(buf)
+            buffers = [buffers[0], target[:total]]
+            target = None  # type: ignore[assignment]
+        self._outbox.put((buffers, snapshot))
+
+    def _spare(self, size: int) -> bytearray:
+        """A snapshot buffer from the pool (reused buffers are already paged in), at least ``size`` long."""
+        try:
+            spare = self._pool.get_nowait()
+        except queue.Empty:
+            return bytearray(size)
+        return spare if len(spare) >= size else bytearray(size)
+
+    def flush(self) -> None:
+        self._outbox.join()
+
+    def _write_loop(self) -> None:
+        out_fd = self.out_fd
+        while True:
+            buffers, snapshot = self._outbox.get()
+            try:
+                for buf in buffers:
+                    view = memoryview(buf)
+                    while view:
+                        view = view[os.write(out_fd, view) :]
+            except OSError:  # the host closed its end: nobody is left to read our frames
+                os._exit(EXIT_OK)
+            buffers = buf = view = None  # release the batch before waiting for the next one
+            if snapshot is not None and self._pool.qsize() < SNAPSHOT_POOL_SIZE:
+                self._pool.put(snapshot)
+            snapshot = None
+            self._outbox.task_done()
+
+    def receive(self) -> Optional[protocol.Frame]:
+        return protocol.read_frame(self._reader.readinto)
+
+
+def guard_fds() -> Channel:
+    """Move the protocol off fd 0/1 before any model code can write there."""
+    in_fd = os.dup(0)  # os.dup returns non-inheritable fds: model subprocesses never see the protocol
+    out_fd = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    os.close(devnull)
+    try:
+        import fcntl
+
+        fcntl.fcntl(out_fd, F_SETPIPE_SZ, PIPE_BUFFER_BYTES)
+    except (ImportError, OSError):  # not a pipe, not Linux, or above /proc/sys/fs/pipe-max-size
+        pass
+    return Channel(in_fd, out_fd)
+
+
+def log(message: str) -> None:
+    """One line to stderr (the host's log). Never raises: with the host gone, stderr is a broken pipe, and
+    the exits that follow a log line must still happen."""
+    try:
+        sys.stderr.write(f"medigan_iso_runner: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def arm_parent_death_signal() -> None:
+    """Die with the host: PR_SET_PDEATHSIG on Linux, a parent watchdog, and a check closing the fork race.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked us exits, so the host disables it (env
+    ``MEDIGAN_ISO_RUNNER_PDEATHSIG=0``) when it spawns from a thread other than its main thread. The
+    watchdog thread notices re-parenting within ``PARENT_POLL_S`` in every case; stdin EOF is the third way.
+    """
+    if sys.platform.startswith("linux") and os.environ.get(PDEATHSIG_ENV, "1") != "0":
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    expected = os.environ.get(PARENT_PID_ENV)
+    parent = os.getppid()
+    if (expected and expected.isdigit() and int(expected) != parent) or parent == 1:
+        log("the host died before the runner started; exiting")
+        os._exit(EXIT_OK)
+    threading.Thread(target=_watch_parent, args=(parent,), name="medigan-iso-parent", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(PARENT_POLL_S)
+        if os.getppid() != parent:
+            log("the host is gone; exiting")
+            os._exit(EXIT_OK)
+
+
+def package_versions() -> Dict[str, str]:
+    """Versions of the frameworks installed in this env, read from dist-info directory names.
+
+    Listing sys.path is ~1 ms; importlib.metadata would add ~25 ms to every spawn.
+    """
+    wanted = {name.replace("-", "_"): name for name in REPORTED_PACKAGES}
+    found = {}  # type: Dict[str, str]
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")  # noqa: PTH208 - names only, no Path objects
+        except OSError:
+            continue
+        for name in names:
+            match = _DIST_INFO.match(name)
+            if match and match.group(1).lower() in wanted:
+                found.setdefault(wanted[match.group(1).lower()], match.group(2))
+    return found
+
+
+def hello_header() -> Dict[str, Any]:
+    return {
+        "kind": "hello",
+        "protocol": protocol.PROTOCOL_VERSION,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "executable": sys.executable,
+        "numpy": np.__version__,
+        "msgpack": ".".join(str(part) for part in msgpack.version),
+        "packages": package_versions(),
+        "sandbox": [],
+        "pid": os.getpid(),
+    }
+
+
+def error_header(exc: BaseException, phase: str, request: Optional[int] = None) -> Dict[str, Any]:
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ in ("builtins", "__main__")
+        else kind.__module__ + "." + kind.__qualname__
+    )
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {name}>"
+    return {
+        "kind": "error",
+        "request": request,
+        "phase": phase,
+        "type": name,
+        "message": message,
+        "traceback": "".join(traceback.format_exception(kind, exc, exc.__traceback__)),
+    }
+
+
+class Model:
+    """A loaded model package: its module, generate function, model file and custom defaults."""
+
+    def __init__(self, header: Dict[str, Any]) -> None:
+        root = header["package_root"]
+        package_name = str(header.get("package_name") or "model")
+        init_file = str(Path(root) / "__init__.py")
+        if not Path(init_file).is_file():
+            raise FileNotFoundError(f"model package {root} has no __init__.py")
+        # A private module name: package_name may be "ProGAN-4ch" or "00023", and models must not meet each
+        # other (or a user module) in a shared `models` namespace.
+        safe = re.sub(r"\W", "_", package_name)
+        module_name = f"_medigan_iso_model_{safe}"
+        spec = importlib.util.spec_from_file_location(
+            module_name, init_file, submodule_search_locations=[root]
+        )
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot build an import spec for {init_file}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(module_name, None)
+            raise
+        function_name = str(header.get("generate_function") or "generate")
+        function = getattr(module, function_name, None)
+        if not callable(function):
+            raise AttributeError(f"model package {root} has no callable {function_name!r}")
+        self.module_name = module_name
+        self.function_name = function_name
+        self.function = function
+        self.model_file = str(header["model_file"])
+        self.custom_defaults = dict(header.get("custom_defaults") or {})
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "manual_seed"):
+        torch.manual_seed(seed)
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and hasattr(tf, "random") and hasattr(tf.random, "set_seed"):
+        tf.random.set_seed(seed)
+
+
+def as_sample_list(result: Any) -> List[Any]:
+    if result is None:
+        return []
+    if isinstance(result, list):
+        return result
+    if isinstance(result, np.ndarray) and result.ndim >= 1:
+        return list(result)
+    if isinstance(result, tuple):
+        return list(result)
+    raise TypeError(f"generate returned a {type(result).__name__}; expected a list of samples")
+
+
+class Runner:
+    """The main loop: handshake, then load/generate/shutdown frames from the reader thread's queue."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.inbox = queue.Queue()  # type: queue.Queue
+        self.cancelled = set()  # type: set
+        self.lock = threading.Lock()
+        self.model = None  # type: Optional[Model]
+
+    def read_loop(self) -> None:
+        """Reader thread: queue work, record cancels, exit the process when the host is gone."""
+        while True:
+            try:
+                frame = self.channel.receive()
+            except protocol.ProtocolError as exc:
+                log(f"bad frame from the host: {exc.reason}")
+                os._exit(EXIT_PROTOCOL)
+            if frame is None:  # stdin EOF: nobody is left to read our frames
+                os._exit(EXIT_OK)
+            if frame.kind == "cancel":
+                with self.lock:
+                    self.cancelled.add(frame.header.get("request"))
+                continue
+            self.inbox.put(frame)
+            if frame.kind == "shutdown":
+                return
+
+    def is_cancelled(self, request: Any) -> bool:
+        with self.lock:
+            return request in self.cancelled
+
+    def serve(self) -> int:
+        self.channel.send(hello_header())
+        threading.Thread(target=self.read_loop, name="medigan-iso-reader", daemon=True).start()
+        while True:
+            frame = self.inbox.get()
+            if frame.kind == "shutdown":
+                return EXIT_OK
+            if frame.kind == "load":
+                self.handle_load(frame.header)
+            elif frame.kind == "generate":
+                self.handle_generate(frame.header, frame.arrays)
+            else:
+                log(f"unexpected {frame.kind} frame from the host")
+                return EXIT_PROTOCOL
+
+    def handle_load(self, header: Dict[str, Any]) -> None:
+        if header.get("protocol") != protocol.PROTOCOL_VERSION:
+            log(f"host speaks protocol {header.get('protocol')!r}, runner {protocol.PROTOCOL_VERSION}")
+            os._exit(EXIT_PROTOCOL)
+        started = time.monotonic()
+        try:
+            self.model = Model(header)
+        except BaseException as exc:
+            self.model = None
+            self.channel.send(error_header(exc, "load"))
+            return
+        self.channel.send(
+            {
+                "kind": "ready",
+                "module": self.model.module_name,
+                "generate_function": self.model.function_name,
+                "load_s": time.monotonic() - started,
+            }
+        )
+
+    def warn(self, message: str) -> None:
+        log(message)
+        self.channel.send({"kind": "log", "level": "warning", "message": message})
+
+    def handle_generate(self, header: Dict[str, Any], arrays: List[Any]) -> None:
+        request = header.get("request")
+        try:
+            self.run_generate(header, arrays, request)
+        except protocol.ProtocolError as exc:
+            self.channel.send(error_header(exc, "encode", request))
+        except BaseException as exc:
+            self.channel.send(error_header(exc, "generate", request))
+        finally:
+            with self.lock:
+                self.cancelled.discard(request)
+
+    def run_generate(self, header: Dict[str, Any], arrays: List[Any], request: Any) -> None:
+        model = self.model
+        if model is None:
+            raise RuntimeError("generate before a successful load")
+        n = int(header["n"])
+        batch_size = int(header["batch_size"])
+        if n < 0 or batch_size < 1:
+            raise ValueError(f"n must be >= 0 and batch_size >= 1, got n={n} batch_size={batch_size}")
+        save_images = bool(header.get("save_images"))
+        output_path = header.get("output_path")
+        if save_images and not output_path:
+            raise ValueError("save_images needs an output_path")
+        kwargs = dict(model.custom_defaults)
+        caller = protocol.unpack_samples(header.get("kwargs"), arrays) if "kwargs" in header else None
+        if caller is not None and not isinstance(caller, dict):
+            raise TypeError(f"kwargs must be a dict, got {type(caller).__name__}")
+        kwargs.update(caller or {})
+        seed = header.get("seed")
+        if seed is not None:
+            seed_everything(int(seed))
+        produced = 0
+        files = 0
+        index = 0
+        remaining = n
+        cancelled = False
+        while remaining > 0:
+            if self.is_cancelled(request):
+                cancelled = True
+                break
+            asked = min(batch_size, remaining)
+            remaining -= asked
+            call = dict(kwargs)
+            call.update(model_file=model.model_file, num_samples=asked, save_images=save_images)
+            if save_images:
+                moved = self.save_batch(model, call, str(output_path), index)
+                files += moved
+                self.channel.send(
+                    {
+                        "kind": "progress",
+                        "request": request,
+                        "index": index,
+                        "done": n - remaining,
+                        "total": n,
+                        "files": moved,
+                    }
+                )
+            else:
+                call["output_path"] = output_path
+                samples = as_sample_list(model.function(**call))
+                if len(samples) > asked:
+                    self.warn(
+                        f"batch {index}: model returned {len(samples)} samples for {asked} asked; "
+                        "extra ones dropped"
+                    )
+                    samples = samples[:asked]
+                elif len(samples) < asked:
+                    self.warn(f"batch {index}: model returned {len(samples)} of {asked} samples asked")
+                tree, arrays = protocol.pack_samples(samples)
+                self.channel.send(
+                    {
+                        "kind": "batch",
+                        "request": request,
+                        "index": index,
+                        "requested": asked,
+                        "count": len(samples),
+                        "samples": tree,
+                    },
+                    arrays,
+                    copy=True,
+                )
+                produced += len(samples)
+                del samples, tree, arrays
+            index += 1
+        asked_total = n - remaining
+        self.channel.send(
+            {
+                "kind": "done",
+                "request": request,
+                "requested": n,
+                "produced": asked_total if save_images else produced,
+                "shortfall": 0 if save_images or cancelled else asked_total - produced,
+                "cancelled": cancelled,
+                "files": files,
+            }
+        )
+
+    def save_batch(self, model: Model, call: Dict[str, Any], output_path: str, index: int) -> int:
+        """medigan's save_images: the model writes into batch_<n>/, files move to batch_<n>_<file>."""
+        out_dir = Path(output_path)
+        batch_dir = out_dir / f"batch_{index}"
+        batch_dir.mkdir(parents=True, exist_ok=True)
+        call["output_path"] = str(batch_dir)
+        model.function(**call)
+        moved = 0
+        for entry in sorted(batch_dir.iterdir()):
+            entry.rename(out_dir / f"batch_{index}_{entry.name}")
+            moved += 1
+        batch_dir.rmdir()
+        return moved
+
+
+def main() -> int:
+    channel = guard_fds()
+    arm_parent_death_signal()
+    code = Runner(channel).serve()
+    channel.flush()
+    return code
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # os._exit: model threads (non-daemon) must not keep the runner alive after shutdown.
+    os._exit(code)

@@ -1,0 +1,290 @@
+"""The frame codec shared by host and runner: round trips, every decoder rule, and fuzzing.
+
+The decoder is a security boundary: whatever bytes arrive, it returns a valid frame, returns None (clean EOF)
+or raises ``protocol.ProtocolError`` -- never another exception, never a read beyond the caps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import struct
+import weakref
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from medigan_iso_runner import protocol
+
+
+def encode(header: dict[str, Any], arrays: list[np.ndarray] | tuple[()] = ()) -> bytes:
+    return b"".join(bytes(buf) for buf in protocol.encode_frame(header, arrays))
+
+
+def decode(data: bytes, limits: protocol.Limits = protocol.DEFAULT_LIMITS) -> protocol.Frame | None:
+    return protocol.read_frame(protocol.bytes_reader(data), limits)
+
+
+def raw_frame(header: Any, payload: bytes = b"", *, magic: bytes = protocol.MAGIC) -> bytes:
+    packed = msgpack.packb(header, use_bin_type=True)
+    return struct.pack(">4sIQ", magic, len(packed), len(payload)) + packed + payload
+
+
+def assert_same(a: Any, b: Any) -> None:
+    """Structural equality that also checks types, dtypes and shapes (tuples stay tuples)."""
+    assert type(a) is type(b), (type(a), type(b))
+    if isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+    elif isinstance(a, np.generic):
+        assert a.dtype == b.dtype
+        assert (a == b) or (a != a and b != b)
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same(x, y)
+    elif isinstance(a, dict):
+        assert list(a) == list(b)
+        for key in a:
+            assert_same(a[key], b[key])
+    elif isinstance(a, float) and a != a:
+        assert b != b
+    else:
+        assert a == b
+
+
+def roundtrip_samples(samples: Any) -> Any:
+    tree, arrays = protocol.pack_samples(samples)
+    frame = decode(encode({"kind": "batch", "request": 1, "samples": tree}, arrays))
+    assert frame is not None and frame.kind == "batch"
+    return protocol.unpack_samples(frame.header["samples"], frame.arrays)
+
+
+def test_public_surface_is_pinned() -> None:
+    assert protocol.__all__ == [
+        "ALLOWED_DTYPES",
+        "DEFAULT_LIMITS",
+        "HOST_KINDS",
+        "MAGIC",
+        "MAX_ARRAYS",
+        "MAX_DEPTH",
+        "MAX_HEADER_BYTES",
+        "MAX_NDIM",
+        "MAX_PAYLOAD_BYTES",
+        "PROTOCOL_VERSION",
+        "RUNNER_KINDS",
+        "Frame",
+        "Limits",
+        "ProtocolError",
+        "bytes_reader",
+        "encode_frame",
+        "pack_samples",
+        "read_frame",
+        "unpack_samples",
+        "write_frame",
+    ]
+    assert all(hasattr(protocol, name) for name in protocol.__all__)
+    assert protocol.PROTOCOL_VERSION == 1
+
+
+# --- round trips ---------------------------------------------------------------------------------------
+
+
+def test_medigan_sample_shapes_survive_the_pipe_exactly() -> None:
+    image = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    mask = (image[..., 0] > 10).astype(np.uint8)
+    samples = [
+        image,
+        (image, mask, "benign"),
+        (image, mask, image.astype(np.float32) / 255, "malignant"),
+        [image, [None, 1, 2.5, True, "x", b"raw"]],
+        None,
+        {"image": image, "meta": {"id": 3}},
+        np.float32(0.25),
+        image[:, ::2],  # a non-contiguous view arrives as a contiguous copy with the same values
+    ]
+    assert_same(roundtrip_samples(samples), [*samples[:-1], np.ascontiguousarray(image[:, ::2])])
+
+
+def test_big_endian_bool_and_empty_arrays_round_trip() -> None:
+    samples = [np.arange(6, dtype=">i4").reshape(2, 3), np.array([True, False]), np.zeros((0, 3), np.float64)]
+    assert_same(roundtrip_samples(samples), samples)
+
+
+def test_encoder_refuses_object_arrays_and_too_many_dims() -> None:
+    with pytest.raises(protocol.ProtocolError, match="dtype object cannot cross the pipe"):
+        protocol.encode_frame({"kind": "batch"}, [np.array([object()])])
+    with pytest.raises(protocol.ProtocolError, match="ndim 5 > 4"):
+        protocol.encode_frame({"kind": "batch"}, [np.zeros((1, 1, 1, 1, 1))])
+    with pytest.raises(protocol.ProtocolError, match="a set cannot cross the pipe"):
+        protocol.pack_samples([{1, 2}])
+    with pytest.raises(protocol.ProtocolError, match="65537 arrays in one frame exceed the cap of 65536"):
+        protocol.encode_frame({"kind": "batch"}, [np.zeros(0, np.uint8)] * 65537)
+
+
+def test_decoded_and_packed_arrays_are_freed_without_the_cyclic_gc() -> None:
+    # Regression: recursive closures formed reference cycles that kept whole batches alive until a GC run.
+    gc.disable()
+    try:
+        image = np.zeros((16, 16), np.uint8)
+        sent = weakref.ref(image)
+        tree, arrays = protocol.pack_samples([(image, "label")])
+        frame = decode(encode({"kind": "batch", "samples": tree}, arrays))
+        assert frame is not None
+        samples = protocol.unpack_samples(frame.header["samples"], frame.arrays)
+        received = weakref.ref(samples[0][0])
+        del image, tree, arrays, frame, samples
+        assert sent() is None and received() is None
+    finally:
+        gc.enable()
+
+
+def test_clean_eof_at_a_frame_boundary_is_none() -> None:
+    assert decode(b"") is None
+
+
+# --- decoder rules -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (raw_frame({"kind": "done"}, magic=b"XXXX"), "bad magic"),
+        (raw_frame({"kind": "teleport"}), "unknown frame kind 'teleport'"),
+        (raw_frame([1, 2]), "header is a list, not a map"),
+        (raw_frame({"kind": "batch", "arrays": [["|O", [1]]]}, b"\0" * 8), "dtype '|O' is not allowed"),
+        (raw_frame({"kind": "batch", "arrays": [["|V4", [1]]]}, b"\0" * 4), "dtype '|V4' is not allowed"),
+        (raw_frame({"kind": "batch", "arrays": [["|u1", [1, 1, 1, 1, 1]]]}, b"\0"), "at most 4 dims"),
+        (raw_frame({"kind": "batch", "arrays": [["|u1", [-1]]]}), "non-negative ints"),
+        (raw_frame({"kind": "batch", "arrays": [["|u1", [4]]]}, b"\0" * 3), "payload length 3 != 4"),
+        (raw_frame({"kind": "batch"}, b"\0" * 3), "payload length 3 != 0"),
+        (raw_frame({"kind": "batch", "arrays": [["<f8", [2**40, 2**40]]]}), "exceeds the payload cap"),
+        (raw_frame({"kind": "done"})[:-1], "stream ended inside the header"),
+        (
+            raw_frame({"kind": "batch", "arrays": [["|u1", [4]]]}, b"\0" * 4)[:-2],
+            "stream ended inside the payload",
+        ),
+        (protocol.MAGIC + b"\0", "stream ended inside the frame prefix"),
+        (struct.pack(">4sIQ", protocol.MAGIC, 0, 0), "header length 0 outside"),
+        (struct.pack(">4sIQ", protocol.MAGIC, 2**31, 0), "header length 2147483648 outside"),
+        (struct.pack(">4sIQ", protocol.MAGIC, 4, 2**60), "payload length 1152921504606846976 exceeds"),
+        (struct.pack(">4sIQ", protocol.MAGIC, 1, 0) + b"\xc1", "header is not valid msgpack"),
+        (struct.pack(">4sIQ", protocol.MAGIC, 3, 0) + b"\xd4\x05\x00", "header is not valid msgpack"),
+        (raw_frame({1: "x"}), "header is not valid msgpack"),
+    ],
+)
+def test_malformed_frames_raise_protocol_error_with_the_rule(data: bytes, reason: str) -> None:
+    with pytest.raises(protocol.ProtocolError) as info:
+        decode(data)
+    assert reason in info.value.reason
+    assert reason in str(info.value)
+
+
+def test_truncation_is_flagged_as_eof() -> None:
+    with pytest.raises(protocol.ProtocolError) as info:
+        decode(raw_frame({"kind": "done"})[:-1])
+    assert info.value.eof is True
+    with pytest.raises(protocol.ProtocolError) as info:
+        decode(raw_frame({"kind": "nope"}))
+    assert info.value.eof is False
+
+
+def test_deeply_nested_header_is_refused() -> None:
+    nested: Any = "leaf"
+    for _ in range(protocol.MAX_DEPTH + 5):
+        nested = [nested]
+    with pytest.raises(protocol.ProtocolError, match="nesting deeper than 32"):
+        decode(raw_frame({"kind": "log", "message": nested}))
+
+
+def test_custom_limits_cap_header_and_payload() -> None:
+    data = encode({"kind": "batch", "samples": [{"a": 0}]}, [np.zeros(100, np.uint8)])
+    with pytest.raises(protocol.ProtocolError, match="payload length 100 exceeds 50"):
+        decode(data, protocol.Limits(max_payload_bytes=50))
+    with pytest.raises(protocol.ProtocolError, match=r"outside 1\.\.8"):
+        decode(data, protocol.Limits(max_header_bytes=8))
+
+
+@pytest.mark.parametrize(
+    ("tree", "n_arrays", "reason"),
+    [
+        ([{"a": 1}], 2, "array reference 1 out of order (expected 0)"),
+        ([{"a": 0}, {"a": 0}], 1, "array reference 0 out of order (expected 1)"),
+        ([{"a": True}], 1, "array reference True out of order"),
+        ([], 1, "1 arrays sent but 0 referenced"),
+        ([{"q": 1}], 0, "malformed sample node"),
+        ([{"t": 5}], 0, "malformed sample node"),
+        ([{"s": 0}], 1, "scalar reference 0 points at a 1-d array"),
+    ],
+)
+def test_malformed_sample_trees_raise_protocol_error(tree: Any, n_arrays: int, reason: str) -> None:
+    arrays = [np.zeros(1, np.uint8) for _ in range(n_arrays)]
+    with pytest.raises(protocol.ProtocolError) as info:
+        protocol.unpack_samples(tree, arrays)
+    assert reason in info.value.reason
+
+
+# --- property tests ------------------------------------------------------------------------------------
+
+_DTYPES = st.sampled_from(
+    ["|u1", "|i1", "|b1", "<i2", ">u2", "<i4", "<u8", "<f2", "<f4", ">f8", "<c8", "<c16"]
+)
+_ARRAYS = _DTYPES.flatmap(
+    lambda dt: hnp.arrays(np.dtype(dt), hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=4))
+)
+_SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=8)
+_SAMPLES = st.recursive(
+    _SCALARS | st.binary(max_size=8) | _ARRAYS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=4).map(tuple)
+        | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_SAMPLES, max_size=5))
+def test_any_sample_structure_round_trips(samples: list[Any]) -> None:
+    assert_same(roundtrip_samples(samples), samples)
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=256))
+def test_random_bytes_only_ever_raise_protocol_error(data: bytes) -> None:
+    with contextlib.suppress(protocol.ProtocolError):
+        decode(data)
+
+
+def _valid_frame_bytes() -> st.SearchStrategy[bytes]:
+    def build(samples: list[Any]) -> bytes:
+        tree, arrays = protocol.pack_samples(samples)
+        return encode({"kind": "batch", "request": 1, "samples": tree}, arrays)
+
+    return st.lists(_SAMPLES, max_size=3).map(build)
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(_valid_frame_bytes(), st.data())
+def test_mutated_frames_decode_validly_or_raise_protocol_error(frame: bytes, data: st.DataObject) -> None:
+    mutated = bytearray(frame)
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["flip", "truncate", "insert"]))
+        pos = data.draw(st.integers(0, max(0, len(mutated) - 1)))
+        if op == "flip" and mutated:
+            mutated[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "truncate":
+            del mutated[pos:]
+        else:
+            mutated[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+    try:
+        result = decode(bytes(mutated))
+        if result is not None and result.kind == "batch":
+            protocol.unpack_samples(result.header.get("samples"), result.arrays)
+    except protocol.ProtocolError:
+        pass

@@ -1,0 +1,617 @@
+"""Real runner subprocesses in real uv envs, driven through medigan_iso.runner_process.
+
+Fixture model packages are written by ``_model_fixtures``; envs come from ``_envs_for_tests`` (phase 2
+swaps it for ``envs.ensure_env``). Nothing of ours is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from _envs_for_tests import build_runner_env
+from _model_fixtures import write_broken, write_hanging_import, write_numpy_zoo, write_torch_model
+from medigan_iso_runner import protocol
+
+from medigan_iso.errors import (
+    ModelError,
+    RunnerCrashedError,
+    RunnerError,
+    RunnerStartError,
+    RunnerTimeoutError,
+)
+from medigan_iso.runner_process import RunnerProcess, runner_environment
+
+PACKAGE_NAME = "ProGAN-4ch"  # not an identifier, like upstream's package names
+
+
+@pytest.fixture(scope="session")
+def numpy_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_runner_env(tmp_path_factory.mktemp("env-numpy") / "venv", ["numpy", "msgpack"])
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_numpy_zoo(tmp_path_factory.mktemp("packages") / PACKAGE_NAME)
+
+
+@pytest.fixture
+def runner(numpy_env: Path, zoo: Path, tmp_path: Path) -> Iterator[RunnerProcess]:
+    with RunnerProcess.start(numpy_env, log_path=tmp_path / "runner.log", inactivity_timeout_s=30) as proc:
+        proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
+        yield proc
+
+
+def collect(proc: RunnerProcess, n: int, *, batch_size: int = 3, **kwargs: Any) -> list[Any]:
+    return [s for batch in proc.generate(n, batch_size=batch_size, **kwargs) for s in batch]
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")  # a zombie is dead (pid 1 may not reap)
+
+
+def test_public_surface_is_pinned() -> None:
+    import medigan_iso.runner_process as runner_process
+
+    assert runner_process.__all__ == [
+        "RUNNER_INACTIVITY_TIMEOUT_S",
+        "RUNNER_READY_TIMEOUT_S",
+        "RUNNER_SHUTDOWN_GRACE_S",
+        "GenerateStream",
+        "RunnerProcess",
+        "Sample",
+        "runner_environment",
+    ]
+    assert all(hasattr(runner_process, name) for name in runner_process.__all__)
+
+
+# --- handshake and load --------------------------------------------------------------------------------
+
+
+def test_closing_during_a_long_request_stops_the_runner_promptly(runner: RunnerProcess) -> None:
+    stream = runner.generate(1_000_000, batch_size=1, kwargs={"behaviour": "hangs"})
+    assert not stream.finished
+    started = time.monotonic()
+    runner.close()
+    assert time.monotonic() - started < 2
+    assert runner.returncode == 0  # stdin EOF, not SIGTERM
+    assert stream.finished
+
+
+def test_hello_reports_protocol_python_numpy_and_pid(numpy_env: Path, tmp_path: Path) -> None:
+    with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log") as proc:
+        assert proc.hello["protocol"] == protocol.PROTOCOL_VERSION
+        assert proc.hello["python"].startswith("3.")
+        assert proc.hello["numpy"].count(".") >= 1
+        assert proc.hello["pid"] == proc.pid
+        assert proc.hello["executable"] == str(numpy_env)
+    assert proc.returncode == 0  # it obeyed the shutdown frame
+
+
+def test_load_imports_a_package_whose_name_is_not_an_identifier(runner: RunnerProcess) -> None:
+    assert runner.loaded is not None
+    assert runner.loaded["module"] == "_medigan_iso_model_ProGAN_4ch"
+    assert runner.loaded["generate_function"] == "generate"
+
+
+def test_a_package_that_fails_to_import_raises_model_error(numpy_env: Path, tmp_path: Path) -> None:
+    pkg = write_broken(tmp_path / "broken-pkg")
+    with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log") as proc:
+        with pytest.raises(ModelError) as info:
+            proc.load(pkg, model_file=pkg / "weights.npy", package_name="broken-pkg")
+        assert info.value.remote_type == "ImportError"
+        assert "needs a package the env does not have" in info.value.remote_message
+        assert "__init__.py" in info.value.traceback_text
+        assert "model raised ImportError" in str(info.value)
+        with pytest.raises(ModelError, match=r"has no __init__\.py") as info2:
+            proc.load(tmp_path / "missing", model_file="x", package_name="x")
+        assert info2.value.remote_type == "FileNotFoundError"
+        zoo = write_numpy_zoo(tmp_path / "zoo")
+        with pytest.raises(ModelError, match="no callable 'sample'") as info3:
+            proc.load(zoo, model_file=zoo / "weights.npy", package_name="zoo", generate_function="sample")
+        assert info3.value.remote_type == "AttributeError"
+
+
+def test_command_prefix_wraps_the_runner_argv(numpy_env: Path, tmp_path: Path) -> None:
+    # The seam the sandbox uses for bwrap: a launcher that receives the runner's argv and execs it.
+    record = tmp_path / "argv.txt"
+    launcher = tmp_path / "launcher.sh"
+    launcher.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\nexec "$@"\n')
+    launcher.chmod(0o755)
+    with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log", command_prefix=[str(launcher)]) as proc:
+        assert proc.hello["pid"] == proc.pid  # the launcher exec'd the runner
+    assert record.read_text().splitlines() == [str(numpy_env), "-I", "-m", "medigan_iso_runner"]
+
+
+def test_a_hanging_import_raises_the_ready_timeout(numpy_env: Path, tmp_path: Path) -> None:
+    pkg = write_hanging_import(tmp_path / "slow-pkg")
+    with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log", ready_timeout_s=1.0) as proc:
+        with pytest.raises(RunnerTimeoutError) as info:
+            proc.load(pkg, model_file=pkg / "weights.npy", package_name="slow-pkg")
+        assert (info.value.phase, info.value.timeout_s) == ("ready", 1.0)
+        assert "runner timed out waiting for ready after 1 s" in str(info.value)
+        assert info.value.remedy == "raise the timeout if the model is just slow"
+
+
+def test_missing_interpreter_raises_runner_start_error(tmp_path: Path) -> None:
+    with pytest.raises(RunnerStartError, match="cannot start the runner") as info:
+        RunnerProcess.start(tmp_path / "no-such-python", log_path=tmp_path / "r.log")
+    assert "medigan-iso env list" in str(info.value)
+
+
+def test_an_interpreter_without_the_runner_fails_to_start_with_the_stderr_tail(tmp_path: Path) -> None:
+    bare = getattr(sys, "_base_executable", sys.executable)  # the base interpreter, outside any venv
+    with pytest.raises(RunnerStartError) as info:
+        RunnerProcess.start(bare, log_path=tmp_path / "r.log")
+    crash = info.value.__cause__
+    assert isinstance(crash, RunnerCrashedError)
+    assert crash.returncode == 1 and crash.signal_name is None
+    assert "No module named" in crash.stderr_tail
+    message = str(info.value)
+    assert f"the runner {bare} exited before its hello: runner exited with code 1" in message
+    assert "No module named" in message and str(tmp_path / "r.log") in message
+    assert "medigan-iso env build MODEL --rebuild" in message
+
+
+def test_environment_is_an_allow_list_with_a_private_home(tmp_path: Path) -> None:
+    source = {"PATH": "/bin", "LANG": "C.UTF-8", "LC_ALL": "C", "OMP_NUM_THREADS": "2", "AWS_SECRET": "s"}
+    env = runner_environment(tmp_path, source=source, overrides={"LANG": None, "EXTRA": "1"})
+    assert env == {
+        "PATH": "/bin",
+        "LC_ALL": "C",
+        "OMP_NUM_THREADS": "2",
+        "HOME": str(tmp_path / "home"),
+        "TMPDIR": str(tmp_path / "tmp"),
+        "EXTRA": "1",
+    }
+
+
+# --- sample structures -----------------------------------------------------------------------------
+
+
+def test_plain_arrays_stream_in_batches(runner: RunnerProcess) -> None:
+    stream = runner.generate(7, batch_size=3, kwargs={"size": 6})
+    batches = list(stream)
+    assert [len(b) for b in batches] == [3, 3, 1]
+    for image in (s for b in batches for s in b):
+        assert isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (6, 6, 3)
+    assert (stream.produced, stream.shortfall, stream.cancelled) == (7, 0, False)
+
+
+def test_tuples_with_masks_and_labels_keep_their_structure(runner: RunnerProcess) -> None:
+    triples = collect(runner, 2, kwargs={"behaviour": "tuple3"})
+    image, mask, label = triples[0]
+    assert isinstance(triples[0], tuple) and label == "benign"
+    assert mask.shape == (8, 8, 3) and set(np.unique(mask)) <= {0, 1}
+    np.testing.assert_array_equal(mask, (image > 127).astype(np.uint8))
+    quads = collect(runner, 2, kwargs={"behaviour": "tuple4"})
+    image, mask, other, label = quads[1]
+    assert (mask.shape, other.dtype, label) == ((8, 8), np.float32, "malignant")
+
+
+def test_nested_lists_none_and_scalars_survive(runner: RunnerProcess) -> None:
+    nested = collect(runner, 1, kwargs={"behaviour": "nested"})
+    image, rest = nested[0]
+    assert isinstance(image, np.ndarray)
+    assert rest[:5] == [None, 7, 2.5, True, "x"]
+    raw, mapping = rest[5]
+    assert raw == b"raw" and isinstance(rest[5], tuple)
+    np.testing.assert_array_equal(mapping["k"], image[:2])
+    assert collect(runner, 4, kwargs={"behaviour": "none"}) == [None, None, None, None]
+
+
+def test_a_batched_array_return_is_split_into_samples(runner: RunnerProcess) -> None:
+    samples = collect(runner, 5, batch_size=5, kwargs={"behaviour": "batched_array"})
+    assert len(samples) == 5 and all(s.shape == (8, 8, 3) for s in samples)
+
+
+def test_stdout_noise_does_not_corrupt_frames(runner: RunnerProcess) -> None:
+    samples = collect(runner, 4, kwargs={"behaviour": "noisy"})
+    assert len(samples) == 4 and all(s.shape == (8, 8, 3) for s in samples)
+    deadline = time.monotonic() + 5
+    while "raw bytes on fd 1" not in runner.stderr_tail() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tail = runner.stderr_tail()
+    assert "model says hello on stdout" in tail and "hi from a shell" in tail and "raw bytes on fd 1" in tail
+    assert "hi from a shell" in runner.log_path.read_text()
+
+
+def test_unsendable_return_values_raise_model_error_and_the_runner_stays_usable(
+    runner: RunnerProcess,
+) -> None:
+    with pytest.raises(ModelError) as info:
+        collect(runner, 1, kwargs={"behaviour": "unsendable"})
+    assert info.value.remote_type == "medigan_iso_runner.protocol.ProtocolError"
+    assert "a object cannot cross the pipe" in info.value.remote_message
+    assert len(collect(runner, 2)) == 2
+
+
+def test_a_model_that_overwrites_its_output_buffer_still_streams_each_batch_intact(
+    runner: RunnerProcess,
+) -> None:
+    # The runner sends batch k while the model computes batch k+1: it must send a snapshot.
+    batches = list(runner.generate(60, batch_size=2, kwargs={"behaviour": "reuses_buffer"}))
+    firsts = [int(batch[0][0, 0]) for batch in batches]
+    assert firsts == list(range(firsts[0], firsts[0] + 30))
+    for batch in batches:
+        assert all(np.all(sample == batch[0][0, 0]) for sample in batch)
+
+
+# --- seeds, kwargs, shortfalls, saving ---------------------------------------------------------------
+
+
+def test_seeded_generation_is_reproducible_and_seeds_differ(runner: RunnerProcess) -> None:
+    a = collect(runner, 5, seed=1234)
+    b = collect(runner, 5, seed=1234)
+    c = collect(runner, 5, seed=99)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, z) for x, z in zip(a, c, strict=True))
+
+
+def test_caller_kwargs_override_custom_defaults(numpy_env: Path, zoo: Path, tmp_path: Path) -> None:
+    with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log") as proc:
+        proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME, custom_defaults={"size": 5})
+        assert collect(proc, 1)[0].shape == (5, 5, 3)
+        assert collect(proc, 1, kwargs={"size": 3})[0].shape == (3, 3, 3)
+        # the four base args are forced: a caller's num_samples cannot change the batch size
+        assert len(collect(proc, 2, batch_size=2, kwargs={"num_samples": 50})) == 2
+
+
+def test_fewer_samples_than_asked_are_streamed_and_reported(runner: RunnerProcess) -> None:
+    stream = runner.generate(7, batch_size=3, kwargs={"behaviour": "short"})
+    batches = list(stream)
+    assert [len(b) for b in batches] == [2, 2, 0]
+    assert (stream.produced, stream.shortfall) == (4, 3)
+    assert stream.warnings == [
+        "batch 0: model returned 2 of 3 samples asked",
+        "batch 1: model returned 2 of 3 samples asked",
+        "batch 2: model returned 0 of 1 samples asked",
+    ]
+
+
+def test_save_images_uses_medigan_batch_naming(runner: RunnerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    stream = runner.generate(70, batch_size=32, save_images=True, output_path=out)
+    assert list(stream) == []
+    names = sorted(p.name for p in out.iterdir())
+    expected = sorted(
+        [f"batch_0_sample_{i}.npy" for i in range(32)]
+        + [f"batch_1_sample_{i}.npy" for i in range(32)]
+        + [f"batch_2_sample_{i}.npy" for i in range(6)]
+    )
+    assert names == expected
+    assert stream.files == 70
+    assert np.load(out / "batch_2_sample_5.npy").shape == (8, 8, 3)
+
+
+def test_save_images_with_a_multiple_of_32_asks_no_empty_batch(runner: RunnerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    stream = runner.generate(64, batch_size=32, save_images=True, output_path=out)
+    list(stream)
+    assert stream.files == 64
+    assert not any(p.name.startswith("batch_2") for p in out.iterdir())
+
+
+def test_zero_samples_is_an_empty_stream(runner: RunnerProcess) -> None:
+    stream = runner.generate(0, batch_size=4)
+    assert list(stream) == [] and stream.produced == 0 and stream.finished
+
+
+def test_bad_arguments_are_refused_before_anything_is_sent(runner: RunnerProcess) -> None:
+    with pytest.raises(ValueError, match="batch_size >= 1"):
+        runner.generate(3, batch_size=0)
+    with pytest.raises(ValueError, match="save_images=True needs an output_path"):
+        runner.generate(3, batch_size=1, save_images=True)
+    assert len(collect(runner, 1)) == 1
+
+
+# --- cancel ----------------------------------------------------------------------------------------
+
+
+def test_cancel_stops_between_batches_and_the_runner_stays_usable(runner: RunnerProcess) -> None:
+    stream = runner.generate(10_000, batch_size=2)
+    first = next(stream)
+    assert len(first) == 2
+    runner.cancel()
+    rest = list(stream)  # batches already in flight are dropped
+    assert rest == []
+    assert stream.cancelled is True
+    assert stream.produced < 10_000
+    assert len(collect(runner, 3)) == 3
+
+
+def test_an_open_stream_blocks_a_second_request_until_closed(runner: RunnerProcess) -> None:
+    stream = runner.generate(100, batch_size=1)
+    next(stream)
+    with pytest.raises(RunnerError, match="still open") as info:
+        runner.generate(1, batch_size=1)
+    assert info.value.remedy == "exhaust or close() it first"
+    stream.close()
+    assert stream.finished
+    assert len(collect(runner, 1)) == 1
+
+
+def test_a_dropped_unfinished_stream_stops_the_runner_with_the_reason(runner: RunnerProcess) -> None:
+    stream = runner.generate(100, batch_size=1)
+    next(stream)
+    del stream  # its frames are still in the pipe: the runner cannot be trusted with another request
+    with pytest.raises(RunnerError, match="stopped: a generate stream was dropped before it finished"):
+        runner.generate(1, batch_size=1)
+
+
+# --- failures --------------------------------------------------------------------------------------
+
+
+def test_a_model_exception_raises_model_error_with_remote_traceback(runner: RunnerProcess) -> None:
+    with pytest.raises(ModelError) as info:
+        collect(runner, 2, kwargs={"behaviour": "raises"})
+    err = info.value
+    assert err.remote_type == "ValueError"
+    assert err.remote_message == "latent vector has the wrong size"
+    assert "in inner" in err.traceback_text and "ProGAN-4ch/__init__.py" in err.traceback_text
+    assert "model raised ValueError: latent vector has the wrong size" in str(err)
+    assert len(collect(runner, 2)) == 2  # the runner survives a model error
+
+
+def test_os_exit_raises_runner_crashed_error_within_a_second(runner: RunnerProcess) -> None:
+    started = time.monotonic()
+    with pytest.raises(RunnerCrashedError) as info:
+        collect(runner, 2, kwargs={"behaviour": "exits"})
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.5, elapsed
+    assert info.value.returncode == 3 and info.value.signal_name is None
+    assert "exited with code 3" in str(info.value)
+    assert info.value.log_path == runner.log_path
+    with pytest.raises(RunnerError, match="this runner has stopped: it crashed") as stopped:
+        runner.generate(1, batch_size=1)
+    assert stopped.value.remedy == "start a new RunnerProcess"
+
+
+def test_a_killed_runner_reports_the_signal_name(runner: RunnerProcess) -> None:
+    stream = runner.generate(1_000_000, batch_size=1)
+    next(stream)
+    os.kill(runner.pid, signal.SIGKILL)
+    with pytest.raises(RunnerCrashedError) as info:
+        list(stream)
+    assert info.value.signal_name == "SIGKILL" and info.value.returncode == -9
+    assert "killed by SIGKILL" in str(info.value)
+
+
+def test_a_hanging_model_raises_the_inactivity_timeout(numpy_env: Path, zoo: Path, tmp_path: Path) -> None:
+    with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log", inactivity_timeout_s=1.0) as proc:
+        proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
+        started = time.monotonic()
+        with pytest.raises(RunnerTimeoutError) as info:
+            collect(proc, 1, kwargs={"behaviour": "hangs"})
+        assert 0.9 < time.monotonic() - started < 5
+        assert (info.value.phase, info.value.timeout_s) == ("inactivity", 1.0)
+        assert "runner timed out waiting for inactivity after 1 s" in str(info.value)
+        pid = proc.pid
+    assert pid_gone(pid)  # close() escalated past the hung model
+
+
+def test_garbage_on_the_protocol_pipe_raises_protocol_error(tmp_path: Path) -> None:
+    # A "runner" that writes text instead of frames: the host must translate, not crash or hang.
+    fake = tmp_path / "fake-python"
+    fake.write_text("#!/bin/sh\necho 'this is not a frame at all'\nsleep 30\n")
+    fake.chmod(0o755)
+    from medigan_iso.errors import ProtocolError
+
+    with pytest.raises(ProtocolError, match="bad magic") as info:
+        RunnerProcess.start(fake, log_path=tmp_path / "r.log", ready_timeout_s=5)
+    assert "see the runner log" in str(info.value)
+
+
+def test_a_silent_runner_raises_the_ready_timeout(tmp_path: Path) -> None:
+    fake = tmp_path / "fake-python"
+    fake.write_text("#!/bin/sh\nexec sleep 30\n")
+    fake.chmod(0o755)
+    with pytest.raises(RunnerTimeoutError) as info:
+        RunnerProcess.start(fake, log_path=tmp_path / "r.log", ready_timeout_s=0.5)
+    assert (info.value.phase, info.value.timeout_s) == ("ready", 0.5)
+
+
+# --- no orphans ------------------------------------------------------------------------------------
+
+
+def test_a_host_killed_with_sigkill_leaves_no_runner_behind(numpy_env: Path, tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from medigan_iso.runner_process import RunnerProcess
+        proc = RunnerProcess.start({str(numpy_env)!r}, log_path={str(tmp_path / "r.log")!r})
+        print(proc.pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    host = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert host.stdout is not None
+    runner_pid = int(host.stdout.readline())
+    assert not pid_gone(runner_pid)
+    host.kill()
+    host.wait()
+    host.stdout.close()
+    deadline = time.monotonic() + 5
+    while not pid_gone(runner_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pid_gone(runner_pid)
+
+
+@pytest.mark.parametrize("spawn_in_thread", [False, True], ids=["pdeathsig", "parent-watchdog"])
+def test_a_dead_host_kills_the_runner_even_while_its_stdin_stays_open(
+    numpy_env: Path, tmp_path: Path, spawn_in_thread: bool
+) -> None:
+    # A bystander keeps the runner's stdin pipe open, so no EOF arrives: PR_SET_PDEATHSIG (main-thread
+    # spawn) or the runner's parent watchdog (spawned from a thread, where the signal is not armed) must act.
+    script = textwrap.dedent(
+        f"""
+        import subprocess, threading, time
+        from medigan_iso.runner_process import RunnerProcess
+        started = []
+        def spawn():
+            started.append(RunnerProcess.start({str(numpy_env)!r}, log_path={str(tmp_path / "r.log")!r}))
+        if {spawn_in_thread!r}:
+            worker = threading.Thread(target=spawn)
+            worker.start()
+            worker.join()
+        else:
+            spawn()
+        proc = started[0]
+        holder = subprocess.Popen(["sleep", "600"], pass_fds=[proc._in_fd], start_new_session=True)
+        print(proc.pid, holder.pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    host = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert host.stdout is not None
+    runner_pid, holder_pid = map(int, host.stdout.readline().split())
+    try:
+        host.kill()
+        host.wait()
+        deadline = time.monotonic() + 5
+        while not pid_gone(runner_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pid_gone(runner_pid)
+        assert not pid_gone(holder_pid)  # the pipe really was still held open
+    finally:
+        host.stdout.close()
+        os.kill(holder_pid, signal.SIGKILL)
+
+
+def test_a_runner_spawned_from_a_finished_thread_stays_alive(
+    numpy_env: Path, zoo: Path, tmp_path: Path
+) -> None:
+    # PR_SET_PDEATHSIG would kill it when the spawning thread exits; the host must not arm it there.
+    started: list[RunnerProcess] = []
+    worker = threading.Thread(
+        target=lambda: started.append(RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log"))
+    )
+    worker.start()
+    worker.join()
+    with started[0] as proc:
+        time.sleep(0.5)
+        assert proc.is_alive()
+        proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
+        assert len(collect(proc, 2)) == 2
+
+
+def test_closing_stdin_alone_makes_the_runner_exit(numpy_env: Path) -> None:
+    argv = [str(numpy_env), "-I", "-m", "medigan_iso_runner"]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        frame = protocol.read_frame(proc.stdout.readinto)
+        assert frame is not None and frame.kind == "hello"
+        proc.stdin.close()
+        assert proc.wait(timeout=5) == 0
+
+
+def test_a_wrong_protocol_version_from_the_host_exits_with_code_2(numpy_env: Path) -> None:
+    argv = [str(numpy_env), "-I", "-m", "medigan_iso_runner"]
+    with subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
+        protocol.read_frame(proc.stdout.readinto)
+        protocol.write_frame(proc.stdin.write, {"kind": "load", "protocol": 999})
+        proc.stdin.flush()
+        assert proc.wait(timeout=5) == 2
+        assert b"host speaks protocol 999" in proc.stderr.read()
+
+
+def test_a_malformed_frame_from_the_host_exits_with_code_2(numpy_env: Path) -> None:
+    argv = [str(numpy_env), "-I", "-m", "medigan_iso_runner"]
+    with subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
+        protocol.read_frame(proc.stdout.readinto)
+        proc.stdin.write(b"GET / HTTP/1.1\r\n\r\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=5) == 2
+        assert b"bad frame from the host: bad magic" in proc.stderr.read()
+
+
+# --- other envs --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_torch_model_generates_reproducibly_with_a_seed(tmp_path_factory: pytest.TempPathFactory) -> None:
+    env = build_runner_env(
+        tmp_path_factory.mktemp("env-torch") / "venv", ["numpy", "msgpack", "torch==2.13.0"]
+    )
+    pkg = write_torch_model(tmp_path_factory.mktemp("packages-torch") / "torch-demo")
+    with RunnerProcess.start(env, log_path=pkg.parent / "r.log") as proc:
+        assert proc.hello["packages"]["torch"].startswith("2.13.0")
+        proc.load(pkg, model_file=pkg / "weights.npy", package_name="torch-demo")
+        a = collect(proc, 4, seed=7)
+        b = collect(proc, 4, seed=7)
+        c = collect(proc, 4, seed=8)
+    assert all(x.dtype == np.uint8 and x.shape == (8, 8, 3) for x in a)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, z) for x, z in zip(a, c, strict=True))
+
+
+def test_the_runner_works_on_python_3_8_with_only_numpy_and_msgpack(
+    tmp_path_factory: pytest.TempPathFactory, zoo: Path
+) -> None:
+    python38 = _find_python38()
+    env = build_runner_env(
+        tmp_path_factory.mktemp("env-py38") / "venv", ["numpy", "msgpack"], python=python38
+    )
+    listing = subprocess.run(
+        [str(env), "-I", "-m", "pip", "--version"], capture_output=True, text=True, check=False
+    )
+    assert listing.returncode != 0  # a bare uv venv: no pip, only what we installed
+    compiled = subprocess.run(
+        [str(env), "-I", "-m", "compileall", "-q", "-r", "0", *_runner_files(env)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    with RunnerProcess.start(env, log_path=zoo.parent / "py38.log") as proc:
+        assert proc.hello["python"].startswith("3.8.")
+        proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
+        samples = collect(proc, 3, kwargs={"behaviour": "nested"}, seed=3)
+    assert len(samples) == 3 and isinstance(samples[0][1][5], tuple)
+
+
+def _runner_files(env: Path) -> list[str]:
+    out = subprocess.run(
+        [
+            str(env),
+            "-I",
+            "-c",
+            "import medigan_iso_runner, os; print(os.path.dirname(medigan_iso_runner.__file__))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return [os.path.join(out, name) for name in sorted(os.listdir(out)) if name.endswith(".py")]
+
+
+def _find_python38() -> str:
+    found = subprocess.run(["uv", "python", "find", "3.8"], capture_output=True, text=True, check=False)
+    if found.returncode == 0 and found.stdout.strip():
+        return found.stdout.strip()
+    candidates = sorted(Path.home().glob(".pyenv/versions/3.8*/bin/python3.8"))
+    if not candidates:
+        pytest.skip("no Python 3.8 interpreter on this machine (uv python install 3.8)")
+    return str(candidates[-1])
