@@ -112,7 +112,15 @@ print(json.dumps([time.perf_counter() - started, time.process_time() - cpu_start
 """
 
 
-def bench_overhead(python: Path, zoo: Path, work: Path, n: int, repeats: int) -> dict[str, Any]:
+# The fixture model's cost is dominated by page faults: glibc hands its 393 KiB int64 temporaries back to the
+# kernel and faults them in again. How often depends on the heap's history, which differs between a runner
+# and a bare script, so a second variant pins glibc's thresholds on both sides to isolate the pipe's cost.
+MALLOC_PINNED_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20)}
+
+
+def bench_overhead(
+    python: Path, zoo: Path, work: Path, n: int, repeats: int, *, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Warm runner vs the same generate called in-process by the env's interpreter (same batches, seed)."""
     batch = 32
     size = 128
@@ -121,10 +129,12 @@ def bench_overhead(python: Path, zoo: Path, work: Path, n: int, repeats: int) ->
     def in_process(encode: bool = False) -> tuple[float, float]:
         argv = [str(python), "-I", "-c", IN_PROCESS, str(zoo), weights, str(n), str(batch), str(size)]
         argv.append("1" if encode else "0")
-        wall, cpu = json.loads(subprocess.run(argv, check=True, capture_output=True, text=True).stdout)
+        env = {**os.environ, **(extra_env or {})}
+        done = subprocess.run(argv, check=True, capture_output=True, text=True, env=env)
+        wall, cpu = json.loads(done.stdout)
         return float(wall), float(cpu)
 
-    with RunnerProcess.start(python, log_path=work / "overhead.log") as proc:
+    with RunnerProcess.start(python, log_path=work / "overhead.log", env_overrides=extra_env) as proc:
         proc.load(zoo, model_file=weights, package_name="bench-zoo")
         list(proc.generate(batch, batch_size=batch, kwargs={"size": size}))  # warm
 
@@ -147,6 +157,7 @@ def bench_overhead(python: Path, zoo: Path, work: Path, n: int, repeats: int) ->
     best_in, best_run = min(in_proc_s), min(runner_s)
     cpu_in, cpu_run = min(c for _, c in in_proc), min(c for _, c in run)
     return {
+        "env": extra_env or {},
         "n": n,
         "image": "128x128x3 uint8",
         "batch_size": batch,
@@ -324,9 +335,13 @@ def main() -> int:
         }
         # RSS first, while this process is still small; the other cases allocate more in-process.
         report["host_rss_streaming"] = bench_rss(python, fast, work, 10_000 if args.quick else 100_000)
-        report["overhead_warm_runner_vs_in_process"] = bench_overhead(
-            python, zoo, work, 1000, 3 if args.quick else 5
-        )
+        repeats = 3 if args.quick else 5
+        report["overhead_warm_runner_vs_in_process"] = {
+            "default_malloc": bench_overhead(python, zoo, work, 1000, repeats),
+            "malloc_thresholds_pinned_both_sides": bench_overhead(
+                python, zoo, work, 1000, repeats, extra_env=MALLOC_PINNED_ENV
+            ),
+        }
         report["frame_throughput"] = bench_throughput(python, fast, work, 1 if args.quick else 3)
         report["spawn_to_ready"] = bench_spawn(python, fast, work, 5 if args.quick else 15)
         report["load_average_at_end"] = os.getloadavg()

@@ -64,6 +64,33 @@ def roundtrip_samples(samples: Any) -> Any:
     return protocol.unpack_samples(frame.header["samples"], frame.arrays)
 
 
+def test_public_surface_is_pinned() -> None:
+    assert protocol.__all__ == [
+        "ALLOWED_DTYPES",
+        "DEFAULT_LIMITS",
+        "HOST_KINDS",
+        "MAGIC",
+        "MAX_ARRAYS",
+        "MAX_DEPTH",
+        "MAX_HEADER_BYTES",
+        "MAX_NDIM",
+        "MAX_PAYLOAD_BYTES",
+        "PROTOCOL_VERSION",
+        "RUNNER_KINDS",
+        "Frame",
+        "Limits",
+        "ProtocolError",
+        "bytes_reader",
+        "encode_frame",
+        "pack_samples",
+        "read_frame",
+        "unpack_samples",
+        "write_frame",
+    ]
+    assert all(hasattr(protocol, name) for name in protocol.__all__)
+    assert protocol.PROTOCOL_VERSION == 1
+
+
 # --- round trips ---------------------------------------------------------------------------------------
 
 

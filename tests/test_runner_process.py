@@ -64,6 +64,21 @@ def pid_gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")  # a zombie is dead (pid 1 may not reap)
 
 
+def test_public_surface_is_pinned() -> None:
+    import medigan_iso.runner_process as runner_process
+
+    assert runner_process.__all__ == [
+        "RUNNER_INACTIVITY_TIMEOUT_S",
+        "RUNNER_READY_TIMEOUT_S",
+        "RUNNER_SHUTDOWN_GRACE_S",
+        "GenerateStream",
+        "RunnerProcess",
+        "Sample",
+        "runner_environment",
+    ]
+    assert all(hasattr(runner_process, name) for name in runner_process.__all__)
+
+
 # --- handshake and load --------------------------------------------------------------------------------
 
 

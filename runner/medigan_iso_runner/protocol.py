@@ -36,7 +36,9 @@ import numpy as np
 
 __all__ = [
     "ALLOWED_DTYPES",
+    "DEFAULT_LIMITS",
     "HOST_KINDS",
+    "MAGIC",
     "MAX_ARRAYS",
     "MAX_DEPTH",
     "MAX_HEADER_BYTES",
@@ -47,6 +49,7 @@ __all__ = [
     "Frame",
     "Limits",
     "ProtocolError",
+    "bytes_reader",
     "encode_frame",
     "pack_samples",
     "read_frame",
