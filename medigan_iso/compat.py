@@ -4,7 +4,8 @@ This module owns the medigan-compatible surface: catalogue, search and rank meth
 methods, which run every model in its own env through one :class:`~medigan_iso.generation.Session` per
 ``Generators`` (so repeated calls and ``get_generate_function`` keep the model's runner and weights warm;
 ``close()`` or ``with Generators() as g:`` stops them). Every id-taking method accepts abbreviated ids
-(``"00002"``, ``"03"``, ``4``) and raises UnknownModelError for unknown ones. Differences from medigan 1.0, all deliberate fixes:
+(``"00002"``, ``"03"``, ``4``) and raises UnknownModelError for unknown ones. Differences from
+medigan 1.0, all deliberate fixes:
 
 - ``get_selection_criteria_by_ids(None)`` returns every model (medigan crashed);
 - ``get_selection_values_for_key`` takes dotted keys for one model too and gives None where a model lacks

@@ -5,15 +5,10 @@ repeated crashes) and the one-shot :func:`generate` / :func:`stream`. It never i
 sample arrives over a runner's pipe. It spawns runners only through :mod:`medigan_iso.runner_process`,
 builds envs only through :mod:`medigan_iso.envs`, and fetches packages only through
 :mod:`medigan_iso.packages`. It never prints.
-
-Runners are spawned from one long-lived thread per Session: the runner arms ``PR_SET_PDEATHSIG``, which
-fires when the *thread* that forked it exits, so a runner spawned from a short-lived worker thread would
-be killed the moment that thread ended.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -115,7 +110,6 @@ class Session:
         self._catalogue: Catalogue | None = config if isinstance(config, Catalogue) else None
         self._slots: dict[str, _Slot] = {}
         self._prepare_locks: dict[str, threading.Lock] = {}
-        self._spawner: concurrent.futures.ThreadPoolExecutor | None = None
         self._closed = False
 
     # --- lifecycle ------------------------------------------------------------------------------------
@@ -135,13 +129,10 @@ class Session:
                 return
             self._closed = True
             slots = list(self._slots.values())
-            spawner = self._spawner
         # Without taking slot locks: a suspended stream may hold one (Ctrl-C in a consumer loop), and
         # closing its runner is what ends that stream.
         for slot in slots:
             self._drop_runner(slot)
-        if spawner is not None:
-            spawner.shutdown(wait=True)
 
     # --- preparation ----------------------------------------------------------------------------------
 
@@ -235,26 +226,18 @@ class Session:
         return runner
 
     def _spawn(self, prepared: PreparedModel) -> RunnerProcess:
-        with self._lock:
-            self._check_open()
-            if self._spawner is None:
-                self._spawner = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="medigan-iso-spawner"
-                )
-            spawner = self._spawner
+        self._check_open()
         layout = cache_layout(self._home).ensure()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in prepared.entry.model_id)
         log_path = layout.logs / f"runner-{safe_id}-{stamp}-{os.getpid()}-{threading.get_ident()}.log"
-        future = spawner.submit(
-            RunnerProcess.start,
+        return RunnerProcess.start(
             prepared.env.python,
             log_path=log_path,
             ready_timeout_s=self._ready_timeout_s,
             inactivity_timeout_s=self._inactivity_timeout_s,
             model_id=prepared.entry.model_id,
         )
-        return future.result()
 
     def runner_info(self, model_id: str | int) -> dict[str, Any]:
         """The warm runner's hello (python, package versions, pid), starting the runner if needed."""
