@@ -8,6 +8,7 @@ runner subprocesses. One home per module so the numpy env is built once.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import signal
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _model_fixtures import write_numpy_zoo
+from _pkgserver import serve
+from _zipcraft import package_zip
 
 import medigan_iso
 from medigan_iso import Generators, Session
@@ -330,3 +333,30 @@ def _wait_until_no_runner_of(host_pid: int, timeout_s: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+@pytest.mark.parametrize("nested", [True, False], ids=["package-folder-layout", "root-layout"])
+def test_zipped_packages_served_over_http_generate_in_both_layouts(
+    world: dict[str, Path], tmp_path: Path, nested: bool
+) -> None:
+    """The whole chain: catalogue → download from 127.0.0.1 → verify → safe-extract → env → runner."""
+    source = write_numpy_zoo(tmp_path / "src")
+    prefix = "ProGAN-4ch/" if nested else ""
+    archive = package_zip({prefix + p.name: p.read_bytes() for p in sorted(source.iterdir()) if p.is_file()})
+    with serve() as server:
+        server.state.files["/zoo.zip"] = archive
+        entry = _entry(
+            server.url("/zoo.zip"),
+            hashlib.sha256(archive).hexdigest(),
+            custom={"behaviour": "tuple4", "size": 5},
+            deps=["numpy"],
+        )
+        entry["execution"]["package_name"] = "ProGAN-4ch"
+        catalogue = tmp_path / "remote.json"
+        catalogue.write_text(json.dumps({"test-remote-zoo": entry}), encoding="utf-8")
+        with Session(config=catalogue, offline=False) as session:
+            samples = session.generate("test-remote-zoo", 3, seed=1)
+        assert len(server.state.gets("/zoo.zip")) == 1
+    image, mask, other, label = samples[0]
+    assert image.shape == (5, 5, 3) and mask.shape == (5, 5) and other.dtype == np.float32
+    assert label == "malignant"
