@@ -360,3 +360,18 @@ def test_zipped_packages_served_over_http_generate_in_both_layouts(
     image, mask, other, label = samples[0]
     assert image.shape == (5, 5, 3) and mask.shape == (5, 5) and other.dtype == np.float32
     assert label == "malignant"
+
+
+def test_cli_generate_grid_writes_a_contact_sheet(world: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    grid = tmp_path / "grid.png"
+    code = main(
+        ["generate", ZOO_ID, "-n", "6", "-o", str(tmp_path / "g"), "--grid", str(grid), "--set", "size=10"]
+    )
+    assert code == 0
+    with Image.open(grid) as sheet:
+        width, height = sheet.size
+    # six 10x10 tiles: wider and taller than one tile, smaller than six in a row
+    assert 10 < width < 6 * 10 + 7 * 2 + 1 and 10 <= height
+    assert len(list((tmp_path / "g").glob("sample_*.png"))) == 6
