@@ -319,7 +319,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="medigan-iso-bench-runner-"))
     try:
         started = time.perf_counter()
-        python = build_runner_env(work / "env", ["numpy", "msgpack"])
+        python = build_runner_env(work / "home", ["numpy", "msgpack"])
         env_s = time.perf_counter() - started
         zoo = write_numpy_zoo(work / "bench-zoo")
         fast = write_fast_model(work / "fast")

@@ -35,6 +35,7 @@ from medigan_iso.errors import (
     UnpinnedPackageError,
     UnsafeArchiveError,
 )
+from medigan_iso.generation import Session, generate, stream
 
 __version__ = "0.1.0"
 
@@ -65,12 +66,15 @@ __all__ = [
     "RunnerTimeoutError",
     "SandboxError",
     "SearchResult",
+    "Session",
     "UnknownModelError",
     "UnpinnedPackageError",
     "UnsafeArchiveError",
     "__version__",
+    "generate",
     "info",
     "list_models",
     "load_catalogue",
     "search",
+    "stream",
 ]

@@ -1,8 +1,11 @@
 """medigan's ``Generators`` facade: same method names, parameters and defaults, on medigan_iso's catalogue.
 
-This module owns the medigan-compatible surface (catalogue, search and rank methods here; generation
-methods join later). Every id-taking method accepts abbreviated ids (``"00002"``, ``"03"``, ``4``) and
-raises UnknownModelError for unknown ones. Differences from medigan 1.0, all deliberate fixes:
+This module owns the medigan-compatible surface: catalogue, search and rank methods, and the generation
+methods, which run every model in its own env through one :class:`~medigan_iso.generation.Session` per
+``Generators`` (so repeated calls and ``get_generate_function`` keep the model's runner and weights warm;
+``close()`` or ``with Generators() as g:`` stops them). Every id-taking method accepts abbreviated ids
+(``"00002"``, ``"03"``, ``4``) and raises UnknownModelError for unknown ones. Differences from
+medigan 1.0, all deliberate fixes:
 
 - ``get_selection_criteria_by_ids(None)`` returns every model (medigan crashed);
 - ``get_selection_values_for_key`` takes dotted keys for one model too and gives None where a model lacks
@@ -12,16 +15,24 @@ raises UnknownModelError for unknown ones. Differences from medigan 1.0, all del
 - ``add_model_to_config(store_new_config=True)`` stores the entry in
   ``<cache>/catalogues/local_models.json``, a source every later ``load_catalogue`` reads, instead of
   rewriting a ``config/global.json`` in the working directory;
-- ranking and key-value search behave as :mod:`medigan_iso.search` documents.
+- ranking and key-value search behave as :mod:`medigan_iso.search` documents;
+- ``install_dependencies`` means "building the model's env is allowed"; False with no env raises
+  EnvNotBuiltError naming the command that builds it (medigan pip-installed into your interpreter);
+- ``generate(save_images=True)`` saves in batches of 32 named ``batch_<n>_<file>`` without medigan's
+  zero-sample last batch when ``num_samples`` is a multiple of 32;
+- ``find_models_rank_and_generate`` raises CatalogueError when nothing matches (medigan raised IndexError).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlparse
 
@@ -34,7 +45,8 @@ from medigan_iso.catalogue import (
     thaw,
     validate_catalogue,
 )
-from medigan_iso.errors import CatalogueValidationError, ConfigKeyError
+from medigan_iso.errors import CatalogueError, CatalogueValidationError, ConfigKeyError
+from medigan_iso.generation import Session
 from medigan_iso.paths import cache_layout
 from medigan_iso.search import (
     MatchCandidate,
@@ -82,8 +94,38 @@ class Generators:
         self.model_selector = model_selector
         self.model_executors: list[Any] = list(model_executors or [])
         self.model_contributors: list[Any] = list(model_contributors or [])
-        # Read by the generation methods (a later part of medigan_iso); the catalogue side ignores it.
         self.initialize_all_models = initialize_all_models
+        self._offline = offline
+        self._session: Session | None = None
+        self._session_lock = threading.Lock()
+        if initialize_all_models:
+            # medigan imported every model up front; here that means fetching every package and
+            # building (or reusing) every env, without starting runners.
+            for model_id in self.catalogue.ids():
+                self.session.prepare(model_id, install_dependencies=True)
+
+    @property
+    def session(self) -> Session:
+        """The Session that keeps this facade's runners warm (created on first use)."""
+        with self._session_lock:
+            if self._session is None:
+                self._session = Session(config=self.catalogue, home=self.home, offline=self._offline)
+            return self._session
+
+    def close(self) -> None:
+        """Stop every runner this facade started."""
+        with self._session_lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+    def __enter__(self) -> Generators:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"Generators(model_ids={list(self.catalogue.ids())})"
@@ -259,6 +301,136 @@ class Generators:
             case_sensitive=is_case_sensitive,
             metric=metric,
             order=order,
+        )
+
+    # --- generation ------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        model_id: str | int,
+        num_samples: int = 30,
+        output_path: str | os.PathLike[str] | None = None,
+        save_images: bool = True,
+        is_gen_function_returned: bool = False,
+        install_dependencies: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """medigan's generate: with ``save_images`` write files into ``output_path`` (default
+        ``output/<model_id>/<timestamp>/``) and return None; else return the model's samples."""
+        if is_gen_function_returned:
+            return self.get_generate_function(
+                model_id,
+                num_samples=num_samples,
+                output_path=output_path,
+                install_dependencies=install_dependencies,
+                **kwargs,
+            )
+        entry = self.session.prepare(model_id, install_dependencies=install_dependencies).entry
+        if not save_images:
+            return self.session.generate(entry.model_id, num_samples, output_path=output_path, **kwargs)
+        if output_path is None:
+            stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S_%f")
+            output_path = Path("output") / entry.model_id / stamp
+        self.session.save(entry.model_id, num_samples, output_path, **kwargs)
+        return None
+
+    def get_generate_function(
+        self,
+        model_id: str | int,
+        num_samples: int = 30,
+        output_path: str | os.PathLike[str] | None = None,
+        install_dependencies: bool = False,
+        **kwargs: Any,
+    ) -> Callable[..., list[Any]]:
+        """A callable ``gen(**overrides)`` returning samples; its runner stays warm between calls."""
+        entry = self.session.prepare(model_id, install_dependencies=install_dependencies).entry
+        session = self.session
+        defaults = dict(kwargs)
+
+        def gen(**overrides: Any) -> list[Any]:
+            merged = {**defaults, **overrides}
+            n = merged.pop("num_samples", num_samples)
+            out = merged.pop("output_path", output_path)
+            return session.generate(entry.model_id, n, output_path=out, **merged)
+
+        return gen
+
+    def find_models_rank_and_generate(
+        self,
+        values: list[Any],
+        target_values_operator: str = "AND",
+        are_keys_also_matched: bool = False,
+        is_case_sensitive: bool = False,
+        metric: str = "SSIM",
+        order: str = "asc",
+        num_samples: int = 30,
+        output_path: str | os.PathLike[str] | None = None,
+        is_gen_function_returned: bool = False,
+        install_dependencies: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Search, rank by ``metric`` and generate with the best-ranked model."""
+        ranked = self.find_models_and_rank(
+            values,
+            target_values_operator=target_values_operator,
+            are_keys_also_matched=are_keys_also_matched,
+            is_case_sensitive=is_case_sensitive,
+            metric=metric,
+            order=order,
+        )
+        if not ranked:
+            raise CatalogueError(
+                f"no model matches {values!r} ({target_values_operator}) with a {metric!r} value to rank by",
+                remedy="loosen the search terms or rank by another metric (`medigan-iso search --help`)",
+            )
+        return self.generate(
+            ranked[0]["model_id"],
+            num_samples=num_samples,
+            output_path=output_path,
+            is_gen_function_returned=is_gen_function_returned,
+            install_dependencies=install_dependencies,
+            **kwargs,
+        )
+
+    def find_model_and_generate(
+        self,
+        values: list[Any],
+        target_values_operator: str = "AND",
+        are_keys_also_matched: bool = False,
+        is_case_sensitive: bool = False,
+        num_samples: int = 30,
+        output_path: str | os.PathLike[str] | None = None,
+        is_gen_function_returned: bool = False,
+        install_dependencies: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Generate with the one model matching ``values``; with none or several, log an error and
+        return None."""
+        matches = [
+            candidate
+            for candidate in self.find_matching_models_by_values(
+                values,
+                target_values_operator=target_values_operator,
+                are_keys_also_matched=are_keys_also_matched,
+                is_case_sensitive=is_case_sensitive,
+            )
+            if candidate.is_match
+        ]
+        if len(matches) != 1:
+            logger.error(
+                "find_model_and_generate needs exactly one model matching %r, found %d: %s",
+                values,
+                len(matches),
+                [m.model_id for m in matches],
+            )
+            return None
+        return self.generate(
+            matches[0].model_id,
+            num_samples=num_samples,
+            output_path=output_path,
+            is_gen_function_returned=is_gen_function_returned,
+            install_dependencies=install_dependencies,
+            **kwargs,
         )
 
 

@@ -76,14 +76,17 @@ def test_public_surface_is_pinned() -> None:
             "RunnerTimeoutError",
             "SandboxError",
             "SearchResult",
+            "Session",
             "UnknownModelError",
             "UnpinnedPackageError",
             "UnsafeArchiveError",
             "__version__",
+            "generate",
             "info",
             "list_models",
             "load_catalogue",
             "search",
+            "stream",
         ]
     )
     for name in medigan_iso.__all__:

@@ -1,7 +1,7 @@
 """Real runner subprocesses in real uv envs, driven through medigan_iso.runner_process.
 
-Fixture model packages are written by ``_model_fixtures``; envs come from ``_envs_for_tests`` (phase 2
-swaps it for ``envs.ensure_env``). Nothing of ours is mocked.
+Fixture model packages are written by ``_model_fixtures``; envs come from ``_envs_for_tests`` (the
+project's envs module). Nothing of ours is mocked.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from _model_fixtures import write_broken, write_hanging_import, write_numpy_zoo,
 from medigan_iso_runner import protocol
 
 from medigan_iso.errors import (
+    InterpreterNotFoundError,
     ModelError,
     RunnerCrashedError,
     RunnerError,
@@ -37,7 +38,7 @@ PACKAGE_NAME = "ProGAN-4ch"  # not an identifier, like upstream's package names
 
 @pytest.fixture(scope="session")
 def numpy_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_runner_env(tmp_path_factory.mktemp("env-numpy") / "venv", ["numpy", "msgpack"])
+    return build_runner_env(tmp_path_factory.mktemp("env-numpy"), ["numpy", "msgpack"])
 
 
 @pytest.fixture(scope="session")
@@ -551,9 +552,7 @@ def test_a_malformed_frame_from_the_host_exits_with_code_2(numpy_env: Path) -> N
 
 @pytest.mark.slow
 def test_torch_model_generates_reproducibly_with_a_seed(tmp_path_factory: pytest.TempPathFactory) -> None:
-    env = build_runner_env(
-        tmp_path_factory.mktemp("env-torch") / "venv", ["numpy", "msgpack", "torch==2.13.0"]
-    )
+    env = build_runner_env(tmp_path_factory.mktemp("env-torch"), ["numpy", "msgpack", "torch==2.13.0"])
     pkg = write_torch_model(tmp_path_factory.mktemp("packages-torch") / "torch-demo")
     with RunnerProcess.start(env, log_path=pkg.parent / "r.log") as proc:
         assert proc.hello["packages"]["torch"].startswith("2.13.0")
@@ -570,10 +569,12 @@ def test_torch_model_generates_reproducibly_with_a_seed(tmp_path_factory: pytest
 def test_the_runner_works_on_python_3_8_with_only_numpy_and_msgpack(
     tmp_path_factory: pytest.TempPathFactory, zoo: Path
 ) -> None:
-    python38 = _find_python38()
-    env = build_runner_env(
-        tmp_path_factory.mktemp("env-py38") / "venv", ["numpy", "msgpack"], python=python38
-    )
+    try:
+        env = build_runner_env(
+            tmp_path_factory.mktemp("env-py38"), ["numpy", "msgpack"], python_requires="==3.8.*"
+        )
+    except InterpreterNotFoundError as exc:
+        pytest.skip(f"no Python 3.8 on this machine: {exc}")
     listing = subprocess.run(
         [str(env), "-I", "-m", "pip", "--version"], capture_output=True, text=True, check=False
     )
@@ -605,13 +606,3 @@ def _runner_files(env: Path) -> list[str]:
         check=True,
     ).stdout.strip()
     return [os.path.join(out, name) for name in sorted(os.listdir(out)) if name.endswith(".py")]
-
-
-def _find_python38() -> str:
-    found = subprocess.run(["uv", "python", "find", "3.8"], capture_output=True, text=True, check=False)
-    if found.returncode == 0 and found.stdout.strip():
-        return found.stdout.strip()
-    candidates = sorted(Path.home().glob(".pyenv/versions/3.8*/bin/python3.8"))
-    if not candidates:
-        pytest.skip("no Python 3.8 interpreter on this machine (uv python install 3.8)")
-    return str(candidates[-1])

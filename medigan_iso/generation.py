@@ -1,0 +1,432 @@
+"""Generating samples: where the catalogue, packages, envs and runners meet.
+
+Owns :class:`Session` (one warm runner per model, respawned after a crash with backoff, given up after
+repeated crashes) and the one-shot :func:`generate` / :func:`stream`. It never imports model code: every
+sample arrives over a runner's pipe. It spawns runners only through :mod:`medigan_iso.runner_process`,
+builds envs only through :mod:`medigan_iso.envs`, and fetches packages only through
+:mod:`medigan_iso.packages`. It never prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from medigan_iso.catalogue import Catalogue, ConfigSource, ModelEntry, load_catalogue
+from medigan_iso.envs import ModelEnv, ensure_env
+from medigan_iso.errors import (
+    ProtocolError,
+    RunnerCrashedError,
+    RunnerError,
+    RunnerTimeoutError,
+)
+from medigan_iso.packages import ModelPackage, ensure_package
+from medigan_iso.paths import cache_layout
+from medigan_iso.runner_process import (
+    RUNNER_INACTIVITY_TIMEOUT_S,
+    RUNNER_READY_TIMEOUT_S,
+    GenerateStream,
+    RunnerProcess,
+    Sample,
+)
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "PreparedModel",
+    "Session",
+    "generate",
+    "stream",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32  # medigan saves in batches of 32; also bounds host memory per batch
+RESPAWN_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # wait before the k-th respawn after consecutive crashes
+MAX_CONSECUTIVE_CRASHES = 3  # a Session stops respawning a model's runner after this many crashes in a row
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """What a model needs before a runner can load it: its entry, extracted package and built env."""
+
+    entry: ModelEntry
+    package: ModelPackage
+    env: ModelEnv
+
+
+@dataclass
+class _Slot:
+    """One model's warm runner inside a Session; ``lock`` serialises requests to that runner."""
+
+    prepared: PreparedModel
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    runner: RunnerProcess | None = None
+    consecutive_crashes: int = 0
+    last_failure: BaseException | None = None
+
+
+class Session:
+    """Keeps one warm runner per model so repeated calls do not reload weights.
+
+    Thread-safe: different models run concurrently (each in its own runner), requests to one model are
+    served one at a time. Use it as a context manager; :meth:`close` stops every runner.
+
+    ``install_dependencies`` allows building a model's env when none exists (otherwise
+    :class:`~medigan_iso.errors.EnvNotBuiltError` names the command that builds it). ``config`` takes
+    catalogue sources (as :func:`~medigan_iso.catalogue.load_catalogue`) or a loaded Catalogue.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Catalogue | ConfigSource | Sequence[ConfigSource] | None = None,
+        home: str | os.PathLike[str] | None = None,
+        offline: bool | None = None,
+        install_dependencies: bool = True,
+        index_url: str | None = None,
+        find_links: Sequence[str] = (),
+        ready_timeout_s: float = RUNNER_READY_TIMEOUT_S,
+        inactivity_timeout_s: float = RUNNER_INACTIVITY_TIMEOUT_S,
+        max_consecutive_crashes: int = MAX_CONSECUTIVE_CRASHES,
+    ) -> None:
+        self._config = None if isinstance(config, Catalogue) else config
+        self._home = None if home is None else Path(home)
+        self._offline = offline
+        self._install_dependencies = install_dependencies
+        self._index_url = index_url
+        self._find_links = tuple(find_links)
+        self._ready_timeout_s = ready_timeout_s
+        self._inactivity_timeout_s = inactivity_timeout_s
+        self._max_consecutive_crashes = max_consecutive_crashes
+        self._lock = threading.Lock()
+        self._catalogue: Catalogue | None = config if isinstance(config, Catalogue) else None
+        self._slots: dict[str, _Slot] = {}
+        self._prepare_locks: dict[str, threading.Lock] = {}
+        self._closed = False
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every runner (shutdown frame, grace, SIGTERM, SIGKILL). The Session cannot be reused."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            slots = list(self._slots.values())
+        # Without taking slot locks: a suspended stream may hold one (Ctrl-C in a consumer loop), and
+        # closing its runner is what ends that stream.
+        for slot in slots:
+            self._drop_runner(slot)
+
+    # --- preparation ----------------------------------------------------------------------------------
+
+    @property
+    def catalogue(self) -> Catalogue:
+        with self._lock:
+            if self._catalogue is None:
+                self._catalogue = load_catalogue(self._config, home=self._home, offline=self._offline)
+            return self._catalogue
+
+    def resolve(self, model_id: str | int) -> ModelEntry:
+        """The catalogue entry for ``model_id`` (medigan's id resolution)."""
+        return self.catalogue.resolve(model_id)
+
+    def prepare(self, model_id: str | int, *, install_dependencies: bool | None = None) -> PreparedModel:
+        """Fetch and verify the package and build (or reuse) the env of ``model_id``; start nothing.
+
+        ``install_dependencies`` overrides the Session's setting for this model's env.
+        """
+        return self._slot(model_id, install_dependencies=install_dependencies).prepared
+
+    def _slot(self, model_id: str | int, *, install_dependencies: bool | None = None) -> _Slot:
+        entry = self.resolve(model_id)
+        with self._lock:
+            self._check_open()
+            slot = self._slots.get(entry.model_id)
+            if slot is not None:
+                return slot
+            prepare_lock = self._prepare_locks.setdefault(entry.model_id, threading.Lock())
+        with prepare_lock:
+            with self._lock:
+                slot = self._slots.get(entry.model_id)
+            if slot is not None:
+                return slot
+            package = ensure_package(entry, home=self._home, offline=self._offline)
+            env = ensure_env(
+                entry,
+                home=self._home,
+                build=self._install_dependencies if install_dependencies is None else install_dependencies,
+                index_url=self._index_url,
+                find_links=self._find_links,
+                offline=self._offline,
+            )
+            slot = _Slot(PreparedModel(entry=entry, package=package, env=env))
+            with self._lock:
+                self._check_open()
+                self._slots[entry.model_id] = slot
+            return slot
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RunnerError("this Session is closed", remedy="open a new Session")
+
+    # --- runners --------------------------------------------------------------------------------------
+
+    def _warm_runner(self, slot: _Slot) -> RunnerProcess:
+        """The slot's live runner, spawning (with backoff after crashes) and loading one when needed.
+
+        Call with ``slot.lock`` held.
+        """
+        if slot.runner is not None and slot.runner.is_alive():
+            return slot.runner
+        if slot.runner is not None:
+            slot.runner.close()
+            slot.runner = None
+        model_id = slot.prepared.entry.model_id
+        if slot.consecutive_crashes >= self._max_consecutive_crashes:
+            raise RunnerError(
+                f"the runner for model {model_id} failed {slot.consecutive_crashes} times in a row; "
+                f"not restarting it (last failure: {slot.last_failure})",
+                remedy="read the runner log named above; open a new Session to try again",
+            )
+        if slot.consecutive_crashes:
+            backoff = RESPAWN_BACKOFF_S[min(slot.consecutive_crashes, len(RESPAWN_BACKOFF_S)) - 1]
+            logger.warning("respawning the runner for %s in %.1f s", model_id, backoff)
+            time.sleep(backoff)
+        runner = self._spawn(slot.prepared)
+        try:
+            package = slot.prepared.package
+            runner.load(
+                package.root,
+                model_file=package.model_file,
+                package_name=package.package_name,
+                generate_function=slot.prepared.entry.generate_function,
+                custom_defaults=package.custom_defaults,
+            )
+        except BaseException:
+            runner.close()
+            raise
+        slot.runner = runner
+        return runner
+
+    def _spawn(self, prepared: PreparedModel) -> RunnerProcess:
+        self._check_open()
+        layout = cache_layout(self._home).ensure()
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in prepared.entry.model_id)
+        log_path = layout.logs / f"runner-{safe_id}-{stamp}-{os.getpid()}-{threading.get_ident()}.log"
+        return RunnerProcess.start(
+            prepared.env.python,
+            log_path=log_path,
+            ready_timeout_s=self._ready_timeout_s,
+            inactivity_timeout_s=self._inactivity_timeout_s,
+            model_id=prepared.entry.model_id,
+        )
+
+    def runner_info(self, model_id: str | int) -> dict[str, Any]:
+        """The warm runner's hello (python, package versions, pid), starting the runner if needed."""
+        slot = self._slot(model_id)
+        with slot.lock:
+            return dict(self._warm_runner(slot).hello)
+
+    # --- generation -----------------------------------------------------------------------------------
+
+    def stream(
+        self,
+        model_id: str | int,
+        num_samples: int,
+        *,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        output_path: str | os.PathLike[str] | None = None,
+        **model_kwargs: Any,
+    ) -> Iterator[list[Sample]]:
+        """Yield the samples of ``model_id`` one batch at a time; host memory holds one batch.
+
+        The model is prepared (package, env) before this returns; closing the iterator early cancels the
+        request and keeps the runner warm.
+        """
+        _check_counts(num_samples, batch_size)
+        slot = self._slot(model_id)
+        return self._iterate(slot, num_samples, batch_size, seed, output_path, model_kwargs)
+
+    def _iterate(
+        self,
+        slot: _Slot,
+        num_samples: int,
+        batch_size: int | None,
+        seed: int | None,
+        output_path: str | os.PathLike[str] | None,
+        kwargs: Mapping[str, Any],
+    ) -> Iterator[list[Sample]]:
+        with self._request(
+            slot, num_samples, batch_size=batch_size, seed=seed, kwargs=kwargs, output_path=output_path
+        ) as request:
+            yield from request
+
+    def generate(
+        self,
+        model_id: str | int,
+        num_samples: int,
+        *,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        output_path: str | os.PathLike[str] | None = None,
+        **model_kwargs: Any,
+    ) -> list[Sample]:
+        """Return ``num_samples`` samples of ``model_id`` as a list (arrays or medigan tuples)."""
+        samples: list[Sample] = []
+        for batch in self.stream(
+            model_id, num_samples, batch_size=batch_size, seed=seed, output_path=output_path, **model_kwargs
+        ):
+            samples.extend(batch)
+        return samples
+
+    def save(
+        self,
+        model_id: str | int,
+        num_samples: int,
+        output_path: str | os.PathLike[str],
+        *,
+        batch_size: int | None = None,
+        seed: int | None = None,
+        **model_kwargs: Any,
+    ) -> int:
+        """Run the model's own saving code into ``output_path`` (medigan's ``save_images=True``).
+
+        Files are named as medigan names them (``batch_<n>_<file>``); returns how many files the runner
+        reported written.
+        """
+        _check_counts(num_samples, batch_size)
+        out = Path(output_path)
+        out.mkdir(parents=True, exist_ok=True)
+        slot = self._slot(model_id)
+        with self._request(
+            slot,
+            num_samples,
+            batch_size=batch_size,
+            seed=seed,
+            kwargs=model_kwargs,
+            output_path=out,
+            save_images=True,
+        ) as request:
+            for _ in request:
+                pass
+            return request.files
+
+    @contextlib.contextmanager
+    def _request(
+        self,
+        slot: _Slot,
+        num_samples: int,
+        *,
+        batch_size: int | None,
+        seed: int | None,
+        kwargs: Mapping[str, Any],
+        output_path: str | os.PathLike[str] | None,
+        save_images: bool = False,
+    ) -> Iterator[GenerateStream]:
+        """One generate request on the slot's warm runner, with crash bookkeeping for respawns.
+
+        Leaving early (the consumer stops iterating) cancels the request and drains it, so the runner stays
+        warm; any other exception (KeyboardInterrupt included) stops the runner instead of waiting for it.
+        """
+        with slot.lock:
+            try:
+                runner = self._warm_runner(slot)
+                request = runner.generate(
+                    num_samples,
+                    batch_size=batch_size or DEFAULT_BATCH_SIZE,
+                    seed=seed,
+                    kwargs=kwargs,
+                    save_images=save_images,
+                    output_path=output_path,
+                )
+                try:
+                    yield request
+                except GeneratorExit:
+                    request.close()
+                    raise
+                request.close()
+            except (RunnerCrashedError, RunnerTimeoutError, ProtocolError) as exc:
+                # The runner is gone or cannot be trusted: drop it; the next call respawns with backoff.
+                slot.consecutive_crashes += 1
+                slot.last_failure = exc
+                self._drop_runner(slot)
+                raise
+            except (Exception, KeyboardInterrupt) as exc:
+                if not isinstance(exc, RunnerError):
+                    self._drop_runner(slot)
+                raise
+            slot.consecutive_crashes = 0
+            slot.last_failure = None
+
+    @staticmethod
+    def _drop_runner(slot: _Slot) -> None:
+        if slot.runner is not None:
+            slot.runner.close()
+            slot.runner = None
+
+
+def _check_counts(num_samples: int, batch_size: int | None) -> None:
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:
+        raise ValueError(f"num_samples must be a non-negative int, got {num_samples!r}")
+    if batch_size is not None and (
+        not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def generate(
+    model_id: str | int,
+    num_samples: int,
+    *,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    output_path: str | os.PathLike[str] | None = None,
+    config: ConfigSource | Sequence[ConfigSource] | None = None,
+    **model_kwargs: Any,
+) -> list[Sample]:
+    """Generate ``num_samples`` samples with ``model_id`` in its own env and return them.
+
+    Builds the model's env on first use. For many calls keep a :class:`Session` open instead, so the
+    runner (and the model's weights) stay loaded.
+    """
+    with Session(config=config) as session:
+        return session.generate(
+            model_id, num_samples, batch_size=batch_size, seed=seed, output_path=output_path, **model_kwargs
+        )
+
+
+def stream(
+    model_id: str | int,
+    num_samples: int,
+    *,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    output_path: str | os.PathLike[str] | None = None,
+    config: ConfigSource | Sequence[ConfigSource] | None = None,
+    **model_kwargs: Any,
+) -> Iterator[list[Sample]]:
+    """Yield the samples of ``model_id`` batch by batch, with bounded host memory for any ``num_samples``."""
+    _check_counts(num_samples, batch_size)
+    with Session(config=config) as session:
+        yield from session.stream(
+            model_id, num_samples, batch_size=batch_size, seed=seed, output_path=output_path, **model_kwargs
+        )

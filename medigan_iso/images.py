@@ -1,0 +1,171 @@
+"""Writing generated samples to disk as PNG or .npy files, as batches arrive.
+
+Owns the file naming of ``medigan-iso generate`` and the documented conversion to 8-bit PNG. It writes
+only inside the output directory it is given, never follows a symlink there, never overwrites a file and
+never leaves a half-written one (each file is written to a hidden temp name, then hard-linked into place).
+
+Conversion to uint8 for PNG (``--format npy`` keeps the exact arrays):
+- uint8 as is; bool as 0/255;
+- other integer types: clipped to 0..255 when every value fits, else min-max scaled to 0..255;
+- floats: [0, 1] scaled by 255; [-1, 1] mapped by (x + 1) * 127.5; anything else clipped to 0..255;
+- NaN becomes 0.
+Shapes H×W and H×W×1 become grayscale, H×W×3 RGB, H×W×4 RGBA; 1×H×W / 3×H×W (channels first) are
+transposed. Anything else (volumes, stacks) is written as .npy with a note in the returned record.
+
+Samples: an array is ``sample_<i>.png``; a medigan tuple ``(image, mask, other, "label")`` writes
+``sample_<i>.png``, ``sample_<i>_mask.png``, ``sample_<i>_other.png`` and the label into
+``labels.csv``; a list of arrays writes ``sample_<i>_<k>.png``; None writes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["SampleWriter", "to_uint8"]
+
+TUPLE_PART_SUFFIXES = ("", "_mask", "_other")
+
+
+def to_uint8(array: npt.ArrayLike) -> npt.NDArray[np.uint8]:
+    """Convert one image array to uint8 by the rules in this module's docstring."""
+    arr = np.asarray(array)
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.size == 0 or (arr.min() >= 0 and arr.max() <= 255):
+            return arr.astype(np.uint8)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr.astype(np.float64) - lo) * (255.0 / (hi - lo))
+        return np.rint(scaled).astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        data = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        if data.size == 0:
+            return data.astype(np.uint8)
+        lo, hi = float(data.min()), float(data.max())
+        if lo >= 0.0 and hi <= 1.0:
+            data = data * 255.0
+        elif lo >= -1.0 and hi <= 1.0:
+            data = (data + 1.0) * 127.5
+        return np.rint(np.clip(data, 0.0, 255.0)).astype(np.uint8)
+    raise TypeError(f"cannot convert an array of dtype {arr.dtype} to an image")
+
+
+def _png_layout(arr: npt.NDArray[Any]) -> npt.NDArray[Any] | None:
+    """The array as H×W or H×W×C (C in 1, 3, 4) for PNG, or None when it is not an image."""
+    if arr.ndim == 2:
+        return arr
+    if arr.ndim == 3:
+        if arr.shape[2] in (1, 3, 4):
+            return arr[:, :, 0] if arr.shape[2] == 1 else arr
+        if arr.shape[0] in (1, 3, 4):
+            moved = np.moveaxis(arr, 0, -1)
+            return moved[:, :, 0] if moved.shape[2] == 1 else moved
+    return None
+
+
+def _write_exclusive(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all, never replacing an existing file.
+
+    The bytes go to a hidden temp file first, which is then hard-linked to ``path`` (the link fails if
+    ``path`` exists, symlink or not): an interrupt (Ctrl-C) never leaves a truncated image behind.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(tmp, flags, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.link(tmp, path, follow_symlinks=False)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@dataclass
+class SampleWriter:
+    """Writes samples into ``directory`` as they arrive; ``files`` lists every file written so far."""
+
+    directory: Path
+    fmt: str = "png"
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    skipped: int = 0
+    _labels: list[tuple[int, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.fmt not in ("png", "npy"):
+            raise ValueError(f"format must be 'png' or 'npy', got {self.fmt!r}")
+        self.directory = Path(self.directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.directory.is_symlink():
+            raise ValueError(f"refusing to write into {self.directory}: it is a symlink")
+
+    def write(self, index: int, sample: object) -> None:
+        """Write one sample under number ``index``."""
+        stem = f"sample_{index:05d}"
+        if sample is None:
+            self.skipped += 1
+        elif isinstance(sample, np.ndarray):
+            self._write_array(stem, sample)
+        elif isinstance(sample, tuple):
+            arrays = [part for part in sample if isinstance(part, np.ndarray)]
+            for part, suffix in zip(arrays, TUPLE_PART_SUFFIXES, strict=False):
+                self._write_array(stem + suffix, part)
+            for extra_index, part in enumerate(arrays[len(TUPLE_PART_SUFFIXES) :], start=3):
+                self._write_array(f"{stem}_{extra_index}", part)
+            for part in sample:
+                if isinstance(part, str | int | float) and not isinstance(part, bool):
+                    self._labels.append((index, str(part)))
+        elif isinstance(sample, list):
+            for k, part in enumerate(sample):
+                if isinstance(part, np.ndarray):
+                    self._write_array(f"{stem}_{k}", part)
+        else:
+            self._labels.append((index, str(sample)))
+
+    def write_batch(self, first_index: int, samples: Sequence[object]) -> None:
+        for offset, sample in enumerate(samples):
+            self.write(first_index + offset, sample)
+
+    def close(self) -> None:
+        """Write ``labels.csv`` when any sample carried a label."""
+        if not self._labels:
+            return
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["sample", "label"])
+        for index, label in self._labels:
+            writer.writerow([f"sample_{index:05d}", label])
+        path = self.directory / "labels.csv"
+        _write_exclusive(path, buffer.getvalue().encode("utf-8"))
+        self.files.append(path)
+
+    def _write_array(self, stem: str, array: npt.NDArray[Any]) -> None:
+        image = _png_layout(array) if self.fmt == "png" else None
+        if image is None:
+            if self.fmt == "png":
+                self.notes.append(f"{stem}: shape {array.shape} is not an image; wrote .npy instead")
+            buffer = io.BytesIO()
+            np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            path = self.directory / f"{stem}.npy"
+            _write_exclusive(path, buffer.getvalue())
+        else:
+            from PIL import Image  # Pillow is imported only when PNGs are written
+
+            buffer = io.BytesIO()
+            Image.fromarray(to_uint8(image)).save(buffer, format="PNG")
+            path = self.directory / f"{stem}.png"
+            _write_exclusive(path, buffer.getvalue())
+        self.files.append(path)

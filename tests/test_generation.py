@@ -1,0 +1,377 @@
+"""generate / stream / Session / the Generators facade / `medigan-iso generate`, end to end.
+
+Real parts only: a catalogue file on disk whose entries point at model packages written by the tests,
+packages verified and extracted by the packages module, envs built with uv by the envs module, and real
+runner subprocesses. One home per module so the numpy env is built once.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _model_fixtures import write_numpy_zoo
+from _pkgserver import serve
+from _zipcraft import package_zip
+
+import medigan_iso
+from medigan_iso import Generators, Session
+from medigan_iso.cli import main
+from medigan_iso.errors import (
+    EnvNotBuiltError,
+    ModelError,
+    RunnerCrashedError,
+    RunnerError,
+    UnknownModelError,
+)
+from medigan_iso.packages import tree_sha256
+
+ZOO_ID = "test-zoo"
+TUPLE_ID = "test-zoo-tuples"
+NOT_BUILT_ID = "test-not-built"
+
+
+def _entry(package_link: str, package_sha256: str, *, custom: dict[str, object], deps: list[str]) -> dict:
+    return {
+        "execution": {
+            "package_name": "zoo",
+            "package_link": package_link,
+            "package_sha256": package_sha256,
+            "model_name": "weights",
+            "extension": ".npy",
+            "image_size": [8, 8],
+            "dependencies": deps,
+            "generate_method": {
+                "name": "generate",
+                "args": {
+                    "base": ["model_file", "num_samples", "output_path", "save_images"],
+                    "custom": custom,
+                },
+            },
+        },
+        "selection": {"modality": ["test"], "tags": ["zoo"], "performance": {"FID": 1.0}},
+        "description": {"title": "test zoo"},
+    }
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """A catalogue file with three entries over one zoo package, and a home shared by the module."""
+    root = tmp_path_factory.mktemp("generation")
+    package = write_numpy_zoo(root / "catalogue" / "models" / "zoo")
+    digest = tree_sha256(package)
+    catalogue = {
+        ZOO_ID: _entry("models/zoo", digest, custom={"behaviour": "plain", "size": 8}, deps=["numpy"]),
+        TUPLE_ID: _entry("models/zoo", digest, custom={"behaviour": "tuple3", "size": 6}, deps=["numpy"]),
+        # Same package, different requirements: a different env that nobody has built.
+        NOT_BUILT_ID: _entry("models/zoo", digest, custom={}, deps=["numpy", "msgpack<1.1"]),
+    }
+    path = root / "catalogue" / "catalogue.json"
+    path.write_text(json.dumps(catalogue), encoding="utf-8")
+    home = root / "home"
+    saved = {
+        k: os.environ.get(k) for k in ("MEDIGAN_ISO_HOME", "MEDIGAN_ISO_CONFIG", "MEDIGAN_ISO_CATALOGUE_URL")
+    }
+    os.environ["MEDIGAN_ISO_HOME"] = str(home)
+    os.environ["MEDIGAN_ISO_CONFIG"] = str(path)
+    os.environ["MEDIGAN_ISO_CATALOGUE_URL"] = ""  # no official catalogue: these tests know their models
+    try:
+        yield {"catalogue": path, "home": home, "root": root}
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def session(world: dict[str, Path]) -> Iterator[Session]:
+    with Session(offline=False) as s:
+        yield s
+
+
+def test_generate_returns_the_samples_and_seeds_reproduce(world: dict[str, Path]) -> None:
+    first = medigan_iso.generate(ZOO_ID, 5, seed=7, batch_size=2)
+    again = medigan_iso.generate(ZOO_ID, 5, seed=7, batch_size=2)
+    other = medigan_iso.generate(ZOO_ID, 5, seed=8, batch_size=2)
+    assert len(first) == 5
+    assert all(isinstance(a, np.ndarray) and a.shape == (8, 8, 3) and a.dtype == np.uint8 for a in first)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_abbreviated_and_unknown_ids(session: Session) -> None:
+    with pytest.raises(UnknownModelError) as info:
+        session.generate("test-zo", 1)
+    assert info.value.model_id == "test-zo"
+    assert ZOO_ID in info.value.close_matches
+
+
+def test_custom_defaults_are_merged_with_caller_kwargs(session: Session) -> None:
+    tuples = session.generate(TUPLE_ID, 3)
+    assert [len(t) for t in tuples] == [3, 3, 3]
+    image, mask, label = tuples[0]
+    assert image.shape == (6, 6, 3) and mask.dtype == np.uint8 and label == "benign"
+    overridden = session.generate(TUPLE_ID, 2, behaviour="plain", size=4)
+    assert all(isinstance(a, np.ndarray) and a.shape == (4, 4, 3) for a in overridden)
+
+
+def test_session_keeps_one_warm_runner_per_model(session: Session) -> None:
+    pid = session.runner_info(ZOO_ID)["pid"]
+    session.generate(ZOO_ID, 3)
+    session.generate(ZOO_ID, 2, batch_size=1)
+    assert session.runner_info(ZOO_ID)["pid"] == pid
+    assert session.runner_info(TUPLE_ID)["pid"] != pid
+
+
+def test_stream_yields_batches_and_an_early_stop_keeps_the_runner(session: Session) -> None:
+    pid = session.runner_info(ZOO_ID)["pid"]
+    sizes = []
+    for batch in session.stream(ZOO_ID, 1000, batch_size=7):
+        sizes.append(len(batch))
+        if len(sizes) == 3:
+            break
+    assert sizes == [7, 7, 7]
+    assert [len(b) for b in session.stream(ZOO_ID, 5, batch_size=2)] == [2, 2, 1]
+    assert session.runner_info(ZOO_ID)["pid"] == pid
+
+
+def test_models_run_concurrently_from_threads(session: Session) -> None:
+    results: dict[str, list[object]] = {}
+    errors: list[BaseException] = []
+
+    def work(model_id: str) -> None:
+        try:
+            results[model_id] = session.generate(model_id, 20, batch_size=4, seed=3)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(m,)) for m in (ZOO_ID, TUPLE_ID)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert len(results[ZOO_ID]) == 20 and len(results[TUPLE_ID]) == 20
+    # Runners spawned for threads that have ended are still alive (PR_SET_PDEATHSIG is per thread).
+    assert len(session.generate(ZOO_ID, 1)) == 1
+
+
+def test_a_model_error_keeps_the_runner_and_carries_the_remote_traceback(session: Session) -> None:
+    pid = session.runner_info(ZOO_ID)["pid"]
+    with pytest.raises(ModelError) as info:
+        session.generate(ZOO_ID, 2, behaviour="raises")
+    assert info.value.remote_type == "ValueError"
+    assert "latent vector has the wrong size" in info.value.traceback_text
+    assert session.runner_info(ZOO_ID)["pid"] == pid
+
+
+def test_a_crash_respawns_the_runner_and_repeated_crashes_give_up(world: dict[str, Path]) -> None:
+    with Session(offline=False, max_consecutive_crashes=2) as session:
+        first_pid = session.runner_info(ZOO_ID)["pid"]
+        with pytest.raises(RunnerCrashedError) as info:
+            session.generate(ZOO_ID, 1, behaviour="exits")
+        assert info.value.returncode == 3
+        assert len(session.generate(ZOO_ID, 2)) == 2  # respawned after a backoff
+        assert session.runner_info(ZOO_ID)["pid"] != first_pid
+        for _ in range(2):
+            with pytest.raises(RunnerCrashedError):
+                session.generate(ZOO_ID, 1, behaviour="exits")
+        with pytest.raises(RunnerError) as gave_up:
+            session.generate(ZOO_ID, 1)
+        assert "failed 2 times in a row" in str(gave_up.value)
+
+
+def test_a_closed_session_refuses_work_and_stops_its_runners(world: dict[str, Path]) -> None:
+    session = Session(offline=False)
+    pid = session.runner_info(ZOO_ID)["pid"]
+    session.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"runner {pid} outlived its closed Session")
+    with pytest.raises(RunnerError, match="Session is closed"):
+        session.generate(ZOO_ID, 1)
+
+
+def test_facade_generate_saves_with_medigan_naming_or_returns_samples(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    with Generators() as generators:
+        out = tmp_path / "saved"
+        assert generators.generate(ZOO_ID, num_samples=35, output_path=out, install_dependencies=True) is None
+        names = sorted(p.name for p in out.iterdir())
+        assert len(names) == 35
+        assert {n.split("_")[1] for n in names} == {"0", "1"}  # batches of 32: batch_0_*, batch_1_*
+        samples = generators.generate(ZOO_ID, num_samples=3, save_images=False)
+        assert len(samples) == 3 and all(isinstance(s, np.ndarray) for s in samples)
+
+
+def test_facade_generate_function_keeps_the_runner_warm(world: dict[str, Path]) -> None:
+    with Generators() as generators:
+        gen = generators.get_generate_function(ZOO_ID, num_samples=4, install_dependencies=True)
+        pid = generators.session.runner_info(ZOO_ID)["pid"]
+        assert len(gen()) == 4
+        assert len(gen(num_samples=2, size=3)) == 2
+        assert gen(num_samples=1, size=3)[0].shape == (3, 3, 3)
+        assert generators.session.runner_info(ZOO_ID)["pid"] == pid
+
+
+def test_facade_without_install_dependencies_names_the_build_command(world: dict[str, Path]) -> None:
+    with Generators() as generators, pytest.raises(EnvNotBuiltError) as info:
+        generators.generate(NOT_BUILT_ID, num_samples=1, save_images=False)
+    assert info.value.model_id == NOT_BUILT_ID
+    assert info.value.command == f"medigan-iso env build {NOT_BUILT_ID}"
+    assert f"medigan-iso env build {NOT_BUILT_ID}" in str(info.value)
+
+
+def test_facade_find_and_generate(world: dict[str, Path]) -> None:
+    with Generators() as generators:
+        ranked = generators.find_models_rank_and_generate(
+            ["zoo"], metric="FID", num_samples=2, save_images=False, install_dependencies=True
+        )
+        assert len(ranked) == 2
+        # Three models match "zoo": find_model_and_generate needs exactly one and returns None.
+        assert generators.find_model_and_generate(["zoo"], num_samples=1, save_images=False) is None
+
+
+def test_cli_generate_writes_pngs_masks_and_labels(world: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    code = main(["generate", TUPLE_ID, "-n", "5", "-o", str(out), "--batch-size", "2", "--seed", "1"])
+    assert code == 0
+    assert sorted(p.name for p in out.glob("sample_*.png") if "_mask" not in p.name) == [
+        f"sample_{i:05d}.png" for i in range(5)
+    ]
+    assert len(list(out.glob("sample_*_mask.png"))) == 5
+    with (out / "labels.csv").open(encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["sample", "label"] and {r[1] for r in rows[1:]} == {"benign"}
+
+
+def test_cli_generate_npy_keeps_exact_arrays_and_set_overrides(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "npy"
+    code = main(["generate", ZOO_ID, "-n", "3", "-o", str(out), "--format", "npy", "--set", "size=5"])
+    assert code == 0
+    arrays = [np.load(p, allow_pickle=False) for p in sorted(out.glob("*.npy"))]
+    assert [a.shape for a in arrays] == [(5, 5, 3)] * 3
+
+
+def test_cli_generate_refuses_to_overwrite_existing_files(world: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    assert main(["generate", ZOO_ID, "-n", "1", "-o", str(out)]) == 0
+    before = (out / "sample_00000.png").read_bytes()
+    with pytest.raises(FileExistsError):
+        main(["generate", ZOO_ID, "-n", "1", "-o", str(out), "--seed", "5"])
+    assert (out / "sample_00000.png").read_bytes() == before
+
+
+def test_ctrl_c_stops_the_runner_and_keeps_what_was_written(world: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "interrupted"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from medigan_iso.cli import main
+        sys.exit(main(["generate", {ZOO_ID!r}, "-n", "100000", "-o", {str(out)!r}, "--batch-size", "1",
+                       "--format", "npy"]))
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.glob("*.npy"))) < 5:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    kept = list(out.glob("*.npy"))
+    assert len(kept) >= 5
+    assert all(np.load(p).shape == (8, 8, 3) for p in kept)  # every kept file is whole
+    assert not list(out.glob(".*.part"))
+    assert _wait_until_no_runner_of(proc.pid)
+
+
+def _runners_of(host_pid: int) -> list[int]:
+    """Live runner processes started by ``host_pid`` (they carry its pid in their environment)."""
+    marker = f"MEDIGAN_ISO_RUNNER_PARENT_PID={host_pid}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def _wait_until_no_runner_of(host_pid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _runners_of(host_pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("nested", [True, False], ids=["package-folder-layout", "root-layout"])
+def test_zipped_packages_served_over_http_generate_in_both_layouts(
+    world: dict[str, Path], tmp_path: Path, nested: bool
+) -> None:
+    """The whole chain: catalogue → download from 127.0.0.1 → verify → safe-extract → env → runner."""
+    source = write_numpy_zoo(tmp_path / "src")
+    prefix = "ProGAN-4ch/" if nested else ""
+    archive = package_zip({prefix + p.name: p.read_bytes() for p in sorted(source.iterdir()) if p.is_file()})
+    with serve() as server:
+        server.state.files["/zoo.zip"] = archive
+        entry = _entry(
+            server.url("/zoo.zip"),
+            hashlib.sha256(archive).hexdigest(),
+            custom={"behaviour": "tuple4", "size": 5},
+            deps=["numpy"],
+        )
+        entry["execution"]["package_name"] = "ProGAN-4ch"
+        catalogue = tmp_path / "remote.json"
+        catalogue.write_text(json.dumps({"test-remote-zoo": entry}), encoding="utf-8")
+        with Session(config=catalogue, offline=False) as session:
+            samples = session.generate("test-remote-zoo", 3, seed=1)
+        assert len(server.state.gets("/zoo.zip")) == 1
+    image, mask, other, label = samples[0]
+    assert image.shape == (5, 5, 3) and mask.shape == (5, 5) and other.dtype == np.float32
+    assert label == "malignant"
+
+
+def test_cli_generate_grid_writes_a_contact_sheet(world: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    grid = tmp_path / "grid.png"
+    code = main(
+        ["generate", ZOO_ID, "-n", "6", "-o", str(tmp_path / "g"), "--grid", str(grid), "--set", "size=10"]
+    )
+    assert code == 0
+    with Image.open(grid) as sheet:
+        width, height = sheet.size
+    # six 10x10 tiles: wider and taller than one tile, smaller than six in a row
+    assert 10 < width < 6 * 10 + 7 * 2 + 1 and 10 <= height
+    assert len(list((tmp_path / "g").glob("sample_*.png"))) == 6
