@@ -15,7 +15,8 @@ shipped weights) because float reductions depend on it.
 Recipe: DCGAN generator (BatchNorm, ReLU, tanh); discriminator with spectral norm and a minibatch-stddev
 channel; hinge loss; Adam 2e-4, betas (0.5, 0.999); batch 64; 2000 steps over 8000 phantoms; plus a
 diversity floor on the generator (see the training loop), without which this data set collapsed to one
-phantom; BatchNorm statistics are recomputed for the final weights.
+phantom; BatchNorm statistics are recomputed for the final weights. The log of the run behind the shipped
+weights is demo_models/train_log_shipped.json.
 """
 
 from __future__ import annotations

@@ -66,6 +66,7 @@ def _calls(tmp: Path) -> list[dict[str, Any]]:
         {"name": "bad_latent", "num_samples": 3, "latent_file": str(tmp / "latent_bad.npy")},
         {"name": "bad_kwarg", "seed": SEED, "num_samples": 1, "kwargs": {"temperature": 2}},
         {"name": "bad_output", "seed": SEED, "num_samples": 1, "kwargs": {"output": "png"}},
+        {"name": "save_without_path", "seed": SEED, "num_samples": 1, "save_images": True},
     ]
 
 
@@ -163,6 +164,10 @@ def test_bad_arguments_raise_value_errors_with_a_remedy(demo_runs, model_id):
     assert calls["bad_output"] == {
         "error_type": "ValueError",
         "error": "output must be one of ('uint8', 'float'), got 'png'",
+    }
+    assert calls["save_without_path"] == {
+        "error_type": "ValueError",
+        "error": "save_images=True needs output_path: pass the directory to write the PNGs into",
     }
 
 

@@ -85,6 +85,8 @@ def generate(
         )
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if save_images and output_path is None:
+        raise ValueError("save_images=True needs output_path: pass the directory to write the PNGs into")
     model = _load(os.fspath(model_file))
     z = _latents(num_samples, input_latent_vector)
     # model(x, training=False) rather than model.predict: predict draws a progress bar on stdout.
