@@ -28,7 +28,7 @@ LATENT_SIZE = 100
 LAYER_COUNT = 5
 STRIDES = (1, 2, 2, 2, 2)
 PADDINGS = (0, 1, 1, 1, 1)
-CHUNK_SAMPLES = 64  # forward-pass chunk: bounds the im2col buffer (about 10 MB per chunk)
+CHUNK_SAMPLES = 64  # forward-pass chunk: bounds the scatter-add patch buffer (about 17 MB per chunk)
 OUTPUTS = ("uint8", "float")
 
 
