@@ -7,7 +7,8 @@ JSON Schemas in ``schemas/`` (lenient for medigan's own entries, strict for cont
 
 Sources, later overriding earlier (an overriding entry keeps the position of the one it replaces):
 
-1. the bundled catalogue, ``medigan_iso/data/bundled_catalogue.json`` (demo models shipped in the wheel);
+1. the bundled catalogue, ``medigan_iso/data/bundled_catalogue.json`` (demo models shipped in the wheel;
+   ``$MEDIGAN_ISO_BUNDLED=0`` leaves them out, for a catalogue of upstream models alone);
 2. the official medigan catalogue (:data:`OFFICIAL_CATALOGUE_URL`, or ``$MEDIGAN_ISO_CATALOGUE_URL``; an
    empty value disables it): offline or unreachable, the last cached copy, else it is skipped;
 3. ``<cache>/catalogues/local_models.json``, where ``Generators.add_model_to_config`` stores additions;
@@ -45,6 +46,7 @@ from medigan_iso.paths import cache_layout
 
 __all__ = [
     "BUNDLED_CATALOGUE_NAME",
+    "BUNDLED_ENV",
     "CATALOGUE_URL_ENV",
     "CONFIG_ENV",
     "LOCAL_CATALOGUE_NAME",
@@ -66,6 +68,7 @@ logger = logging.getLogger(__name__)
 
 OFFICIAL_CATALOGUE_URL = "https://raw.githubusercontent.com/RichardObi/medigan/main/config/global.json"
 CATALOGUE_URL_ENV = "MEDIGAN_ISO_CATALOGUE_URL"
+BUNDLED_ENV = "MEDIGAN_ISO_BUNDLED"
 CONFIG_ENV = "MEDIGAN_ISO_CONFIG"
 OFFLINE_ENV = "MEDIGAN_ISO_OFFLINE"
 BUNDLED_CATALOGUE_NAME = "bundled_catalogue.json"
@@ -736,13 +739,19 @@ def load_catalogue(
     ``$MEDIGAN_ISO_OFFLINE``; offline, no network is touched and URLs come from the cache.
     ``official_url`` defaults to ``$MEDIGAN_ISO_CATALOGUE_URL`` or :data:`OFFICIAL_CATALOGUE_URL`
     (``""`` disables it). ``bundled_catalogue`` replaces the packaged bundled catalogue file (its
-    entries are ``is_bundled``; relative package links resolve against its folder).
+    entries are ``is_bundled``; relative package links resolve against its folder); without it,
+    ``$MEDIGAN_ISO_BUNDLED=0`` leaves the bundled demo models out.
     Raises CatalogueSourceError or CatalogueValidationError.
     """
     offline = is_offline(offline)
     max_age = CATALOGUE_MAX_AGE_S if max_age_s is None else max_age_s
     sources: list[_Source] = []
-    bundled = _bundled_source(None if bundled_catalogue is None else Path(bundled_catalogue))
+    include_bundled = os.environ.get(BUNDLED_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    bundled = (
+        _bundled_source(None if bundled_catalogue is None else Path(bundled_catalogue))
+        if include_bundled or bundled_catalogue is not None
+        else None
+    )
     if bundled is not None:
         sources.append(bundled)
     url = os.environ.get(CATALOGUE_URL_ENV, OFFICIAL_CATALOGUE_URL) if official_url is None else official_url

@@ -35,3 +35,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MEDIGAN_ISO_HOME", str(root))
     monkeypatch.setenv("MEDIGAN_ISO_OFFLINE", "1")
     return root
+
+
+@pytest.fixture
+def upstream_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leave the bundled demo models out: for tests that compare with medigan 1.0 on upstream entries."""
+    monkeypatch.setenv("MEDIGAN_ISO_BUNDLED", "0")

@@ -16,6 +16,9 @@ from medigan_iso.catalogue import LOCAL_CATALOGUE_NAME, load_catalogue
 from medigan_iso.errors import ConfigKeyError, UnknownModelError
 from medigan_iso.paths import cache_layout
 
+# Catalogue counts and medigan 1.0 comparisons are about upstream entries: leave the demo models out.
+pytestmark = pytest.mark.usefixtures("upstream_only")
+
 DCGAN_MAMMOGRAPHY = ["00001_DCGAN_MMG_CALC_ROI", "00002_DCGAN_MMG_MASS_ROI", "00005_DCGAN_MMG_MASS_ROI"]
 
 

@@ -25,6 +25,9 @@ FIXTURES_DIR = Path(
     os.environ.get("MEDIGAN_ISO_SHARED_FIXTURES")
     or Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
 )
+
+# Catalogue counts and medigan 1.0 comparisons are about upstream entries: leave the demo models out.
+pytestmark = pytest.mark.usefixtures("upstream_only")
 SHA = "ab" * 32
 
 
@@ -295,7 +298,7 @@ def test_catalogue_is_a_comparable_hashable_value(upstream: Catalogue, shared_fi
     assert again == upstream and hash(again) == hash(upstream)
     assert again.resolve(1) == upstream.resolve(1)
     path = shared_fixtures / "medigan_global.json"
-    assert repr(upstream) == f"Catalogue(23 models from ['<bundled bundled_catalogue.json>', '{path}'])"
+    assert repr(upstream) == f"Catalogue(23 models from ['{path}'])"
 
 
 def test_with_entry_replaces_in_place_and_appends_new_ids(upstream: Catalogue) -> None:
@@ -366,10 +369,16 @@ def test_relative_package_link_is_kept_with_the_catalogue_dir(tmp_path: Path, ho
     assert (loaded.catalogue_dir / loaded.package_link) == tmp_path.resolve() / "models" / "demo_numpy"
 
 
-def test_bundled_catalogue_is_always_a_source(home: Path) -> None:
+def test_bundled_catalogue_is_a_source_unless_switched_off(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDIGAN_ISO_BUNDLED", "1")
     catalogue = load_catalogue([])
     assert catalogue.sources == ("<bundled bundled_catalogue.json>",)
+    assert catalogue.ids() == ("demo-numpy", "demo-torch", "demo-tf")
     assert all(entry.is_bundled for entry in catalogue)
+    monkeypatch.setenv("MEDIGAN_ISO_BUNDLED", "0")
+    assert load_catalogue([]).sources == ()
 
 
 def test_strict_loading_rejects_upstream_entries(shared_fixtures: Path, home: Path) -> None:

@@ -19,6 +19,9 @@ from medigan_iso.catalogue import load_catalogue
 from medigan_iso.errors import CatalogueSourceError
 from medigan_iso.paths import cache_layout
 
+# Catalogue counts and medigan 1.0 comparisons are about upstream entries: leave the demo models out.
+pytestmark = pytest.mark.usefixtures("upstream_only")
+
 ENTRY: dict[str, Any] = {
     "execution": {
         "package_name": "demo",

@@ -13,6 +13,9 @@ import pytest
 
 from medigan_iso.cli import main
 
+# Catalogue counts and medigan 1.0 comparisons are about upstream entries: leave the demo models out.
+pytestmark = pytest.mark.usefixtures("upstream_only")
+
 DCGAN_MAMMOGRAPHY = ["00001_DCGAN_MMG_CALC_ROI", "00002_DCGAN_MMG_MASS_ROI", "00005_DCGAN_MMG_MASS_ROI"]
 
 
@@ -30,6 +33,7 @@ def _model_lines(out: str) -> list[str]:
 def test_search_mammography_dcgan_prints_the_three_dcgan_mammography_models(
     fixtures_config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+
     assert main(["search", "mammography", "dcgan"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["MODEL", "TITLE"]
@@ -84,14 +88,17 @@ def test_list_prints_every_model(fixtures_config: Path, capsys: pytest.CaptureFi
     assert len(lines) == 23 and lines[0] == "00001_DCGAN_MMG_CALC_ROI"
     assert main(["list", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data[18] == {"model_id": "00019_PGGAN_CHEST_XRAY", "type": "PGGAN", "title": data[18]["title"]}
+    assert data[18] == {
+        "model_id": "00019_PGGAN_CHEST_XRAY",
+        "type": "PGGAN",
+        "title": data[18]["title"],
+        "demo": False,
+    }
 
 
 def test_list_of_an_empty_catalogue_names_its_sources(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list"]) == 0
-    assert (
-        capsys.readouterr().out == "no models in the catalogue (sources: <bundled bundled_catalogue.json>)\n"
-    )
+    assert capsys.readouterr().out == "no models in the catalogue (sources: none)\n"
 
 
 def test_info_accepts_abbreviated_ids_and_config_flags(

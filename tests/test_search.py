@@ -25,6 +25,9 @@ from medigan_iso.search import (
     rank_models,
 )
 
+# Catalogue counts and medigan 1.0 comparisons are about upstream entries: leave the demo models out.
+pytestmark = pytest.mark.usefixtures("upstream_only")
+
 DATA = Path(__file__).resolve().parent / "data"
 CASES = json.loads((DATA / "search_cases.json").read_text())
 MEDIGAN = json.loads((DATA / "medigan_1_0_0_results.json").read_text())
@@ -51,7 +54,11 @@ FIXED: dict[str, Any] = {
 @pytest.fixture(scope="module")
 def upstream(shared_fixtures: Path, tmp_path_factory: pytest.TempPathFactory) -> Catalogue:
     home = tmp_path_factory.mktemp("home")
-    return load_catalogue(shared_fixtures / "medigan_global.json", home=home, offline=True, official_url="")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDIGAN_ISO_BUNDLED", "0")  # module scope: the upstream_only fixture is not yet active
+        return load_catalogue(
+            shared_fixtures / "medigan_global.json", home=home, offline=True, official_url=""
+        )
 
 
 @pytest.fixture

@@ -92,12 +92,18 @@ def _list(args: argparse.Namespace) -> int:
     catalogue = _catalogue(args)
     models = [ModelInfo.from_entry(entry) for entry in catalogue]
     if args.json:
-        _print_json([{"model_id": m.model_id, "type": m.type, "title": m.title} for m in models])
+        _print_json(
+            [{"model_id": m.model_id, "type": m.type, "title": m.title, "demo": m.is_bundled} for m in models]
+        )
         return EXIT_OK
     if not models:
-        print("no models in the catalogue (sources: " + ", ".join(catalogue.sources) + ")")
+        print("no models in the catalogue (sources: " + (", ".join(catalogue.sources) or "none") + ")")
         return EXIT_OK
-    rows = [(m.model_id, m.type or "", _shorten(m.title, TITLE_WIDTH)) for m in models]
+    # Bundled models are the demos that ship with medigan_iso (they run offline); say so in the title.
+    rows = [
+        (m.model_id, m.type or "", _shorten(("[demo] " if m.is_bundled else "") + m.title, TITLE_WIDTH))
+        for m in models
+    ]
     print(_table(("MODEL", "TYPE", "TITLE"), rows))
     return EXIT_OK
 
