@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -59,6 +60,7 @@ def register(subparsers: Any) -> None:
     listing = sub.add_parser(
         "list", help="envs with their own disk use, last use and the models sharing them"
     )
+    listing.add_argument("--json", action="store_true", help="print JSON for scripts")
     listing.set_defaults(handler=_list)
 
     path = sub.add_parser("path", help="print the directory of MODEL's env (never builds)")
@@ -151,13 +153,29 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list(_args: argparse.Namespace) -> int:
-    infos = list_envs()
+def _list(args: argparse.Namespace) -> int:
+    infos = sorted(list_envs(), key=lambda i: -(i.last_use or 0))
+    if args.json:
+        rows = [
+            {
+                "key": i.key,
+                "path": str(i.path),
+                "valid": i.valid,
+                "own_bytes": i.own_bytes,
+                "last_use": i.last_use,
+                "builder": i.builder,
+                "python": i.python_version,
+                "models": list(i.models),
+            }
+            for i in infos
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
     if not infos:
         print(f"no envs under {cache_layout().envs}")
         return 0
     print(f"{'KEY':16}  {'OWN MB':>8}  {'LAST USE':19}  {'BUILDER':10}  {'PYTHON':7}  MODELS")
-    for info in sorted(infos, key=lambda i: -(i.last_use or 0)):
+    for info in infos:
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.last_use)) if info.last_use else "never"
         builder = info.builder if info.valid else "BROKEN"
         print(
