@@ -26,6 +26,7 @@ from medigan_iso.errors import (
     ProtocolError,
     RunnerCrashedError,
     RunnerError,
+    RunnerStartError,
     RunnerTimeoutError,
 )
 from medigan_iso.packages import ModelPackage, ensure_package
@@ -364,8 +365,9 @@ class Session:
                     request.close()
                     raise
                 request.close()
-            except (RunnerCrashedError, RunnerTimeoutError, ProtocolError) as exc:
-                # The runner is gone or cannot be trusted: drop it; the next call respawns with backoff.
+            except (RunnerCrashedError, RunnerStartError, RunnerTimeoutError, ProtocolError) as exc:
+                # The runner is gone, never came up, or cannot be trusted: drop it; the next call
+                # respawns with backoff, and repeated failures stop the respawning.
                 slot.consecutive_crashes += 1
                 slot.last_failure = exc
                 self._drop_runner(slot)

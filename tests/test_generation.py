@@ -34,6 +34,7 @@ from medigan_iso.errors import (
     ModelError,
     RunnerCrashedError,
     RunnerError,
+    RunnerStartError,
     UnknownModelError,
 )
 from medigan_iso.packages import tree_sha256
@@ -376,3 +377,19 @@ def test_cli_generate_grid_writes_a_contact_sheet(world: dict[str, Path], tmp_pa
     assert 10 < width < 6 * 10 + 7 * 2 + 1
     assert height >= 10
     assert len(list((tmp_path / "g").glob("sample_*.png"))) == 6
+
+
+def test_a_runner_that_cannot_start_is_retried_with_backoff_then_given_up(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    with Session(home=tmp_path / "own-home", offline=False, max_consecutive_crashes=2) as session:
+        env = session.prepare(ZOO_ID).env
+        env.python.unlink()  # the env's interpreter vanishes after the env was checked
+        for _ in range(2):
+            with pytest.raises(RunnerStartError) as info:
+                session.generate(ZOO_ID, 1)
+            assert str(env.python) in str(info.value)
+        with pytest.raises(RunnerError) as gave_up:
+            session.generate(ZOO_ID, 1)
+        assert not isinstance(gave_up.value, RunnerStartError)
+        assert "failed 2 times in a row" in str(gave_up.value)
