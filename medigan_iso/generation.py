@@ -37,6 +37,15 @@ from medigan_iso.runner_process import (
     RunnerProcess,
     Sample,
 )
+from medigan_iso.sandbox import (
+    HostSupport,
+    SandboxConfig,
+    plan_launch,
+    probe_host,
+    resolve_policy,
+    stricter,
+    verify_hello,
+)
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -69,6 +78,7 @@ class _Slot:
     prepared: PreparedModel
     lock: threading.Lock = field(default_factory=threading.Lock)
     runner: RunnerProcess | None = None
+    output_dir: Path | None = None  # the writable directory the runner's sandbox was given
     consecutive_crashes: int = 0
     last_failure: BaseException | None = None
 
@@ -82,6 +92,11 @@ class Session:
     ``install_dependencies`` allows building a model's env when none exists (otherwise
     :class:`~medigan_iso.errors.EnvNotBuiltError` names the command that builds it). ``config`` takes
     catalogue sources (as :func:`~medigan_iso.catalogue.load_catalogue`) or a loaded Catalogue.
+
+    ``sandbox`` is a policy (``"off" | "auto" | "require"``) or a :class:`~medigan_iso.sandbox.SandboxConfig`;
+    None reads ``$MEDIGAN_ISO_SANDBOX`` (default ``auto``). A catalogue entry's ``execution.sandbox.policy``
+    can only make it stricter. A sandboxed runner can write only to the output directory it was started
+    with; :meth:`save` into another directory restarts it.
     """
 
     def __init__(
@@ -96,7 +111,10 @@ class Session:
         ready_timeout_s: float = RUNNER_READY_TIMEOUT_S,
         inactivity_timeout_s: float = RUNNER_INACTIVITY_TIMEOUT_S,
         max_consecutive_crashes: int = MAX_CONSECUTIVE_CRASHES,
+        sandbox: str | SandboxConfig | None = None,
     ) -> None:
+        self._sandbox = resolve_policy(sandbox)
+        self._support: HostSupport | None = None
         self._config = None if isinstance(config, Catalogue) else config
         self._home = None if home is None else Path(home)
         self._offline = offline
@@ -188,12 +206,14 @@ class Session:
 
     # --- runners --------------------------------------------------------------------------------------
 
-    def _warm_runner(self, slot: _Slot) -> RunnerProcess:
+    def _warm_runner(self, slot: _Slot, *, output_dir: Path | None = None) -> RunnerProcess:
         """The slot's live runner, spawning (with backoff after crashes) and loading one when needed.
 
-        Call with ``slot.lock`` held.
+        A runner confined to another output directory than ``output_dir`` is replaced. Call with
+        ``slot.lock`` held.
         """
-        if slot.runner is not None and slot.runner.is_alive():
+        usable = output_dir is None or output_dir == slot.output_dir or self._sandbox.policy == "off"
+        if slot.runner is not None and slot.runner.is_alive() and usable:
             return slot.runner
         if slot.runner is not None:
             slot.runner.close()
@@ -209,7 +229,8 @@ class Session:
             backoff = RESPAWN_BACKOFF_S[min(slot.consecutive_crashes, len(RESPAWN_BACKOFF_S)) - 1]
             logger.warning("respawning the runner for %s in %.1f s", model_id, backoff)
             time.sleep(backoff)
-        runner = self._spawn(slot.prepared)
+        runner = self._spawn(slot.prepared, output_dir=output_dir)
+        slot.output_dir = output_dir
         try:
             package = slot.prepared.package
             runner.load(
@@ -225,19 +246,39 @@ class Session:
         slot.runner = runner
         return runner
 
-    def _spawn(self, prepared: PreparedModel) -> RunnerProcess:
+    def _spawn(self, prepared: PreparedModel, *, output_dir: Path | None = None) -> RunnerProcess:
         self._check_open()
+        config = stricter(self._sandbox, prepared.entry.sandbox)
+        if config.policy != "off" and self._support is None:
+            self._support = probe_host(bwrap=config.bwrap)
+        plan = plan_launch(
+            config,
+            python=prepared.env.python,
+            package_root=prepared.package.root,
+            output_dir=output_dir,
+            support=self._support,
+            model_id=prepared.entry.model_id,
+        )
         layout = cache_layout(self._home).ensure()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in prepared.entry.model_id)
         log_path = layout.logs / f"runner-{safe_id}-{stamp}-{os.getpid()}-{threading.get_ident()}.log"
-        return RunnerProcess.start(
+        runner = RunnerProcess.start(
             prepared.env.python,
             log_path=log_path,
             ready_timeout_s=self._ready_timeout_s,
             inactivity_timeout_s=self._inactivity_timeout_s,
             model_id=prepared.entry.model_id,
+            command_prefix=plan.command_prefix,
+            env_overrides=plan.env_overrides,
         )
+        try:
+            verify_hello(plan, runner.hello, model_id=prepared.entry.model_id)
+        except BaseException:
+            runner.close()
+            raise
+        runner.hello["sandbox_layers"] = list(plan.layers)
+        return runner
 
     def runner_info(self, model_id: str | int) -> dict[str, Any]:
         """The warm runner's hello (python, package versions, pid), starting the runner if needed."""
@@ -349,7 +390,8 @@ class Session:
         """
         with slot.lock:
             try:
-                runner = self._warm_runner(slot)
+                writable = Path(output_path) if save_images and output_path is not None else None
+                runner = self._warm_runner(slot, output_dir=writable)
                 request = runner.generate(
                     num_samples,
                     batch_size=batch_size or DEFAULT_BATCH_SIZE,
@@ -401,6 +443,7 @@ def generate(
     seed: int | None = None,
     output_path: str | os.PathLike[str] | None = None,
     config: ConfigSource | Sequence[ConfigSource] | None = None,
+    sandbox: str | SandboxConfig | None = None,
     **model_kwargs: Any,
 ) -> list[Sample]:
     """Generate ``num_samples`` samples with ``model_id`` in its own env and return them.
@@ -408,7 +451,7 @@ def generate(
     Builds the model's env on first use. For many calls keep a :class:`Session` open instead, so the
     runner (and the model's weights) stay loaded.
     """
-    with Session(config=config) as session:
+    with Session(config=config, sandbox=sandbox) as session:
         return session.generate(
             model_id, num_samples, batch_size=batch_size, seed=seed, output_path=output_path, **model_kwargs
         )
@@ -422,11 +465,12 @@ def stream(
     seed: int | None = None,
     output_path: str | os.PathLike[str] | None = None,
     config: ConfigSource | Sequence[ConfigSource] | None = None,
+    sandbox: str | SandboxConfig | None = None,
     **model_kwargs: Any,
 ) -> Iterator[list[Sample]]:
     """Yield the samples of ``model_id`` batch by batch, with bounded host memory for any ``num_samples``."""
     _check_counts(num_samples, batch_size)
-    with Session(config=config) as session:
+    with Session(config=config, sandbox=sandbox) as session:
         yield from session.stream(
             model_id, num_samples, batch_size=batch_size, seed=seed, output_path=output_path, **model_kwargs
         )
