@@ -20,8 +20,9 @@ seccomp, landlock, rlimits
     applied by the *trampoline*: the env's interpreter started with ``-I -S`` (no site, so no ``.pth`` file
     runs) executing :data:`TRAMPOLINE_SOURCE`, which sets rlimits, ``PR_SET_NO_NEW_PRIVS``, a Landlock
     ruleset (file system, TCP and, where the kernel has them, abstract-socket and signal scopes) and the
-    seccomp filter, then ``execv``\\s the runner. Inside bubblewrap the trampoline runs after the namespaces
-    exist (Landlock forbids the mounts bubblewrap makes, so it cannot come first).
+    seccomp filter, then runs ``site`` (the env's ``.pth`` files execute now, confined) and the runner
+    module in the same process (any other command is ``execv``\\ed). Inside bubblewrap the trampoline
+    runs after the namespaces exist (Landlock forbids the mounts bubblewrap makes, so it cannot come first).
 
 ``auto`` applies what the machine has and logs what it could not; ``require`` raises
 :class:`~medigan_iso.errors.SandboxError` naming the missing layer and how to get it.
@@ -433,7 +434,18 @@ if sc:
     prog = Prog(len(raw) // 8, ctypes.addressof(filt))
     if libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:
         fail("seccomp")
-os.execv(sys.argv[2], sys.argv[2:])
+argv = sys.argv[2:]
+same = os.path.realpath(argv[0]) == os.path.realpath(sys.executable)
+if same and len(argv) == 4 and argv[1:3] == ["-I", "-m"]:
+    # The same interpreter, already isolated (-I): skip a second interpreter start. site runs now, under
+    # the confinement (this is when the env's .pth files execute), then the module as __main__.
+    del cfg, ll, sc
+    sys.argv = [argv[0]]
+    import runpy, site
+    site.main()
+    runpy.run_module(argv[3], run_name="__main__", alter_sys=True)
+    sys.exit(0)
+os.execv(argv[0], argv)
 """
 
 
