@@ -28,6 +28,7 @@ from medigan_iso.errors import (
     RunnerError,
     RunnerTimeoutError,
 )
+from medigan_iso.images import non_regular_entries
 from medigan_iso.packages import ModelPackage, ensure_package
 from medigan_iso.paths import cache_layout
 from medigan_iso.runner_process import (
@@ -97,6 +98,9 @@ class Session:
     None reads ``$MEDIGAN_ISO_SANDBOX`` (default ``auto``). A catalogue entry's ``execution.sandbox.policy``
     can only make it stricter. A sandboxed runner can write only to the output directory it was started
     with; :meth:`save` into another directory restarts it.
+
+    ``strict`` is the strict supply-chain mode: the catalogue is validated strictly, every package must pin
+    ``package_sha256`` and envs install hash-pinned wheels only (no sdist build script runs).
     """
 
     def __init__(
@@ -112,8 +116,10 @@ class Session:
         inactivity_timeout_s: float = RUNNER_INACTIVITY_TIMEOUT_S,
         max_consecutive_crashes: int = MAX_CONSECUTIVE_CRASHES,
         sandbox: str | SandboxConfig | None = None,
+        strict: bool = False,
     ) -> None:
         self._sandbox = resolve_policy(sandbox)
+        self._strict = strict
         self._support: HostSupport | None = None
         self._config = None if isinstance(config, Catalogue) else config
         self._home = None if home is None else Path(home)
@@ -158,7 +164,9 @@ class Session:
     def catalogue(self) -> Catalogue:
         with self._lock:
             if self._catalogue is None:
-                self._catalogue = load_catalogue(self._config, home=self._home, offline=self._offline)
+                self._catalogue = load_catalogue(
+                    self._config, home=self._home, offline=self._offline, strict=self._strict
+                )
             return self._catalogue
 
     def resolve(self, model_id: str | int) -> ModelEntry:
@@ -185,7 +193,9 @@ class Session:
                 slot = self._slots.get(entry.model_id)
             if slot is not None:
                 return slot
-            package = ensure_package(entry, home=self._home, offline=self._offline)
+            package = ensure_package(
+                entry, home=self._home, offline=self._offline, require_hashes=self._strict
+            )
             env = ensure_env(
                 entry,
                 home=self._home,
@@ -193,6 +203,7 @@ class Session:
                 index_url=self._index_url,
                 find_links=self._find_links,
                 offline=self._offline,
+                strict=self._strict,
             )
             slot = _Slot(PreparedModel(entry=entry, package=package, env=env))
             with self._lock:
@@ -356,7 +367,12 @@ class Session:
         """
         _check_counts(num_samples, batch_size)
         out = Path(output_path)
+        if out.is_symlink():
+            # A model that wrote into a parent output directory may have planted it; bubblewrap would bind
+            # (make writable) wherever it points.
+            raise ValueError(f"refusing to use {out} as an output directory: it is a symlink")
         out.mkdir(parents=True, exist_ok=True)
+        out = out.resolve(strict=True)
         slot = self._slot(model_id)
         with self._request(
             slot,
@@ -369,6 +385,16 @@ class Session:
         ) as request:
             for _ in request:
                 pass
+            odd = non_regular_entries(out)
+            if odd:
+                # The output directory is hostile after a run: report, never follow or open these.
+                logger.warning(
+                    "model %s left %d entries that are not regular files in %s (not followed): %s",
+                    slot.prepared.entry.model_id,
+                    len(odd),
+                    out,
+                    ", ".join(f"{path.name} ({kind})" for path, kind in odd[:10]),
+                )
             return request.files
 
     @contextlib.contextmanager

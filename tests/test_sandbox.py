@@ -460,3 +460,13 @@ def test_a_disk_fill_stops_at_the_file_size_limit(open_session: type[Session], t
 def test_a_catalogue_entry_demanding_require_gets_the_whole_stack(open_session: type[Session]) -> None:
     session = open_session(sandbox="auto")
     assert "bubblewrap" in session.runner_info(ADV_STRICT)["sandbox_layers"]
+
+
+def test_save_refuses_a_symlinked_output_directory(open_session: type[Session], tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / "out"
+    link.symlink_to(target)
+    with pytest.raises(ValueError, match="it is a symlink"):
+        open_session(sandbox="off").save(ADV, 1, link)
+    assert list(target.iterdir()) == []
