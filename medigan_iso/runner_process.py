@@ -95,6 +95,24 @@ _ALLOWED_ENV = (
 
 _T = TypeVar("_T")
 
+# The POSIX locale categories only: ssh's AcceptEnv LC_* lets clients smuggle arbitrary LC_-named variables
+# (tokens included) into a session, so a prefix match would pass them on.
+_LOCALE_ENV = (
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_NUMERIC",
+    "LC_TIME",
+    "LC_COLLATE",
+    "LC_MONETARY",
+    "LC_MESSAGES",
+    "LC_PAPER",
+    "LC_NAME",
+    "LC_ADDRESS",
+    "LC_TELEPHONE",
+    "LC_MEASUREMENT",
+    "LC_IDENTIFICATION",
+)
+
 Sample = Any
 """One generated sample: ndarray | tuple | list | dict | None | str | bytes | int | float | bool."""
 
@@ -111,7 +129,7 @@ def runner_environment(
     """
     source = os.environ if source is None else source
     env = {key: source[key] for key in _ALLOWED_ENV if key in source}
-    env.update({key: value for key, value in source.items() if key.startswith("LC_")})
+    env.update({key: source[key] for key in _LOCALE_ENV if key in source})
     env.setdefault("PATH", os.defpath)
     home = private_dir / "home"
     tmp = private_dir / "tmp"

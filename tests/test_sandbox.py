@@ -359,6 +359,7 @@ def test_environment_canaries_never_reach_the_model(
         "LD_PRELOAD": "",
         "LD_LIBRARY_PATH": "/canary-ld-library-path",
         "MEDIGAN_ISO_CANARY_SECRET": "canary-medigan-e3",
+        "LC_SMUGGLED_TOKEN": "canary-lc-4d2",  # ssh AcceptEnv LC_* passes any LC_ name
     }
     for key, value in canaries.items():
         monkeypatch.setenv(key, value)
