@@ -25,10 +25,20 @@ from pathlib import Path
 
 import pytest
 from _adversary import write_adversary
+from _envs_for_tests import build_runner_env
+from _model_fixtures import write_numpy_zoo, write_torch_model
 
 from medigan_iso import Session
-from medigan_iso.errors import ModelError, ProtocolError, RunnerCrashedError, RunnerTimeoutError, SandboxError
+from medigan_iso.errors import (
+    EnvError,
+    ModelError,
+    ProtocolError,
+    RunnerCrashedError,
+    RunnerTimeoutError,
+    SandboxError,
+)
 from medigan_iso.packages import tree_sha256
+from medigan_iso.runner_process import RunnerProcess
 from medigan_iso.sandbox import (
     SANDBOX_ENV,
     Limits,
@@ -471,3 +481,42 @@ def test_save_refuses_a_symlinked_output_directory(open_session: type[Session], 
     with pytest.raises(ValueError, match="it is a symlink"):
         open_session(sandbox="off").save(ADV, 1, link)
     assert list(target.iterdir()) == []
+
+
+@needs_full_stack
+@pytest.mark.parametrize(
+    ("requirements", "python_requires", "package"),
+    [
+        (["numpy", "msgpack"], "==3.8.*", "zoo"),  # the trampoline and the runner are Python 3.8 code
+        (["numpy", "msgpack", "torch==2.13.0"], None, "torch"),  # torch imports under every layer
+    ],
+)
+def test_oldest_python_and_torch_models_run_under_the_full_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    requirements: list[str],
+    python_requires: str | None,
+    package: str,
+) -> None:
+    try:
+        python = build_runner_env(
+            tmp_path_factory.mktemp("env"), requirements, python_requires=python_requires
+        )
+    except EnvError as exc:  # e.g. no Python 3.8 on this machine and none downloadable
+        pytest.skip(f"cannot build the env: {exc.message}")
+    writer = write_numpy_zoo if package == "zoo" else write_torch_model
+    pkg = writer(tmp_path_factory.mktemp("pkg") / package)
+    plan = plan_launch(REQUIRE, python=python, package_root=pkg, output_dir=None, support=SUPPORT)
+    with RunnerProcess.start(
+        python,
+        log_path=pkg.parent / "runner.log",
+        command_prefix=plan.command_prefix,
+        env_overrides=plan.env_overrides,
+    ) as runner:
+        verify_hello(plan, runner.hello)
+        runner.load(pkg, model_file=pkg / "weights.npy", package_name=package)
+        samples = [s for batch in runner.generate(3, batch_size=2, seed=1) for s in batch]
+    assert len(samples) == 3 and all(s.shape == (8, 8, 3) for s in samples)
+    if python_requires:
+        assert runner.hello["python"].startswith("3.8.")
+    else:
+        assert runner.hello["packages"]["torch"].startswith("2.13.0")
