@@ -111,3 +111,32 @@ def test_doctor_reports_uv_caches_and_every_sandbox_layer_with_reasons(
     assert main(["doctor"]) == 0
     text = capsys.readouterr().out
     assert "sandbox policy: auto" in text and "bubblewrap" in text and text.startswith("uv: uv ")
+
+
+def test_a_strict_session_refuses_a_package_without_a_pinned_hash(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medigan_iso import Session
+    from medigan_iso.errors import CatalogueValidationError
+
+    monkeypatch.setenv("MEDIGAN_ISO_CATALOGUE_URL", "")
+    entry = {
+        "execution": {
+            "package_name": "zoo",
+            "package_link": "models/zoo",
+            "model_name": "weights",
+            "extension": ".npy",
+            "dependencies": ["numpy"],
+            "generate_method": {"name": "generate", "args": {"base": [], "custom": {}}},
+        },
+        "selection": {},
+        "description": {"title": "unpinned"},
+    }
+    catalogue = tmp_path / "catalogue.json"
+    catalogue.write_text(json.dumps({"unpinned": entry}), encoding="utf-8")
+    with Session(config=str(catalogue), strict=True) as session, pytest.raises(
+        CatalogueValidationError
+    ) as info:
+        session.generate("unpinned", 1)
+    assert ("unpinned", "/execution", "'package_sha256' is a required property") in info.value.violations
+    assert not (home / "envs").exists() or list((home / "envs").iterdir()) == []  # nothing was built
