@@ -520,3 +520,26 @@ def test_oldest_python_and_torch_models_run_under_the_full_stack(
         assert runner.hello["python"].startswith("3.8.")
     else:
         assert runner.hello["packages"]["torch"].startswith("2.13.0")
+
+
+def test_public_surface_is_pinned() -> None:
+    from medigan_iso import sandbox
+
+    assert sandbox.__all__ == [
+        "LAYERS",
+        "POLICIES",
+        "PRIVATE_DIR_PLACEHOLDER",
+        "SANDBOX_ENV",
+        "HostSupport",
+        "LaunchPlan",
+        "LayerSupport",
+        "Limits",
+        "SandboxConfig",
+        "layers_in_force",
+        "plan_launch",
+        "probe_host",
+        "resolve_policy",
+        "seccomp_program",
+        "stricter",
+        "verify_hello",
+    ]
