@@ -44,7 +44,7 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -85,6 +85,7 @@ __all__ = [
     "remove_env",
     "resolve",
     "runner_sha256",
+    "uv_version",
 ]
 
 logger = logging.getLogger(__name__)
@@ -252,6 +253,7 @@ class IndexSettings:
     cert: str | None = None
     timeout_s: str | None = None
     sources: tuple[str, ...] = ()  # which pip settings were translated, for logs
+    wheels_only: bool = False  # strict supply chain: no sdist build scripts run at install time
 
     def uv_args(self, *, constraints: bool = True) -> list[str]:
         args: list[str] = []
@@ -270,6 +272,8 @@ class IndexSettings:
                 args += ["--constraint", str(path)]
         if self.offline:
             args.append("--offline")
+        if self.wheels_only:
+            args.append("--no-build")
         return args
 
     def pip_args(self) -> list[str]:
@@ -281,6 +285,8 @@ class IndexSettings:
             args += ["--find-links", link]
         if self.offline or self.no_index:
             args.append("--no-index")
+        if self.wheels_only:
+            args += ["--only-binary", ":all:"]
         return args
 
     def uv_env(self) -> dict[str, str]:
@@ -301,7 +307,7 @@ class IndexSettings:
             "index_strategy": self.index_strategy,
             "constraints": [_file_sha256_or_missing(p) for p in self.constraints],
             "uv_env": {k: v for k, v in sorted(os.environ.items()) if k in _UV_RESOLUTION_VARIABLES},
-        }
+        } | ({"wheels_only": True} if self.wheels_only else {})
 
     def describe(self) -> str:
         return " ".join(shlex.quote(_redact(a)) for a in self.uv_args()) or "(uv defaults)"
@@ -670,6 +676,18 @@ def _find_uv() -> Path | None:
     except (ImportError, FileNotFoundError):
         found = shutil.which("uv")
         return Path(found) if found else None
+
+
+def uv_version() -> tuple[Path | None, str | None]:
+    """The uv binary envs would use and its ``--version`` line (None, None when there is none)."""
+    uv = _find_uv()
+    if uv is None:
+        return None, None
+    try:
+        done = _run_uv(uv, ["--version"], capture_output=True, timeout=30)
+    except (_UvUnusable, subprocess.TimeoutExpired):
+        return uv, None
+    return uv, done.stdout.strip() or None
 
 
 class _UvUnusable(Exception):
@@ -1059,18 +1077,18 @@ def resolve(
         return _resolve(_normalise_spec(spec), layout=layout, settings=settings, uv=None, refresh=refresh)
 
 
-def _env_key(lock: str, interp: Interpreter, builder: str) -> str:
+def _env_key(lock: str, interp: Interpreter, builder: str, *, wheels_only: bool = False) -> str:
     canonical = "\n".join(line.rstrip() for line in lock.strip().splitlines())
-    material = json.dumps(
-        {
-            "lock": canonical,
-            "python": [interp.implementation, interp.version],
-            "platform": interp.platform,
-            "protocol": PROTOCOL_VERSION,
-            "builder": builder,
-        },
-        sort_keys=True,
-    )
+    fields: dict[str, Any] = {
+        "lock": canonical,
+        "python": [interp.implementation, interp.version],
+        "platform": interp.platform,
+        "protocol": PROTOCOL_VERSION,
+        "builder": builder,
+    }
+    if wheels_only:  # only then: keys of envs built before strict mode existed stay the same
+        fields["wheels_only"] = True
+    material = json.dumps(fields, sort_keys=True)
     return _sha256_text(material)[:KEY_LENGTH_HEX]
 
 
@@ -1494,6 +1512,7 @@ def ensure_env(
     offline: bool | None = None,
     builder: str | None = None,
     progress: ProgressFn | None = None,
+    strict: bool = False,
 ) -> ModelEnv:
     """Return a ready env for ``spec`` (a catalogue ModelEntry, an :class:`EnvSpec` or requirement strings).
 
@@ -1501,12 +1520,16 @@ def ensure_env(
     cached) and builds it atomically. ``build=False`` never builds (:class:`EnvNotBuiltError` instead);
     ``rebuild=True`` resolves and builds again. ``builder`` forces ``"uv"`` or ``"virtualenv"``;
     ``offline=None`` reads ``$MEDIGAN_ISO_OFFLINE``. ``progress`` receives one-line status messages.
+    ``strict`` (the strict supply-chain mode) installs wheels only (``uv --no-build``, pip
+    ``--only-binary :all:``): no sdist's build script runs; such envs have their own key.
     """
     if builder is not None and builder not in BUILDERS:
         raise ValueError(f"builder must be one of {BUILDERS}, not {builder!r}")
     normalised = _normalise_spec(spec)
     layout = cache_layout(home).ensure()
     settings = index_settings(index_url=index_url, find_links=find_links, offline=offline)
+    if strict:
+        settings = replace(settings, wheels_only=True)
     uv = _find_uv() if builder != "virtualenv" else None
     if builder is None and uv is None:
         _fallback_warning("no uv binary found")
@@ -1571,7 +1594,7 @@ def _ensure(
         if progress is not None:
             progress(f"resolving {label}")
         resolution = _resolve(spec, layout=layout, settings=settings, uv=uv, refresh=rebuild)
-    key = _env_key(resolution.lock, resolution.interpreter, builder)
+    key = _env_key(resolution.lock, resolution.interpreter, builder, wheels_only=settings.wheels_only)
     env_dir = layout.envs / key
     current_runner = runner_sha256()
     stamp = None if rebuild else _valid_stamp(env_dir, key)

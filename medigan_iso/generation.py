@@ -29,6 +29,7 @@ from medigan_iso.errors import (
     RunnerStartError,
     RunnerTimeoutError,
 )
+from medigan_iso.images import non_regular_entries
 from medigan_iso.packages import ModelPackage, ensure_package
 from medigan_iso.paths import cache_layout
 from medigan_iso.runner_process import (
@@ -37,6 +38,15 @@ from medigan_iso.runner_process import (
     GenerateStream,
     RunnerProcess,
     Sample,
+)
+from medigan_iso.sandbox import (
+    HostSupport,
+    SandboxConfig,
+    plan_launch,
+    probe_host,
+    resolve_policy,
+    stricter,
+    verify_hello,
 )
 
 __all__ = [
@@ -70,6 +80,7 @@ class _Slot:
     prepared: PreparedModel
     lock: threading.Lock = field(default_factory=threading.Lock)
     runner: RunnerProcess | None = None
+    output_dir: Path | None = None  # the writable directory the runner's sandbox was given
     consecutive_crashes: int = 0
     last_failure: BaseException | None = None
 
@@ -83,6 +94,14 @@ class Session:
     ``install_dependencies`` allows building a model's env when none exists (otherwise
     :class:`~medigan_iso.errors.EnvNotBuiltError` names the command that builds it). ``config`` takes
     catalogue sources (as :func:`~medigan_iso.catalogue.load_catalogue`) or a loaded Catalogue.
+
+    ``sandbox`` is a policy (``"off" | "auto" | "require"``) or a :class:`~medigan_iso.sandbox.SandboxConfig`;
+    None reads ``$MEDIGAN_ISO_SANDBOX`` (default ``auto``). A catalogue entry's ``execution.sandbox.policy``
+    can only make it stricter. A sandboxed runner can write only to the output directory it was started
+    with; :meth:`save` into another directory restarts it.
+
+    ``strict`` is the strict supply-chain mode: the catalogue is validated strictly, every package must pin
+    ``package_sha256`` and envs install hash-pinned wheels only (no sdist build script runs).
     """
 
     def __init__(
@@ -97,7 +116,12 @@ class Session:
         ready_timeout_s: float = RUNNER_READY_TIMEOUT_S,
         inactivity_timeout_s: float = RUNNER_INACTIVITY_TIMEOUT_S,
         max_consecutive_crashes: int = MAX_CONSECUTIVE_CRASHES,
+        sandbox: str | SandboxConfig | None = None,
+        strict: bool = False,
     ) -> None:
+        self._sandbox = resolve_policy(sandbox)
+        self._strict = strict
+        self._support: HostSupport | None = None
         self._config = None if isinstance(config, Catalogue) else config
         self._home = None if home is None else Path(home)
         self._offline = offline
@@ -141,7 +165,9 @@ class Session:
     def catalogue(self) -> Catalogue:
         with self._lock:
             if self._catalogue is None:
-                self._catalogue = load_catalogue(self._config, home=self._home, offline=self._offline)
+                self._catalogue = load_catalogue(
+                    self._config, home=self._home, offline=self._offline, strict=self._strict
+                )
             return self._catalogue
 
     def resolve(self, model_id: str | int) -> ModelEntry:
@@ -168,7 +194,9 @@ class Session:
                 slot = self._slots.get(entry.model_id)
             if slot is not None:
                 return slot
-            package = ensure_package(entry, home=self._home, offline=self._offline)
+            package = ensure_package(
+                entry, home=self._home, offline=self._offline, require_hashes=self._strict
+            )
             env = ensure_env(
                 entry,
                 home=self._home,
@@ -176,6 +204,7 @@ class Session:
                 index_url=self._index_url,
                 find_links=self._find_links,
                 offline=self._offline,
+                strict=self._strict,
             )
             slot = _Slot(PreparedModel(entry=entry, package=package, env=env))
             with self._lock:
@@ -189,12 +218,14 @@ class Session:
 
     # --- runners --------------------------------------------------------------------------------------
 
-    def _warm_runner(self, slot: _Slot) -> RunnerProcess:
+    def _warm_runner(self, slot: _Slot, *, output_dir: Path | None = None) -> RunnerProcess:
         """The slot's live runner, spawning (with backoff after crashes) and loading one when needed.
 
-        Call with ``slot.lock`` held.
+        A runner confined to another output directory than ``output_dir`` is replaced. Call with
+        ``slot.lock`` held.
         """
-        if slot.runner is not None and slot.runner.is_alive():
+        usable = output_dir is None or output_dir == slot.output_dir or self._sandbox.policy == "off"
+        if slot.runner is not None and slot.runner.is_alive() and usable:
             return slot.runner
         if slot.runner is not None:
             slot.runner.close()
@@ -210,7 +241,8 @@ class Session:
             backoff = RESPAWN_BACKOFF_S[min(slot.consecutive_crashes, len(RESPAWN_BACKOFF_S)) - 1]
             logger.warning("respawning the runner for %s in %.1f s", model_id, backoff)
             time.sleep(backoff)
-        runner = self._spawn(slot.prepared)
+        runner = self._spawn(slot.prepared, output_dir=output_dir)
+        slot.output_dir = output_dir
         try:
             package = slot.prepared.package
             runner.load(
@@ -226,19 +258,39 @@ class Session:
         slot.runner = runner
         return runner
 
-    def _spawn(self, prepared: PreparedModel) -> RunnerProcess:
+    def _spawn(self, prepared: PreparedModel, *, output_dir: Path | None = None) -> RunnerProcess:
         self._check_open()
+        config = stricter(self._sandbox, prepared.entry.sandbox)
+        if config.policy != "off" and self._support is None:
+            self._support = probe_host(bwrap=config.bwrap)
+        plan = plan_launch(
+            config,
+            python=prepared.env.python,
+            package_root=prepared.package.root,
+            output_dir=output_dir,
+            support=self._support,
+            model_id=prepared.entry.model_id,
+        )
         layout = cache_layout(self._home).ensure()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in prepared.entry.model_id)
         log_path = layout.logs / f"runner-{safe_id}-{stamp}-{os.getpid()}-{threading.get_ident()}.log"
-        return RunnerProcess.start(
+        runner = RunnerProcess.start(
             prepared.env.python,
             log_path=log_path,
             ready_timeout_s=self._ready_timeout_s,
             inactivity_timeout_s=self._inactivity_timeout_s,
             model_id=prepared.entry.model_id,
+            command_prefix=plan.command_prefix,
+            env_overrides=plan.env_overrides,
         )
+        try:
+            verify_hello(plan, runner.hello, model_id=prepared.entry.model_id)
+        except BaseException:
+            runner.close()
+            raise
+        runner.hello["sandbox_layers"] = list(plan.layers)
+        return runner
 
     def runner_info(self, model_id: str | int) -> dict[str, Any]:
         """The warm runner's hello (python, package versions, pid), starting the runner if needed."""
@@ -316,7 +368,12 @@ class Session:
         """
         _check_counts(num_samples, batch_size)
         out = Path(output_path)
+        if out.is_symlink():
+            # A model that wrote into a parent output directory may have planted it; bubblewrap would bind
+            # (make writable) wherever it points.
+            raise ValueError(f"refusing to use {out} as an output directory: it is a symlink")
         out.mkdir(parents=True, exist_ok=True)
+        out = out.resolve(strict=True)
         slot = self._slot(model_id)
         with self._request(
             slot,
@@ -329,6 +386,16 @@ class Session:
         ) as request:
             for _ in request:
                 pass
+            odd = non_regular_entries(out)
+            if odd:
+                # The output directory is hostile after a run: report, never follow or open these.
+                logger.warning(
+                    "model %s left %d entries that are not regular files in %s (not followed): %s",
+                    slot.prepared.entry.model_id,
+                    len(odd),
+                    out,
+                    ", ".join(f"{path.name} ({kind})" for path, kind in odd[:10]),
+                )
             return request.files
 
     @contextlib.contextmanager
@@ -350,7 +417,8 @@ class Session:
         """
         with slot.lock:
             try:
-                runner = self._warm_runner(slot)
+                writable = Path(output_path) if save_images and output_path is not None else None
+                runner = self._warm_runner(slot, output_dir=writable)
                 request = runner.generate(
                     num_samples,
                     batch_size=batch_size or DEFAULT_BATCH_SIZE,
@@ -403,6 +471,7 @@ def generate(
     seed: int | None = None,
     output_path: str | os.PathLike[str] | None = None,
     config: ConfigSource | Sequence[ConfigSource] | None = None,
+    sandbox: str | SandboxConfig | None = None,
     **model_kwargs: Any,
 ) -> list[Sample]:
     """Generate ``num_samples`` samples with ``model_id`` in its own env and return them.
@@ -410,7 +479,7 @@ def generate(
     Builds the model's env on first use. For many calls keep a :class:`Session` open instead, so the
     runner (and the model's weights) stay loaded.
     """
-    with Session(config=config) as session:
+    with Session(config=config, sandbox=sandbox) as session:
         return session.generate(
             model_id, num_samples, batch_size=batch_size, seed=seed, output_path=output_path, **model_kwargs
         )
@@ -424,11 +493,12 @@ def stream(
     seed: int | None = None,
     output_path: str | os.PathLike[str] | None = None,
     config: ConfigSource | Sequence[ConfigSource] | None = None,
+    sandbox: str | SandboxConfig | None = None,
     **model_kwargs: Any,
 ) -> Iterator[list[Sample]]:
     """Yield the samples of ``model_id`` batch by batch, with bounded host memory for any ``num_samples``."""
     _check_counts(num_samples, batch_size)
-    with Session(config=config) as session:
+    with Session(config=config, sandbox=sandbox) as session:
         yield from session.stream(
             model_id, num_samples, batch_size=batch_size, seed=seed, output_path=output_path, **model_kwargs
         )

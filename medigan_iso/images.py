@@ -15,14 +15,20 @@ transposed. Anything else (volumes, stacks) is written as .npy with a note in th
 Samples: an array is ``sample_<i>.png``; a medigan tuple ``(image, mask, other, "label")`` writes
 ``sample_<i>.png``, ``sample_<i>_mask.png``, ``sample_<i>_other.png`` and the label into
 ``labels.csv``; a list of arrays writes ``sample_<i>_<k>.png``; None writes nothing.
+
+After a model has run, its output directory is hostile (the model wrote there): :func:`read_regular_file`
+opens a file without following a symlink and without blocking on a FIFO, and reads it only if it is a
+regular file below a size cap; :func:`non_regular_entries` lists what else the model left there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +37,79 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["SampleWriter", "to_uint8"]
+__all__ = ["SampleWriter", "non_regular_entries", "read_regular_file", "to_uint8"]
 
 TUPLE_PART_SUFFIXES = ("", "_mask", "_other")
+MAX_OUTPUT_FILE_BYTES = 2 * 1024**3  # read_regular_file's default cap
+
+
+def read_regular_file(path: str | os.PathLike[str], *, max_bytes: int = MAX_OUTPUT_FILE_BYTES) -> bytes:
+    """The bytes of ``path`` if it is a regular file (not a symlink, FIFO, socket or device) <= max_bytes.
+
+    Raises ValueError (naming what the entry is) otherwise; never blocks on a FIFO, never follows a link.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError(f"refusing to read {path}: it is a symlink") from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"refusing to read {path}: it is a {_kind(st.st_mode)}, not a regular file")
+        if st.st_size > max_bytes:
+            raise ValueError(f"refusing to read {path}: {st.st_size} bytes is above the cap of {max_bytes}")
+        chunks = []
+        remaining = max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:
+            raise ValueError(f"refusing to read {path}: it grew above the cap of {max_bytes} bytes")
+        return data
+    finally:
+        os.close(fd)
+
+
+def non_regular_entries(directory: str | os.PathLike[str]) -> list[tuple[Path, str]]:
+    """Entries below ``directory`` that are not regular files or directories, with their kind (lstat only)."""
+    found: list[tuple[Path, str]] = []
+    stack = [Path(directory)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+            except OSError:
+                continue
+            if stat.S_ISDIR(mode):
+                stack.append(Path(entry.path))
+            elif not stat.S_ISREG(mode):
+                found.append((Path(entry.path), _kind(mode)))
+    return sorted(found)
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISDIR, "directory"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def to_uint8(array: npt.ArrayLike) -> npt.NDArray[np.uint8]:

@@ -10,7 +10,10 @@ interpreter and a package root). Protocol errors from ``medigan_iso_runner.proto
 Hygiene: the child gets an allow-listed environment (no secrets), a private HOME and TMPDIR that are
 deleted on close, its own session and process group, pipes on fds 0-2 (never a tty)
 and no other inherited fds.
-``command_prefix`` is the seam for confinement (the sandbox prepends e.g. a bwrap argv). The runner exits on
+``command_prefix`` is the seam for confinement (the sandbox prepends e.g. a bwrap argv; its
+``PRIVATE_DIR_PLACEHOLDER`` is replaced with the runner's private directory). Prefixed runners spawned from a
+thread other than the main thread are spawned from one long-lived thread, because a launcher's parent-death
+signal follows the spawning thread. The runner exits on
 stdin EOF, when re-parented (a watchdog) and, when spawned from the main thread, by PR_SET_PDEATHSIG, so it
 never outlives the host. (PR_SET_PDEATHSIG fires when the spawning *thread* exits, so runners spawned from
 other threads rely on the first two.)
@@ -22,8 +25,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import os
+import queue
 import select
 import shutil
 import signal
@@ -32,10 +37,10 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from medigan_iso_runner import protocol
 
@@ -47,6 +52,7 @@ from medigan_iso.errors import (
     RunnerStartError,
     RunnerTimeoutError,
 )
+from medigan_iso.sandbox import PRIVATE_DIR_PLACEHOLDER
 
 __all__ = [
     "RUNNER_INACTIVITY_TIMEOUT_S",
@@ -87,6 +93,26 @@ _ALLOWED_ENV = (
     "CUDA_VISIBLE_DEVICES",
 )
 
+_T = TypeVar("_T")
+
+# The POSIX locale categories only: ssh's AcceptEnv LC_* lets clients smuggle arbitrary LC_-named variables
+# (tokens included) into a session, so a prefix match would pass them on.
+_LOCALE_ENV = (
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_NUMERIC",
+    "LC_TIME",
+    "LC_COLLATE",
+    "LC_MONETARY",
+    "LC_MESSAGES",
+    "LC_PAPER",
+    "LC_NAME",
+    "LC_ADDRESS",
+    "LC_TELEPHONE",
+    "LC_MEASUREMENT",
+    "LC_IDENTIFICATION",
+)
+
 Sample = Any
 """One generated sample: ndarray | tuple | list | dict | None | str | bytes | int | float | bool."""
 
@@ -103,7 +129,7 @@ def runner_environment(
     """
     source = os.environ if source is None else source
     env = {key: source[key] for key in _ALLOWED_ENV if key in source}
-    env.update({key: value for key, value in source.items() if key.startswith("LC_")})
+    env.update({key: source[key] for key in _LOCALE_ENV if key in source})
     env.setdefault("PATH", os.defpath)
     home = private_dir / "home"
     tmp = private_dir / "tmp"
@@ -158,6 +184,64 @@ class _StderrDrain:
         self._thread.join(timeout_s)
 
 
+def _descendant_with_ns_pid(root: int, ns_pid: int, *, max_depth: int = 4) -> int | None:
+    """The host pid of the descendant of ``root`` whose innermost pid (NSpid) is ``ns_pid``, if any."""
+    parents: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):  # noqa: PTH208 - thousands of names, no Path objects
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as fh:  # noqa: PTH123
+                    stat = fh.read()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(b")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(name))
+    level = [root]
+    for _ in range(max_depth):
+        level = [child for pid in level for child in parents.get(pid, [])]
+        for pid in level:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("NSpid:") and line.split()[-1] == str(ns_pid):
+                    return pid
+    return None
+
+
+class _SpawnerThread:
+    """A daemon thread that lives as long as the process and runs spawn functions handed to it."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], queue.SimpleQueue[tuple[bool, Any]]]]
+        self._jobs = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="medigan-iso-spawner", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            job, reply = self._jobs.get()
+            try:
+                reply.put((True, job()))
+            except BaseException as exc:  # handed back to the caller's thread
+                reply.put((False, exc))
+
+    def run(self, job: Callable[[], _T]) -> _T:
+        reply: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+        self._jobs.put((job, reply))
+        ok, value = reply.get()
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _spawner() -> _SpawnerThread:
+    return _SpawnerThread()
+
+
 class RunnerProcess:
     """One live runner subprocess. Build it with :meth:`start`; use it as a context manager."""
 
@@ -195,6 +279,7 @@ class RunnerProcess:
         self._closed = False
         self._stop_reason: str | None = None
         self.hello: dict[str, Any] = {}
+        self._via_launcher = False
         self.loaded: dict[str, Any] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
@@ -226,9 +311,11 @@ class RunnerProcess:
         overrides[PDEATHSIG_ENV] = "1" if threading.current_thread() is threading.main_thread() else "0"
         overrides.update(env_overrides or {})
         env = runner_environment(private_dir, overrides=overrides)
-        argv = [*command_prefix, os.fspath(python), "-I", "-m", "medigan_iso_runner"]
-        try:
-            popen = subprocess.Popen(
+        prefix = [part.replace(PRIVATE_DIR_PLACEHOLDER, str(private_dir)) for part in command_prefix]
+        argv = [*prefix, os.fspath(python), "-I", "-m", "medigan_iso_runner"]
+
+        def spawn() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
                 argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -239,6 +326,14 @@ class RunnerProcess:
                 start_new_session=True,
                 bufsize=0,
             )
+
+        try:
+            if command_prefix and threading.current_thread() is not threading.main_thread():
+                # A launcher's own parent-death signal (bwrap --die-with-parent) follows the spawning
+                # *thread*: spawn from a thread that lives as long as this process, not from a worker.
+                popen = _spawner().run(spawn)
+            else:
+                popen = spawn()
         except OSError as exc:
             shutil.rmtree(private_dir, ignore_errors=True)
             raise RunnerStartError(
@@ -256,6 +351,7 @@ class RunnerProcess:
             shutdown_grace_s=shutdown_grace_s,
             model_id=model_id,
         )
+        runner._via_launcher = bool(command_prefix)
         try:
             runner._handshake()
         except RunnerCrashedError as exc:
@@ -282,6 +378,12 @@ class RunnerProcess:
             )
         self.hello = dict(frame.header)
         self.hello.pop("kind", None)
+        reported = self.hello.get("pid")
+        if isinstance(reported, int) and reported != self._popen.pid:
+            # In a sandbox's pid namespace the runner knows only its inner pid: report the one this host
+            # can signal and wait for, found among the launcher's descendants.
+            self.hello["sandbox_pid"] = reported
+            self.hello["pid"] = _descendant_with_ns_pid(self._popen.pid, reported)
 
     @property
     def pid(self) -> int:
@@ -389,6 +491,10 @@ class RunnerProcess:
                 signal_name = signal.Signals(-code).name
             except ValueError:
                 signal_name = f"signal {-code}"
+        elif self._via_launcher and code is not None and 128 < code < 128 + signal.NSIG:
+            # A launcher (bwrap's init) reports a runner killed by a signal as exit code 128 + signal.
+            with contextlib.suppress(ValueError):
+                signal_name = signal.Signals(code - 128).name
         return RunnerCrashedError(
             returncode=code,
             signal_name=signal_name,

@@ -41,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command_groups() -> list[Callable[[Any], None]]:
     """The ``register`` function of every command group, in help order (one import per group)."""
-    from medigan_iso.cli import catalogue, env, generate, packages
+    from medigan_iso.cli import catalogue, doctor, env, generate, packages
 
-    return [catalogue.register, generate.register, packages.register, env.register]
+    return [catalogue.register, generate.register, packages.register, env.register, doctor.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

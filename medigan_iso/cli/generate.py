@@ -48,6 +48,17 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="fail instead of building the model's env when it does not exist yet",
     )
+    parser.add_argument(
+        "--sandbox",
+        choices=("off", "auto", "require"),
+        default=None,
+        help="confine the model (default: $MEDIGAN_ISO_SANDBOX, else auto; see `medigan-iso doctor`)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="strict supply chain: pinned package_sha256 and wheels-only envs",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -99,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     grid_samples: list[Any] = []
     done = 0
     interrupted = False
-    with Session(install_dependencies=not args.no_build) as session:
+    with Session(install_dependencies=not args.no_build, sandbox=args.sandbox, strict=args.strict) as session:
         entry = session.resolve(args.model)
         try:
             for batch in session.stream(

@@ -14,7 +14,8 @@ env
     Linux) the runner exits with code 0 if its parent is no longer that pid (the host died before the signal
     was armed). When
     absent (a launcher such as bwrap sits between host and runner) the runner only checks that it was not
-    re-parented to init. ``MEDIGAN_ISO_RUNNER_PDEATHSIG=0`` skips PR_SET_PDEATHSIG (the host sets it when it
+    re-parented to init; ``1`` means the runner's parent is the init of a sandbox's pid namespace.
+    ``MEDIGAN_ISO_RUNNER_PDEATHSIG=0`` skips PR_SET_PDEATHSIG (the host sets it when it
     spawns from a non-main thread: the signal fires when the spawning *thread* exits); a watchdog thread
     still exits the runner within a second of being re-parented. Everything else in the environment is the
     host's allow-list.
@@ -28,6 +29,7 @@ fds
     batches are held.
 frames (runner -> host unless marked)
     ``hello`` {protocol, python, implementation, executable, numpy, msgpack, packages, sandbox, pid} first;
+        ``sandbox`` is :func:`sandbox_report`, the confinement seen from inside;
     host ``load`` {protocol, package_root, package_name, model_file, generate_function, custom_defaults}
         -> ``ready`` {module, generate_function, load_s} or ``error``;
     host ``generate`` {request, n, batch_size, seed, kwargs, save_images, output_path}; kwargs is a sample
@@ -59,6 +61,7 @@ once per ``generate`` request. With ``save_images``, each batch runs the model's
 ``<output_path>/batch_<n>`` and its files are moved to ``<output_path>/batch_<n>_<file>`` (medigan's naming).
 """
 
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -197,7 +200,9 @@ def arm_parent_death_signal() -> None:
             pass
     expected = os.environ.get(PARENT_PID_ENV)
     parent = os.getppid()
-    if (expected and expected.isdigit() and int(expected) != parent) or parent == 1:
+    # Under bubblewrap the host says "1": the runner's parent is the sandbox's init (pid 1 of its own pid
+    # namespace), which dies with bwrap and takes the namespace with it.
+    if (expected and expected.isdigit() and int(expected) != parent) or (parent == 1 and expected != "1"):
         log("the host died before the runner started; exiting")
         os._exit(EXIT_OK)
     threading.Thread(target=_watch_parent, args=(parent,), name="medigan-iso-parent", daemon=True).start()
@@ -230,6 +235,62 @@ def package_versions() -> Dict[str, str]:
     return found
 
 
+NAMESPACES = ("mnt", "net", "pid", "user", "ipc", "uts")
+RLIMITS = ("RLIMIT_CORE", "RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_NPROC")
+
+
+def sandbox_report() -> Dict[str, Any]:
+    """The confinement this process is under, read from inside (the host compares it with what it asked).
+
+    ``seccomp``/``no_new_privs`` from /proc/self/status; ``namespaces`` as /proc/self/ns link targets (the
+    host compares them with its own); ``landlock_abi`` from the version query and ``landlock_enforced``
+    from a probe: a Landlock domain that grants nothing on ``/`` itself refuses to open it.
+    """
+    report = {"seccomp": None, "no_new_privs": None}  # type: Dict[str, Any]
+    try:
+        with open("/proc/self/status") as status:  # noqa: PTH123 - no Path objects in the hot path
+            for line in status:
+                key, _, value = line.partition(":")
+                if key == "Seccomp":
+                    report["seccomp"] = int(value)
+                elif key == "NoNewPrivs":
+                    report["no_new_privs"] = int(value)
+    except (OSError, ValueError):
+        pass
+    namespaces = {}  # type: Dict[str, str]
+    for name in NAMESPACES:
+        with contextlib.suppress(OSError):
+            namespaces[name] = os.readlink("/proc/self/ns/" + name)
+    report["namespaces"] = namespaces
+    abi = 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        abi = max(int(libc.syscall(ctypes.c_long(444), None, ctypes.c_long(0), ctypes.c_uint32(1))), 0)
+    except (OSError, AttributeError):
+        pass
+    report["landlock_abi"] = abi
+    enforced = False
+    if abi:
+        try:
+            os.close(os.open("/", os.O_RDONLY | os.O_DIRECTORY))
+        except PermissionError:
+            enforced = True
+        except OSError:
+            pass
+    report["landlock_enforced"] = enforced
+    limits = {}  # type: Dict[str, List[int]]
+    try:
+        import resource
+
+        for name in RLIMITS:
+            limits[name] = list(resource.getrlimit(getattr(resource, name)))
+    except (ImportError, AttributeError, OSError, ValueError):
+        pass
+    report["rlimits"] = limits
+    return report
+
+
 def hello_header() -> Dict[str, Any]:
     return {
         "kind": "hello",
@@ -240,7 +301,7 @@ def hello_header() -> Dict[str, Any]:
         "numpy": np.__version__,
         "msgpack": ".".join(str(part) for part in msgpack.version),
         "packages": package_versions(),
-        "sandbox": [],
+        "sandbox": sandbox_report(),
         "pid": os.getpid(),
     }
 

@@ -1,0 +1,110 @@
+"""``medigan-iso doctor``: what this machine offers medigan_iso (uv, cache sizes, sandbox layers).
+
+Owns the printing of the report only: uv is found by :mod:`medigan_iso.envs`, the sandbox layers are probed
+by :mod:`medigan_iso.sandbox`, the cache locations come from :mod:`medigan_iso.paths`. It changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from medigan_iso.envs import uv_version
+from medigan_iso.paths import cache_layout
+from medigan_iso.sandbox import LAYERS, SANDBOX_ENV, probe_host, resolve_policy
+
+__all__ = ["register"]
+
+MB = 1_000_000
+
+
+def register(subparsers: Any) -> None:
+    doctor = subparsers.add_parser(
+        "doctor", help="uv version, cache sizes and the sandbox layers this machine supports"
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--bwrap", metavar="PATH", help="probe this bubblewrap instead of the one on PATH")
+    doctor.set_defaults(handler=_doctor)
+
+
+def _disk_bytes(root: Path) -> int:
+    """Bytes allocated under ``root`` (hardlinked files counted once per walk, symlinks not followed)."""
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            elif (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def _report(args: argparse.Namespace) -> dict[str, Any]:
+    uv_path, uv_line = uv_version()
+    layout = cache_layout()
+    caches = {
+        name: {"path": str(path), "bytes": _disk_bytes(path) if path.exists() else 0}
+        for name, path in (
+            ("catalogues", layout.catalogues),
+            ("packages", layout.packages),
+            ("envs", layout.envs),
+            ("uv_cache", layout.uv_cache),
+            ("logs", layout.logs),
+        )
+    }
+    support = probe_host(bwrap=args.bwrap)
+    layers: dict[str, Any] = {"hygiene": {"available": True, "detail": "always applied", "remedy": None}}
+    for name, layer in support.layers.items():
+        layers[name] = {"available": layer.available, "detail": layer.detail, "remedy": layer.remedy}
+    policy: str
+    try:
+        policy = resolve_policy(None).policy
+    except ValueError as exc:
+        policy = f"invalid: {exc}"
+    return {
+        "platform": {
+            "system": platform.system(),
+            "kernel": platform.release(),
+            "machine": platform.machine(),
+        },
+        "uv": {"path": None if uv_path is None else str(uv_path), "version": uv_line},
+        "cache_root": str(layout.root),
+        "caches": caches,
+        "sandbox": {"policy": policy, "policy_source": SANDBOX_ENV, "layers": layers},
+    }
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    report = _report(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    uv = report["uv"]
+    print(f"uv: {uv['version'] or 'not usable'} ({uv['path'] or 'not found'})")
+    print(f"cache: {report['cache_root']}")
+    for name, cache in report["caches"].items():
+        print(f"  {name:<11} {cache['bytes'] / MB:10.1f} MB  {cache['path']}")
+    sandbox = report["sandbox"]
+    print(f"sandbox policy: {sandbox['policy']} (set with ${SANDBOX_ENV}: off | auto | require)")
+    for name in LAYERS:
+        layer = sandbox["layers"][name]
+        mark = "yes" if layer["available"] else "NO "
+        print(f"  {mark} {name:<10} {layer['detail']}")
+        if layer["remedy"]:
+            print(f"      -> {layer['remedy']}")
+    return 0
