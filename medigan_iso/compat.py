@@ -48,6 +48,7 @@ from medigan_iso.catalogue import (
 from medigan_iso.errors import CatalogueError, CatalogueValidationError, ConfigKeyError
 from medigan_iso.generation import Session
 from medigan_iso.paths import cache_layout
+from medigan_iso.sandbox import SandboxConfig
 from medigan_iso.search import (
     MatchCandidate,
     deep_get,
@@ -66,7 +67,8 @@ _MISSING = object()
 
 class Generators:
     """medigan's entry point. ``config=`` (path, URL, dict or list) chooses the catalogue sources; or
-    pass a loaded :class:`~medigan_iso.catalogue.Catalogue` as ``config_manager``."""
+    pass a loaded :class:`~medigan_iso.catalogue.Catalogue` as ``config_manager``. ``sandbox=`` (off,
+    auto, require) and ``strict=`` (pinned packages, wheels-only envs) apply to every model it runs."""
 
     def __init__(
         self,
@@ -79,6 +81,8 @@ class Generators:
         config: ConfigSource | Sequence[ConfigSource] | None = None,
         home: str | os.PathLike[str] | None = None,
         offline: bool | None = None,
+        sandbox: str | SandboxConfig | None = None,
+        strict: bool = False,
     ) -> None:
         if config_manager is not None and not isinstance(config_manager, Catalogue):
             raise TypeError(
@@ -96,6 +100,8 @@ class Generators:
         self.model_contributors: list[Any] = list(model_contributors or [])
         self.initialize_all_models = initialize_all_models
         self._offline = offline
+        self._sandbox = sandbox
+        self._strict = strict
         self._session: Session | None = None
         self._session_lock = threading.Lock()
         if initialize_all_models:
@@ -109,7 +115,13 @@ class Generators:
         """The Session that keeps this facade's runners warm (created on first use)."""
         with self._session_lock:
             if self._session is None:
-                self._session = Session(config=self.catalogue, home=self.home, offline=self._offline)
+                self._session = Session(
+                    config=self.catalogue,
+                    home=self.home,
+                    offline=self._offline,
+                    sandbox=self._sandbox,
+                    strict=self._strict,
+                )
             return self._session
 
     def close(self) -> None:

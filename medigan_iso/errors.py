@@ -29,6 +29,7 @@ translated once, at the boundary that sees them, with ``raise ... from exc``.
     │   ├── RunnerCrashedError           the runner process died (exit code or signal, stderr tail)
     │   └── ModelError                   the model's own code raised (remote type and traceback)
     └── SandboxError                     a required confinement layer is unavailable
+        └── SandboxPolicyError           a sandbox policy value is not off, auto or require
 
 Never shadow builtins: there is no ``TimeoutError`` or ``EnvironmentError`` here.
 """
@@ -60,6 +61,7 @@ __all__ = [
     "RunnerStartError",
     "RunnerTimeoutError",
     "SandboxError",
+    "SandboxPolicyError",
     "UnknownModelError",
     "UnpinnedPackageError",
     "UnsafeArchiveError",
@@ -380,3 +382,19 @@ class SandboxError(MediganIsoError):
         self.layer = layer
         self.reason = reason
         super().__init__(f"sandbox layer {layer!r} unavailable: {reason}", remedy=remedy)
+
+
+class SandboxPolicyError(SandboxError, ValueError):
+    """Raised when a sandbox policy (argument, ``$MEDIGAN_ISO_SANDBOX`` or catalogue entry) is unknown."""
+
+    def __init__(self, source: str, value: object, policies: Sequence[str]) -> None:
+        self.source = source
+        self.value = value
+        self.policies = tuple(policies)
+        MediganIsoError.__init__(
+            self,
+            f"{source} must be one of {', '.join(self.policies)}, got {value!r}",
+            remedy=f"set it to one of {', '.join(self.policies)} (auto uses what this machine supports)",
+        )
+        self.layer = "policy"
+        self.reason = f"unknown policy {value!r}"

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from medigan_iso.errors import SandboxError
+from medigan_iso.errors import SandboxError, SandboxPolicyError
 
 __all__ = [
     "LAYERS",
@@ -149,7 +149,7 @@ class SandboxConfig:
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
-            raise ValueError(f"sandbox policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+            raise SandboxPolicyError("sandbox policy", self.policy, POLICIES)
         unknown = set(self.layers) - set(CONFINING_LAYERS)
         if unknown:
             raise ValueError(
@@ -190,7 +190,7 @@ def _policy(value: str, *, source: str = "sandbox") -> Policy:
     for policy in POLICIES:
         if value == policy:
             return policy
-    raise ValueError(f"{source} must be one of {', '.join(POLICIES)}, got {value!r}")
+    raise SandboxPolicyError(source, value, POLICIES)
 
 
 # --- what the machine supports ---------------------------------------------------------------------

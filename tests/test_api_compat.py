@@ -78,6 +78,7 @@ def test_public_surface_is_pinned() -> None:
             "RunnerStartError",
             "RunnerTimeoutError",
             "SandboxError",
+            "SandboxPolicyError",
             "SearchResult",
             "Session",
             "UnknownModelError",

@@ -36,6 +36,7 @@ from medigan_iso.errors import (
     RunnerCrashedError,
     RunnerTimeoutError,
     SandboxError,
+    SandboxPolicyError,
 )
 from medigan_iso.packages import tree_sha256
 from medigan_iso.runner_process import RunnerProcess
@@ -209,7 +210,7 @@ def test_policy_comes_from_the_call_then_the_environment_then_auto() -> None:
     assert resolve_policy(None, environ={}).policy == "auto"
     assert resolve_policy(None, environ={SANDBOX_ENV: "require"}).policy == "require"
     assert resolve_policy("off", "require", environ={SANDBOX_ENV: "require"}).policy == "off"
-    with pytest.raises(ValueError, match="MEDIGAN_ISO_SANDBOX must be one of off, auto, require"):
+    with pytest.raises(SandboxPolicyError, match="MEDIGAN_ISO_SANDBOX must be one of off, auto, require"):
         resolve_policy(None, environ={SANDBOX_ENV: "loose"})
 
 
