@@ -29,7 +29,7 @@ from medigan_iso.errors import (
     RunnerStartError,
     RunnerTimeoutError,
 )
-from medigan_iso.images import non_regular_entries
+from medigan_iso.images import non_regular_entries, prepare_output_dir
 from medigan_iso.packages import ModelPackage, ensure_package
 from medigan_iso.paths import cache_layout
 from medigan_iso.runner_process import (
@@ -367,13 +367,7 @@ class Session:
         reported written.
         """
         _check_counts(num_samples, batch_size)
-        out = Path(output_path)
-        if out.is_symlink():
-            # A model that wrote into a parent output directory may have planted it; bubblewrap would bind
-            # (make writable) wherever it points.
-            raise ValueError(f"refusing to use {out} as an output directory: it is a symlink")
-        out.mkdir(parents=True, exist_ok=True)
-        out = out.resolve(strict=True)
+        out = prepare_output_dir(output_path)
         slot = self._slot(model_id)
         with self._request(
             slot,

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["SampleWriter", "non_regular_entries", "read_regular_file", "to_uint8"]
+__all__ = ["SampleWriter", "non_regular_entries", "prepare_output_dir", "read_regular_file", "to_uint8"]
 
 TUPLE_PART_SUFFIXES = ("", "_mask", "_other")
 MAX_OUTPUT_FILE_BYTES = 2 * 1024**3  # read_regular_file's default cap
@@ -96,6 +96,19 @@ def non_regular_entries(directory: str | os.PathLike[str]) -> list[tuple[Path, s
             elif not stat.S_ISREG(mode):
                 found.append((Path(entry.path), _kind(mode)))
     return sorted(found)
+
+
+def prepare_output_dir(directory: str | os.PathLike[str]) -> Path:
+    """Create ``directory`` (and parents) and return its resolved path; refuse it when it is a symlink.
+
+    Checked before anything is created: a model that wrote into a parent output directory may have planted
+    the link, and writing (or binding it writable in the sandbox) would land wherever it points.
+    """
+    path = Path(directory)
+    if path.is_symlink():
+        raise ValueError(f"refusing to use {path} as an output directory: it is a symlink")
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve(strict=True)
 
 
 def _kind(mode: int) -> str:
@@ -183,10 +196,8 @@ class SampleWriter:
     def __post_init__(self) -> None:
         if self.fmt not in ("png", "npy"):
             raise ValueError(f"format must be 'png' or 'npy', got {self.fmt!r}")
+        prepare_output_dir(self.directory)
         self.directory = Path(self.directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if self.directory.is_symlink():
-            raise ValueError(f"refusing to write into {self.directory}: it is a symlink")
 
     def write(self, index: int, sample: object) -> None:
         """Write one sample under number ``index``."""
