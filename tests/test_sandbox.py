@@ -405,6 +405,10 @@ def test_a_double_forked_setsid_daemon_dies_with_the_host(world: dict[str, Path]
     try:
         assert host.stdout is not None
         assert host.stdout.readline().strip() == "ready"
+        # The grandchild names itself after the model returns: give it a moment before looking.
+        deadline = time.monotonic() + 10
+        while not _procs_named(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert _procs_named(marker), "the daemon never started: the test proves nothing"
         host.send_signal(signal.SIGKILL)
         host.wait(10)
