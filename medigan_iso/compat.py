@@ -16,8 +16,12 @@ medigan 1.0, all deliberate fixes:
   ``<cache>/catalogues/local_models.json``, a source every later ``load_catalogue`` reads, instead of
   rewriting a ``config/global.json`` in the working directory;
 - ranking and key-value search behave as :mod:`medigan_iso.search` documents;
-- ``install_dependencies`` means "building the model's env is allowed"; False with no env raises
-  EnvNotBuiltError naming the command that builds it (medigan pip-installed into your interpreter);
+- ``install_dependencies`` is accepted everywhere and does not decide anything: a model's isolated env is
+  built on first use whatever it says, so medigan's quick start (``Generators().generate(model_id="00001",
+  num_samples=10)``, with medigan's default ``install_dependencies=False``) works as written. In medigan the
+  flag kept pip away from *your* interpreter; medigan_iso never installs into your interpreter, so that
+  reason is gone. A deployment that must never build at run time sets ``MEDIGAN_ISO_BUILD=never`` once and
+  then gets EnvNotBuiltError naming the command that builds the env;
 - ``generate(save_images=True)`` saves in batches of 32 named ``batch_<n>_<file>`` without medigan's
   zero-sample last batch when ``num_samples`` is a multiple of 32;
 - ``find_models_rank_and_generate`` raises CatalogueError when nothing matches (medigan raised IndexError).
@@ -108,7 +112,7 @@ class Generators:
             # medigan imported every model up front; here that means fetching every package and
             # building (or reusing) every env, without starting runners.
             for model_id in self.catalogue.ids():
-                self.session.prepare(model_id, install_dependencies=True)
+                self.session.prepare(model_id)
 
     @property
     def session(self) -> Session:
@@ -337,7 +341,7 @@ class Generators:
                 install_dependencies=install_dependencies,
                 **kwargs,
             )
-        entry = self.session.prepare(model_id, install_dependencies=install_dependencies).entry
+        entry = self.session.prepare(model_id).entry
         if not save_images:
             return self.session.generate(entry.model_id, num_samples, output_path=output_path, **kwargs)
         if output_path is None:
@@ -355,7 +359,7 @@ class Generators:
         **kwargs: Any,
     ) -> Callable[..., list[Any]]:
         """A callable ``gen(**overrides)`` returning samples; its runner stays warm between calls."""
-        entry = self.session.prepare(model_id, install_dependencies=install_dependencies).entry
+        entry = self.session.prepare(model_id).entry
         session = self.session
         defaults = dict(kwargs)
 

@@ -292,12 +292,14 @@ class EnvBuildError(EnvError):
 class EnvNotBuiltError(EnvError):
     """Raised when a model has no env yet and the caller did not allow building one."""
 
-    def __init__(self, model_id: str) -> None:
+    def __init__(self, model_id: str, *, reason: str = "install_dependencies=False") -> None:
         self.model_id = model_id
         self.command = f"medigan-iso env build {model_id}"
+        self.reason = reason
         super().__init__(
-            f"model {model_id} has no environment yet and install_dependencies=False",
-            remedy=f"run `{self.command}`, or pass install_dependencies=True",
+            f"model {model_id} has no environment yet and building at run time is off ({reason})",
+            remedy=f"run `{self.command}` where building is allowed, or allow building here "
+            "(unset MEDIGAN_ISO_BUILD=never / pass install_dependencies=True to Session)",
         )
 
 

@@ -23,6 +23,8 @@ from typing import Any
 from medigan_iso.catalogue import Catalogue, ConfigSource, ModelEntry, load_catalogue
 from medigan_iso.envs import ModelEnv, ensure_env
 from medigan_iso.errors import (
+    EnvError,
+    EnvNotBuiltError,
     ProtocolError,
     RunnerCrashedError,
     RunnerError,
@@ -50,6 +52,7 @@ from medigan_iso.sandbox import (
 )
 
 __all__ = [
+    "BUILD_POLICY_ENV",
     "DEFAULT_BATCH_SIZE",
     "PreparedModel",
     "Session",
@@ -62,6 +65,23 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 32  # medigan saves in batches of 32; also bounds host memory per batch
 RESPAWN_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # wait before the k-th respawn after consecutive crashes
 MAX_CONSECUTIVE_CRASHES = 3  # a Session stops respawning a model's runner after this many crashes in a row
+# Build policy (CONTRACTS.md item 3): "never" means no env is ever built at run time; anything else (unset,
+# "auto") builds a model's env on first use. A deployment says it once, here, instead of in every call.
+BUILD_POLICY_ENV = "MEDIGAN_ISO_BUILD"
+BUILD_POLICIES = ("auto", "never")
+
+
+def build_allowed_by_environment() -> bool:
+    """Whether ``$MEDIGAN_ISO_BUILD`` allows building envs at run time (unset or ``auto``: yes)."""
+    value = os.environ.get(BUILD_POLICY_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return True
+    if value == "never":
+        return False
+    raise EnvError(
+        f"{BUILD_POLICY_ENV}={value[:40]!r} is not a build policy",
+        remedy=f"set {BUILD_POLICY_ENV} to one of {', '.join(BUILD_POLICIES)}, or unset it",
+    )
 
 
 @dataclass(frozen=True)
@@ -92,8 +112,10 @@ class Session:
     served one at a time. Use it as a context manager; :meth:`close` stops every runner.
 
     ``install_dependencies`` allows building a model's env when none exists (otherwise
-    :class:`~medigan_iso.errors.EnvNotBuiltError` names the command that builds it). ``config`` takes
-    catalogue sources (as :func:`~medigan_iso.catalogue.load_catalogue`) or a loaded Catalogue.
+    :class:`~medigan_iso.errors.EnvNotBuiltError` names the command that builds it). None (the default)
+    reads ``$MEDIGAN_ISO_BUILD``: unset or ``auto`` builds on first use, ``never`` never builds at run
+    time. ``config`` takes catalogue sources (as :func:`~medigan_iso.catalogue.load_catalogue`) or a
+    loaded Catalogue.
 
     ``sandbox`` is a policy (``"off" | "auto" | "require"``) or a :class:`~medigan_iso.sandbox.SandboxConfig`;
     None reads ``$MEDIGAN_ISO_SANDBOX`` (default ``auto``). A catalogue entry's ``execution.sandbox.policy``
@@ -110,7 +132,7 @@ class Session:
         config: Catalogue | ConfigSource | Sequence[ConfigSource] | None = None,
         home: str | os.PathLike[str] | None = None,
         offline: bool | None = None,
-        install_dependencies: bool = True,
+        install_dependencies: bool | None = None,
         index_url: str | None = None,
         find_links: Sequence[str] = (),
         ready_timeout_s: float = RUNNER_READY_TIMEOUT_S,
@@ -125,7 +147,12 @@ class Session:
         self._config = None if isinstance(config, Catalogue) else config
         self._home = None if home is None else Path(home)
         self._offline = offline
-        self._install_dependencies = install_dependencies
+        self._install_dependencies = (
+            build_allowed_by_environment() if install_dependencies is None else install_dependencies
+        )
+        self._build_reason = (
+            f"{BUILD_POLICY_ENV}=never" if install_dependencies is None else "install_dependencies=False"
+        )
         self._index_url = index_url
         self._find_links = tuple(find_links)
         self._ready_timeout_s = ready_timeout_s
@@ -197,15 +224,20 @@ class Session:
             package = ensure_package(
                 entry, home=self._home, offline=self._offline, require_hashes=self._strict
             )
-            env = ensure_env(
-                entry,
-                home=self._home,
-                build=self._install_dependencies if install_dependencies is None else install_dependencies,
-                index_url=self._index_url,
-                find_links=self._find_links,
-                offline=self._offline,
-                strict=self._strict,
-            )
+            build = self._install_dependencies if install_dependencies is None else install_dependencies
+            try:
+                env = ensure_env(
+                    entry,
+                    home=self._home,
+                    build=build,
+                    index_url=self._index_url,
+                    find_links=self._find_links,
+                    offline=self._offline,
+                    strict=self._strict,
+                )
+            except EnvNotBuiltError as exc:
+                reason = self._build_reason if install_dependencies is None else "install_dependencies=False"
+                raise EnvNotBuiltError(exc.model_id, reason=reason) from exc
             slot = _Slot(PreparedModel(entry=entry, package=package, env=env))
             with self._lock:
                 self._check_open()
@@ -470,8 +502,8 @@ def generate(
 ) -> list[Sample]:
     """Generate ``num_samples`` samples with ``model_id`` in its own env and return them.
 
-    Builds the model's env on first use. For many calls keep a :class:`Session` open instead, so the
-    runner (and the model's weights) stay loaded.
+    Builds the model's env on first use (never with ``MEDIGAN_ISO_BUILD=never``). For many calls keep a
+    :class:`Session` open instead, so the runner (and the model's weights) stay loaded.
     """
     with Session(config=config, sandbox=sandbox) as session:
         return session.generate(

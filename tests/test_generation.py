@@ -30,6 +30,7 @@ import medigan_iso
 from medigan_iso import Generators, Session
 from medigan_iso.cli import main
 from medigan_iso.errors import (
+    EnvError,
     EnvNotBuiltError,
     ModelError,
     RunnerCrashedError,
@@ -236,12 +237,36 @@ def test_facade_generate_function_keeps_the_runner_warm(world: dict[str, Path]) 
         assert generators.session.runner_info(ZOO_ID)["pid"] == pid
 
 
-def test_facade_without_install_dependencies_names_the_build_command(world: dict[str, Path]) -> None:
+def test_build_never_makes_the_facade_name_the_build_command(
+    world: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDIGAN_ISO_BUILD", "never")
     with Generators() as generators, pytest.raises(EnvNotBuiltError) as info:
-        generators.generate(NOT_BUILT_ID, num_samples=1, save_images=False)
+        # install_dependencies=True does not override the deployment's "never"
+        generators.generate(NOT_BUILT_ID, num_samples=1, save_images=False, install_dependencies=True)
     assert info.value.model_id == NOT_BUILT_ID
     assert info.value.command == f"medigan-iso env build {NOT_BUILT_ID}"
+    assert info.value.reason == "MEDIGAN_ISO_BUILD=never"
     assert f"medigan-iso env build {NOT_BUILT_ID}" in str(info.value)
+    assert "MEDIGAN_ISO_BUILD=never" in str(info.value)
+    with pytest.raises(EnvNotBuiltError):
+        medigan_iso.generate(NOT_BUILT_ID, 1)
+
+
+def test_session_without_install_dependencies_names_the_build_command(world: dict[str, Path]) -> None:
+    with Session(install_dependencies=False) as session, pytest.raises(EnvNotBuiltError) as info:
+        session.generate(NOT_BUILT_ID, 1)
+    assert info.value.reason == "install_dependencies=False"
+    assert str(info.value).endswith(
+        "(unset MEDIGAN_ISO_BUILD=never / pass install_dependencies=True to Session)"
+    )
+
+
+def test_an_unknown_build_policy_is_refused(world: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDIGAN_ISO_BUILD", "sometimes")
+    with pytest.raises(EnvError, match="MEDIGAN_ISO_BUILD='sometimes' is not a build policy") as info:
+        Session()
+    assert info.value.remedy == "set MEDIGAN_ISO_BUILD to one of auto, never, or unset it"
 
 
 def test_facade_find_and_generate(world: dict[str, Path]) -> None:

@@ -110,7 +110,9 @@ def _run(args: argparse.Namespace) -> int:
     grid_samples: list[Any] = []
     done = 0
     interrupted = False
-    with Session(install_dependencies=not args.no_build, sandbox=args.sandbox, strict=args.strict) as session:
+    with Session(
+        install_dependencies=False if args.no_build else None, sandbox=args.sandbox, strict=args.strict
+    ) as session:
         entry = session.resolve(args.model)
         try:
             for batch in session.stream(
