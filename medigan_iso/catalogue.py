@@ -42,7 +42,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from referencing import Registry, Resource
 
 from medigan_iso.errors import CatalogueSourceError, CatalogueValidationError, UnknownModelError
-from medigan_iso.paths import cache_layout
+from medigan_iso.paths import OFFLINE_ENV, cache_layout, is_offline
 
 __all__ = [
     "BUNDLED_CATALOGUE_NAME",
@@ -70,7 +70,6 @@ OFFICIAL_CATALOGUE_URL = "https://raw.githubusercontent.com/RichardObi/medigan/m
 CATALOGUE_URL_ENV = "MEDIGAN_ISO_CATALOGUE_URL"
 BUNDLED_ENV = "MEDIGAN_ISO_BUNDLED"
 CONFIG_ENV = "MEDIGAN_ISO_CONFIG"
-OFFLINE_ENV = "MEDIGAN_ISO_OFFLINE"
 BUNDLED_CATALOGUE_NAME = "bundled_catalogue.json"
 LOCAL_CATALOGUE_NAME = "local_models.json"
 CATALOGUE_SCHEMA_NAME = "catalogue.schema.json"
@@ -85,7 +84,6 @@ MAX_CATALOGUE_BYTES = 32 * 1024 * 1024
 OFFICIAL_RETRY_AFTER_FAILURE_S = 300.0
 ROOT_ID = "<catalogue>"  # model id reported for violations of the catalogue as a whole
 
-_TRUE_STRINGS = frozenset({"1", "true", "yes", "on"})
 _URL_SCHEMES = ("http://", "https://")
 _ERRNO_RE = re.compile(r"\[Errno -?\d+\][^'\")]*|Read timed out|timed out|Name or service not known")
 
@@ -389,13 +387,6 @@ class _Source:
     data: Mapping[str, Any]
     catalogue_dir: Path | None = None
     is_bundled: bool = False
-
-
-def is_offline(offline: bool | None = None) -> bool:
-    """``offline`` if given, else whether ``$MEDIGAN_ISO_OFFLINE`` is set to 1/true/yes/on."""
-    if offline is not None:
-        return offline
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in _TRUE_STRINGS
 
 
 def _parse(text: str, source: str) -> dict[str, Any]:

@@ -76,7 +76,7 @@ from medigan_iso.errors import (
     PackageLayoutError,
     UnpinnedPackageError,
 )
-from medigan_iso.paths import CacheLayout, cache_layout
+from medigan_iso.paths import OFFLINE_ENV, CacheLayout, cache_layout, is_offline
 
 __all__ = [
     "DEFAULT_DOWNLOAD_OPTIONS",
@@ -96,7 +96,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-OFFLINE_ENV = "MEDIGAN_ISO_OFFLINE"
 LOCK_POLL_S = 0.1
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -302,10 +301,6 @@ def _link_key(link: str) -> str:
 
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:64] or "package"
-
-
-def _offline_default() -> bool:
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 # --- the store -------------------------------------------------------------------------------------
@@ -516,7 +511,7 @@ def ensure_package(
     ``package_md5`` before extraction; a mismatch deletes it and raises :class:`PackageIntegrityError`.
     """
     layout = cache_layout(home).ensure()
-    is_offline = _offline_default() if offline is None else offline
+    offline_now = is_offline(offline)
     source = _classify(entry)
     sha, md5 = _pinned(entry, source.link)
     if require_hashes and sha is None:
@@ -533,7 +528,7 @@ def ensure_package(
             layout,
             sha=sha,
             md5=md5,
-            offline=is_offline,
+            offline=offline_now,
             options=options,
             limits=limits,
             progress=progress,

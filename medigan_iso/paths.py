@@ -11,15 +11,18 @@ This module creates directories and the ``CACHEDIR.TAG`` file; it never deletes 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
-__all__ = ["CACHEDIR_TAG_NAME", "CacheLayout", "cache_layout"]
+__all__ = ["CACHEDIR_TAG_NAME", "OFFLINE_ENV", "CacheLayout", "cache_layout", "is_offline"]
 
 HOME_ENV = "MEDIGAN_ISO_HOME"
 UV_CACHE_ENV = "MEDIGAN_ISO_UV_CACHE"
+OFFLINE_ENV = "MEDIGAN_ISO_OFFLINE"
+_TRUE = frozenset({"1", "true", "yes", "on"})
 CACHEDIR_TAG_NAME = "CACHEDIR.TAG"
 # https://bford.info/cachedir/ : backup tools skip directories holding this file.
 _CACHEDIR_TAG = (
@@ -57,6 +60,55 @@ class CacheLayout:
         if not tag.exists():
             tag.write_text(_CACHEDIR_TAG, encoding="ascii")
         return self
+
+    # --- envs (medigan_iso.envs) ---
+    def env_dir(self, key: str) -> Path:
+        return self.envs / key
+
+    def env_log(self, key: str) -> Path:
+        return self.logs / f"env-{key}.log"
+
+    def env_lock(self, key: str) -> Path:
+        """Held while env ``key`` is built, refreshed or removed."""
+        return self.locks / f"env-{key}.lock"
+
+    def env_users_lock(self, key: str) -> Path:
+        return self.locks / f"env-{key}.users.lock"
+
+    def resolved_lock(self, rkey: str) -> Path:
+        """A cached resolution (the lock text) for resolution key ``rkey``."""
+        return self.envs / ".resolved" / f"{rkey}.txt"
+
+    def resolve_lock(self, rkey: str) -> Path:
+        return self.locks / f"resolve-{rkey}.lock"
+
+    def env_name_record(self, name_hash: str) -> Path:
+        """Which env a named spec (a model id) used last."""
+        return self.envs / ".names" / f"{name_hash}.json"
+
+    @property
+    def interpreters_file(self) -> Path:
+        """Interpreters found for python_requires ranges and as-of dates (a cache of discovery)."""
+        return self.envs / ".interpreters.json"
+
+    @property
+    def build_tmp(self) -> Path:
+        """Scratch space of env builds (the only writable place besides the env and the uv cache)."""
+        return self.envs / ".build-tmp"
+
+    def runner_log(self, label: str) -> Path:
+        return self.logs / f"runner-{label}.log"
+
+
+def is_offline(offline: bool | None = None, *, environ: Mapping[str, str] | None = None) -> bool:
+    """``offline`` if given, else whether ``$MEDIGAN_ISO_OFFLINE`` is set to 1/true/yes/on.
+
+    The one reading of that variable: catalogues, packages and envs all ask here.
+    """
+    if offline is not None:
+        return offline
+    env = os.environ if environ is None else environ
+    return env.get(OFFLINE_ENV, "").strip().lower() in _TRUE
 
 
 def cache_layout(home: str | os.PathLike[str] | None = None) -> CacheLayout:

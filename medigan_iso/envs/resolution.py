@@ -1,0 +1,345 @@
+"""Resolution: a lock (pinned versions with hashes) for a spec on an interpreter, cached."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import filelock
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from medigan_iso.envs._common import KEY_LENGTH_HEX, TMP_PREFIX, _sha256_text, _write_atomic
+from medigan_iso.envs.index import IndexSettings, index_settings
+from medigan_iso.envs.interpreters import _find_interpreter
+from medigan_iso.envs.spec import (
+    RUNNER_REQUIREMENTS,
+    Interpreter,
+    SpecLike,
+    _locked_names,
+    _normalise_spec,
+    _Spec,
+)
+from medigan_iso.envs.tools import _find_uv, _run_uv, _tool_env, _UvUnusable
+from medigan_iso.errors import (
+    EnvBuildError,
+    ResolutionError,
+)
+from medigan_iso.paths import CacheLayout, cache_layout
+
+logger = logging.getLogger(__name__)
+
+
+_NETWORK_ERROR_MARKERS = (
+    "failed to fetch",
+    "error sending request",
+    "dns error",
+    "connection refused",
+    "network is unreachable",
+    "tcp connect error",
+    "timed out",
+    "could not connect",
+    "failed to download",
+)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A lock for a spec on an interpreter; ``from_cache`` says no resolver ran."""
+
+    lock: str
+    interpreter: Interpreter
+    requirements: tuple[str, ...]
+    dropped: tuple[str, ...]
+    origin: str  # "resolved" | "given"
+    from_cache: bool
+
+
+def _looks_like_network_error(text: str) -> bool:
+    low = text.lower()
+    return any(marker in low for marker in _NETWORK_ERROR_MARKERS)
+
+
+def _clean_uv_message(stderr: str) -> str:
+    lines = [
+        ln.rstrip()
+        for ln in stderr.splitlines()
+        if ln.strip() and not ln.startswith(("Resolved", "warning:"))
+    ]
+    return "\n".join(lines) or stderr.strip()
+
+
+def _compile(
+    uv: Path,
+    requirements: Sequence[str],
+    interp: Interpreter,
+    settings: IndexSettings,
+    layout: CacheLayout,
+) -> subprocess.CompletedProcess[str]:
+    args = [
+        "pip",
+        "compile",
+        "-",
+        "--generate-hashes",
+        "--no-header",
+        "--no-annotate",
+        "--quiet",
+        "--python",
+        str(interp.path),
+        "--cache-dir",
+        str(layout.uv_cache),
+        *settings.uv_args(),
+    ]
+    return _run_uv(
+        uv,
+        args,
+        input="\n".join(requirements) + "\n",
+        capture_output=True,
+        env=_tool_env(settings),
+        cwd=layout.envs,
+    )
+
+
+def _resolution_error(
+    spec: _Spec,
+    out: subprocess.CompletedProcess[str],
+    offline_retry: Callable[[], bool],
+    settings: IndexSettings,
+) -> ResolutionError:
+    explanation = _clean_uv_message(out.stderr)
+    missing = re.search(r"Because (\S+?) was not found in the package registry", out.stderr)
+    if missing:
+        requirement = next(
+            (
+                r
+                for r in spec.requirements
+                if canonicalize_name(Requirement(r).name) == canonicalize_name(missing[1])
+            ),
+            missing[1],
+        )
+        who = f"model {spec.name}" if spec.name else "this env"
+        return ResolutionError(
+            spec.name,
+            spec.requirements,
+            f"{who} requires {requirement!r}, which no configured index or find-links location has\n"
+            + explanation,
+            offline_may_help=False,
+            remedy=f"check the name {requirement!r}; indexes searched: {settings.describe()}",
+        )
+    if not settings.offline and _looks_like_network_error(out.stderr):
+        works = offline_retry()
+        remedy = (
+            "everything needed is in the uv cache: retry offline (offline=True, MEDIGAN_ISO_OFFLINE=1, "
+            "or `medigan-iso env build --offline`)"
+            if works
+            else "the uv cache does not hold everything either, so an offline retry would fail too; check "
+            "the network and the index settings (PIP_INDEX_URL, UV_INDEX_URL, pip.conf)"
+        )
+        return ResolutionError(
+            spec.name,
+            spec.requirements,
+            "network failure while resolving\n" + explanation,
+            offline_may_help=works,
+            remedy=remedy,
+        )
+    if settings.offline and "offline" in out.stderr.lower():
+        return ResolutionError(
+            spec.name,
+            spec.requirements,
+            explanation,
+            offline_may_help=False,
+            remedy="offline mode is on and the uv cache lacks something; build once online "
+            "(offline=False, unset MEDIGAN_ISO_OFFLINE)",
+        )
+    return ResolutionError(
+        spec.name,
+        spec.requirements,
+        explanation,
+        remedy="relax or change the conflicting requirements named above",
+    )
+
+
+def _resolve_with_uv(
+    uv: Path, spec: _Spec, interp: Interpreter, settings: IndexSettings, layout: CacheLayout
+) -> str:
+    out = _compile(uv, spec.requirements, interp, settings, layout)
+    if out.returncode == 0:
+        return out.stdout
+
+    def offline_retry() -> bool:
+        retry = _compile(uv, spec.requirements, interp, dataclasses.replace(settings, offline=True), layout)
+        return retry.returncode == 0
+
+    raise _resolution_error(spec, out, offline_retry, settings)
+
+
+def _resolve_with_pip(spec: _Spec, interp: Interpreter, settings: IndexSettings, layout: CacheLayout) -> str:
+    """Resolve without uv: ``pip install --dry-run --report`` in a scratch virtualenv, then pin hashes."""
+    with tempfile.TemporaryDirectory(dir=layout.envs, prefix=f"{TMP_PREFIX}resolve-") as scratch:
+        venv = Path(scratch) / "venv"
+        made = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "virtualenv",
+                "--quiet",
+                "--no-setuptools",
+                "-p",
+                str(interp.path),
+                str(venv),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=_tool_env(),
+        )
+        if made.returncode != 0:
+            raise EnvBuildError(
+                spec.name,
+                "virtualenv could not create a scratch env",
+                returncode=made.returncode,
+                log_tail=made.stderr[-2000:],
+            )
+        report = Path(scratch) / "report.json"
+        reqs = Path(scratch) / "requirements.in"
+        reqs.write_text("\n".join(spec.requirements) + "\n", encoding="utf-8")
+        out = subprocess.run(
+            [
+                str(venv / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--report",
+                str(report),
+                "-r",
+                str(reqs),
+                *settings.pip_args(),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=_tool_env(),
+        )
+        if out.returncode != 0:
+            raise ResolutionError(
+                spec.name,
+                spec.requirements,
+                out.stderr.strip() or out.stdout.strip(),
+                remedy="relax or change the conflicting requirements named above",
+            )
+        data = json.loads(report.read_text(encoding="utf-8"))
+    lines = []
+    for item in sorted(data.get("install", []), key=lambda i: canonicalize_name(i["metadata"]["name"])):
+        info = item.get("download_info", {})
+        hashes = info.get("archive_info", {}).get("hashes", {})
+        digest = hashes.get("sha256")
+        if digest is None and info.get("url", "").startswith("file://"):
+            digest = hashlib.sha256(Path(unquote(urlsplit(info["url"]).path)).read_bytes()).hexdigest()
+        if digest is None:
+            raise ResolutionError(
+                spec.name,
+                spec.requirements,
+                f"pip reported no sha256 for {item['metadata']['name']}",
+                remedy="install uv (`pip install uv`), which locks with hashes",
+            )
+        name = canonicalize_name(item["metadata"]["name"])
+        lines.append(f"{name}=={item['metadata']['version']} \\\n    --hash=sha256:{digest}")
+    return "\n".join(lines) + "\n"
+
+
+def _resolution_cache(
+    spec: _Spec, interp: Interpreter, settings: IndexSettings, uv: Path | None, layout: CacheLayout
+) -> Path:
+    """Where the lock for (requirements, interpreter, index settings, resolver) is cached."""
+    rkey = _sha256_text(
+        json.dumps(
+            {
+                "requirements": spec.requirements,
+                "interpreter": [interp.implementation, interp.version, interp.platform],
+                "index": settings.fingerprint(),
+                "resolver": "uv" if uv else "pip",
+            },
+            sort_keys=True,
+        )
+    )[: KEY_LENGTH_HEX * 2]
+    return layout.resolved_lock(rkey)
+
+
+def _resolve(
+    spec: _Spec,
+    *,
+    layout: CacheLayout,
+    settings: IndexSettings,
+    uv: Path | None,
+    refresh: bool,
+) -> Resolution:
+    interp = _find_interpreter(spec.python_requires, name=spec.name, layout=layout)
+    if spec.given_lock is not None:
+        missing = {canonicalize_name(Requirement(r).name) for r in RUNNER_REQUIREMENTS} - _locked_names(
+            spec.given_lock
+        )
+        if missing:
+            raise ResolutionError(
+                spec.name,
+                spec.requirements,
+                f"the requirements_lock ({spec.lock_origin}) lacks the runner's {', '.join(sorted(missing))}",
+                remedy="add them to the lock (`uv pip compile --generate-hashes` with msgpack and numpy)",
+            )
+        return Resolution(spec.given_lock, interp, spec.requirements, spec.dropped, "given", from_cache=False)
+    cache = _resolution_cache(spec, interp, settings, uv, layout)
+    rkey = cache.stem
+    if not refresh and cache.is_file():
+        return Resolution(
+            cache.read_text(encoding="utf-8"), interp, spec.requirements, spec.dropped, "resolved", True
+        )
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(layout.resolve_lock(rkey))):
+        if not refresh and cache.is_file():
+            return Resolution(
+                cache.read_text(encoding="utf-8"), interp, spec.requirements, spec.dropped, "resolved", True
+            )
+        started = time.monotonic()
+        lock = (
+            _resolve_with_uv(uv, spec, interp, settings, layout)
+            if uv is not None
+            else _resolve_with_pip(spec, interp, settings, layout)
+        )
+        logger.info("resolved %s in %.1f s", spec.name or "env", time.monotonic() - started)
+        _write_atomic(cache, lock)
+    return Resolution(lock, interp, spec.requirements, spec.dropped, "resolved", from_cache=False)
+
+
+def resolve(
+    spec: SpecLike,
+    *,
+    home: str | os.PathLike[str] | None = None,
+    index_url: str | None = None,
+    find_links: Sequence[str | os.PathLike[str]] = (),
+    offline: bool | None = None,
+    refresh: bool = False,
+) -> Resolution:
+    """The lock ``ensure_env`` would build for ``spec`` (cached; ``refresh=True`` resolves again)."""
+    layout = cache_layout(home).ensure()
+    settings = index_settings(index_url=index_url, find_links=find_links, offline=offline)
+    try:
+        return _resolve(
+            _normalise_spec(spec), layout=layout, settings=settings, uv=_find_uv(), refresh=refresh
+        )
+    except _UvUnusable:
+        return _resolve(_normalise_spec(spec), layout=layout, settings=settings, uv=None, refresh=refresh)
