@@ -23,7 +23,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import logging
 import os
 import re
 import time
@@ -43,6 +42,7 @@ from referencing import Registry, Resource
 
 from medigan_iso.errors import CatalogueSourceError, CatalogueValidationError, UnknownModelError
 from medigan_iso.paths import OFFLINE_ENV, cache_layout, is_offline
+from medigan_iso.untrusted import get_logger
 
 __all__ = [
     "BUNDLED_CATALOGUE_NAME",
@@ -64,7 +64,7 @@ __all__ = [
     "validate_catalogue",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 OFFICIAL_CATALOGUE_URL = "https://raw.githubusercontent.com/RichardObi/medigan/main/config/global.json"
 CATALOGUE_URL_ENV = "MEDIGAN_ISO_CATALOGUE_URL"

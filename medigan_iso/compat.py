@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -61,10 +60,11 @@ from medigan_iso.search import (
     rank_models,
 )
 from medigan_iso.search import find_models_and_rank as _find_models_and_rank
+from medigan_iso.untrusted import get_logger
 
 __all__ = ["Generators"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 _MISSING = object()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import re
 import time
@@ -21,6 +20,7 @@ import requests
 
 from medigan_iso.archives import ZIP_MAGICS
 from medigan_iso.errors import PackageDownloadError
+from medigan_iso.untrusted import get_logger
 
 __all__ = [
     "DEFAULT_DOWNLOAD_OPTIONS",
@@ -31,7 +31,7 @@ __all__ = [
     "download",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 MAX_PACKAGE_BYTES = 8 << 30  # the largest upstream package is well under 2 GiB
 

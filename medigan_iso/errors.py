@@ -1,9 +1,10 @@
 """Every exception medigan_iso raises, in one hierarchy.
 
-This module owns the error types and nothing else: it imports nothing from the rest of the package, so
-every layer may raise from it. Each class carries the data a caller needs to act (as attributes) and a
-message that ends with a remedy. Third-party exceptions (requests, json, jsonschema, subprocess) are
-translated once, at the boundary that sees them, with ``raise ... from exc``.
+This module owns the error types and nothing else: it imports nothing from the rest of the package but
+:mod:`medigan_iso.untrusted` (model text in messages is neutralised here), so every layer may raise from
+it. Each class carries the data a caller needs to act (as attributes) and a message that ends with a
+remedy. Third-party exceptions (requests, json, jsonschema, subprocess) are translated once, at the
+boundary that sees them, with ``raise ... from exc``.
 
     MediganIsoError                      base; ``remedy`` says what to do next
     ├── CatalogueError
@@ -38,6 +39,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+
+from medigan_iso.untrusted import neutralise
+
+# Caps on model-supplied text carried in messages (issue 16: a 4 MiB error message or stderr tail must not
+# reach a terminal whole, nor drive it).
+TYPE_NAME_MAX_CHARS = 200
+REMOTE_MESSAGE_MAX_CHARS = 4000
+TRACEBACK_MAX_CHARS = 20000
+STDERR_TAIL_MAX_CHARS = 8000
 
 __all__ = [
     "CatalogueError",
@@ -107,11 +117,15 @@ class CatalogueValidationError(CatalogueError):
         self.violations = list(violations)
         self.strict = strict
         self.model_ids = sorted({model_id for model_id, _, _ in self.violations})
-        lines = [f"{model_id}: {path}: {msg}" for model_id, path, msg in self.violations]
+        lines = [
+            neutralise(f"{model_id}: {path}: {msg}", max_chars=REMOTE_MESSAGE_MAX_CHARS)
+            for model_id, path, msg in self.violations
+        ]
         mode = "strict" if strict else "lenient"
+        ids = neutralise(", ".join(self.model_ids), max_chars=REMOTE_MESSAGE_MAX_CHARS)
         super().__init__(
-            f"{source}: {len(lines)} schema violation(s) ({mode} mode) in "
-            f"{', '.join(self.model_ids)}:\n    " + "\n    ".join(lines),
+            f"{source}: {len(lines)} schema violation(s) ({mode} mode) in {ids}:\n    "
+            + "\n    ".join(lines),
             remedy="fix the entries listed above; `medigan-iso validate PATH` re-checks a file",
         )
 
@@ -327,7 +341,7 @@ class RunnerTimeoutError(RunnerError):
         self.stderr_tail = stderr_tail
         msg = f"runner timed out waiting for {phase} after {timeout_s:g} s"
         if stderr_tail:
-            msg += "\n  runner stderr (tail):\n" + stderr_tail.rstrip()
+            msg += "\n  runner stderr (tail):\n  | " + _tail(stderr_tail)
         super().__init__(msg, remedy="raise the timeout if the model is just slow")
 
 
@@ -352,7 +366,7 @@ class RunnerCrashedError(RunnerError):
         who = f" for model {model_id}" if model_id else ""
         msg = f"runner{who} {how}"
         if stderr_tail:
-            msg += "\n  runner stderr (tail):\n" + stderr_tail.rstrip()
+            msg += "\n  runner stderr (tail):\n  | " + _tail(stderr_tail)
         if log_path is not None:
             msg += f"\n  full log: {log_path}"
         super().__init__(msg)
@@ -368,10 +382,19 @@ class ModelError(RunnerError):
         self.remote_message = remote_message
         self.traceback_text = traceback_text
         self.model_id = model_id
-        who = f"model {model_id}" if model_id else "model"
-        super().__init__(
-            f"{who} raised {remote_type}: {remote_message}\n--- remote traceback ---\n{traceback_text}"
-        )
+        who = f"model {neutralise(model_id)}" if model_id else "model"
+        kind = neutralise(remote_type, max_chars=TYPE_NAME_MAX_CHARS)
+        text = neutralise(remote_message, max_chars=REMOTE_MESSAGE_MAX_CHARS, multiline=True)
+        trace = neutralise(traceback_text.rstrip(), max_chars=TRACEBACK_MAX_CHARS, multiline=True)
+        super().__init__(f"{who} raised {kind}: {text}\n  --- remote traceback ---\n  | {trace}")
+
+
+def _tail(stderr_tail: str) -> str:
+    """A stderr tail fit for a message: neutralised, capped from the front (the end is what matters)."""
+    text = stderr_tail.rstrip()
+    if len(text) > STDERR_TAIL_MAX_CHARS:
+        text = text[-STDERR_TAIL_MAX_CHARS:]
+    return neutralise(text, max_chars=STDERR_TAIL_MAX_CHARS * 2, multiline=True)
 
 
 # --- sandbox ---------------------------------------------------------------------------------------

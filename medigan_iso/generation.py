@@ -10,7 +10,6 @@ builds envs only through :mod:`medigan_iso.envs`, and fetches packages only thro
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -50,6 +49,7 @@ from medigan_iso.sandbox import (
     stricter,
     verify_hello,
 )
+from medigan_iso.untrusted import get_logger
 
 __all__ = [
     "BUILD_POLICY_ENV",
@@ -60,7 +60,7 @@ __all__ = [
     "stream",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 DEFAULT_BATCH_SIZE = 32  # medigan saves in batches of 32; also bounds host memory per batch
 RESPAWN_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # wait before the k-th respawn after consecutive crashes

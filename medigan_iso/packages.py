@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -77,6 +76,7 @@ from medigan_iso.errors import (
     UnpinnedPackageError,
 )
 from medigan_iso.paths import OFFLINE_ENV, CacheLayout, cache_layout, is_offline
+from medigan_iso.untrusted import get_logger
 
 __all__ = [
     "DEFAULT_DOWNLOAD_OPTIONS",
@@ -94,7 +94,7 @@ __all__ = [
     "tree_sha256",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 LOCK_POLL_S = 0.1
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -53,6 +53,7 @@ from medigan_iso.errors import (
     RunnerTimeoutError,
 )
 from medigan_iso.sandbox import PRIVATE_DIR_PLACEHOLDER
+from medigan_iso.untrusted import get_logger, neutralise
 
 __all__ = [
     "RUNNER_INACTIVITY_TIMEOUT_S",
@@ -64,7 +65,7 @@ __all__ = [
     "runner_environment",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 RUNNER_READY_TIMEOUT_S = 300.0  # spawn -> hello, and load -> ready (model imports, weights)
 RUNNER_INACTIVITY_TIMEOUT_S = 600.0  # between two frames of a generate stream; never a total timeout
@@ -177,8 +178,8 @@ class _StderrDrain:
     def tail(self, lines: int = STDERR_TAIL_LINES) -> str:
         with self._lock:
             data = b"".join(self._ring)
-        text = data.decode("utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
+        text = data.decode("utf-8", errors="surrogateescape")  # neutralise shows undecodable bytes as \xNN
+        return "\n".join(text.split("\n")[-lines:])
 
     def join(self, timeout_s: float) -> None:
         self._thread.join(timeout_s)
@@ -749,7 +750,7 @@ class GenerateStream(Iterator[list[Sample]]):
             if frame.kind == "progress":
                 self.files += int(header.get("files", 0))
             elif frame.kind == "log":
-                self.warnings.append(str(header.get("message", "")))
+                self.warnings.append(neutralise(header.get("message", "")))
             elif frame.kind == "done":
                 self.shortfall = int(header.get("shortfall", 0))
                 self.cancelled = bool(header.get("cancelled"))

@@ -34,7 +34,6 @@ import contextlib
 import ctypes
 import functools
 import json
-import logging
 import os
 import platform
 import shutil
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medigan_iso.errors import SandboxError, SandboxPolicyError
+from medigan_iso.untrusted import get_logger
 
 __all__ = [
     "LAYERS",
@@ -66,7 +66,7 @@ __all__ = [
     "verify_hello",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 Policy = Literal["off", "auto", "require"]
 POLICIES: tuple[Policy, ...] = ("off", "auto", "require")

@@ -16,13 +16,13 @@ Where medigan 1.0 crashes or surprises, this module does the sensible thing (eac
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from medigan_iso.catalogue import Catalogue, thaw
+from medigan_iso.untrusted import get_logger
 
 __all__ = [
     "OPERATORS",
@@ -36,7 +36,7 @@ __all__ = [
     "rank_models",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 OPERATORS = ("AND", "OR", "XOR")
 ORDERS = ("asc", "desc")

@@ -1,8 +1,9 @@
 """Neutralising text that came from a model, a runner or a catalogue before a terminal or a log sees it.
 
-This module owns one function, :func:`neutralise`, and imports nothing from the rest of the package, so
-every layer (errors included) may call it. It must not print, log or raise on any input: it is the last
-step before untrusted text reaches a human, and it has to work on whatever an attacker sends.
+This module owns :func:`neutralise` (and :func:`get_logger`, a module logger whose record arguments pass
+through it) and imports nothing from the rest of the package, so every layer (errors included) may call it.
+It must not print, log or raise on any input: it is the last step before untrusted text reaches a human,
+and it has to work on whatever an attacker sends.
 
 Why (issue 16, finding 5): error messages, exception type names, stderr tails and log frames from models,
 and ids and descriptions from catalogues, were printed raw. OSC 52 clipboard writes, title changes,
@@ -15,7 +16,10 @@ with a ``…[+N chars]`` marker, so a 2 GiB message costs no more than a short o
 
 from __future__ import annotations
 
-__all__ = ["MAX_CHARS", "neutralise"]
+import logging
+from collections.abc import Mapping
+
+__all__ = ["MAX_CHARS", "NeutralisingFilter", "get_logger", "neutralise"]
 
 MAX_CHARS = 2000
 """Default cap on the characters kept (escapes count with their full visible length)."""
@@ -95,3 +99,40 @@ def neutralise(text: object, *, max_chars: int = MAX_CHARS, multiline: bool = Fa
     if dropped:
         out += f"…[+{dropped} {unit}]"
     return out
+
+
+_LOG_ARG_MAX_CHARS = 4000
+
+
+class NeutralisingFilter(logging.Filter):
+    """A logging filter that neutralises every argument of a record that is not a number.
+
+    Message templates are ours; their arguments (model ids, URLs, runner log frames, exception texts) may
+    come from a model or a catalogue. Attach it with :func:`get_logger`.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and args:
+            record.args = tuple(
+                arg
+                if arg is None or isinstance(arg, (int, float))
+                else neutralise(arg, max_chars=_LOG_ARG_MAX_CHARS)
+                for arg in args
+            )
+        elif isinstance(args, Mapping) and args:
+            record.args = {
+                key: value
+                if value is None or isinstance(value, (int, float))
+                else neutralise(value, max_chars=_LOG_ARG_MAX_CHARS)
+                for key, value in args.items()
+            }
+        return True
+
+
+def get_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)`` with a :class:`NeutralisingFilter` attached (once)."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, NeutralisingFilter) for f in logger.filters):
+        logger.addFilter(NeutralisingFilter())
+    return logger

@@ -17,6 +17,7 @@ from typing import Any
 
 from medigan_iso import __version__
 from medigan_iso.errors import MediganIsoError
+from medigan_iso.untrusted import neutralise
 
 __all__ = ["main"]
 
@@ -24,6 +25,25 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+ERROR_MAX_CHARS = 64_000
+
+
+def terminal_safe(text: str, *, max_chars: int = ERROR_MAX_CHARS) -> str:
+    """Our multi-line message made safe for a terminal, whatever model or catalogue text it carries.
+
+    The last line of defence behind :func:`medigan_iso.untrusted.neutralise` at the sources: every control
+    character but the newline is escaped, and every line after the first is indented, so no text inside a
+    message can start a line that looks like ``medigan-iso: error: ...`` (issue 16, finding 5).
+    """
+    lines = [neutralise(line, max_chars=max_chars) for line in text.split("\n")]
+    return "\n".join([lines[0], *(line if line[:1] in (" ", "") else "  " + line for line in lines[1:])])
+
+
+class _TerminalSafeFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(super().format(record))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,11 +69,9 @@ def _command_groups() -> list[Callable[[Any], None]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="medigan-iso: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_handler = logging.StreamHandler(sys.stderr)
+    log_handler.setFormatter(_TerminalSafeFormatter("medigan-iso: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), handlers=[log_handler])
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
@@ -61,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(handler(args))
     except MediganIsoError as exc:
-        print(f"medigan-iso: error: {exc}", file=sys.stderr)
+        print(f"medigan-iso: error: {terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
         # `medigan-iso list | head`: the reader left; say nothing more (Python docs, "Note on SIGPIPE")

@@ -17,10 +17,12 @@ from medigan_iso.api import ModelInfo, SearchResult, search
 from medigan_iso.catalogue import Catalogue, load_catalogue, read_catalogue_source, validate_catalogue
 from medigan_iso.errors import CatalogueValidationError
 from medigan_iso.search import OPERATORS, ORDERS
+from medigan_iso.untrusted import neutralise
 
 __all__ = ["register"]
 
 TITLE_WIDTH = 60
+CELL_MAX_CHARS = 300
 EXIT_OK = 0
 EXIT_INVALID = 1
 
@@ -76,6 +78,8 @@ def _shorten(text: str, width: int) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    # every cell comes from a catalogue: escape what could drive the terminal (issue 16, finding 5)
+    rows = [[neutralise(cell, max_chars=CELL_MAX_CHARS) for cell in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
@@ -172,7 +176,7 @@ def _info(args: argparse.Namespace) -> int:
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
         if value:
-            print(f"{name.ljust(width)}  {value}")
+            print(f"{name.ljust(width)}  {neutralise(value, max_chars=CELL_MAX_CHARS)}")
     return EXIT_OK
 
 
@@ -197,5 +201,5 @@ def _validate(args: argparse.Namespace) -> int:
                 continue
             print(f"{report['source']}: {len(problems)} violation(s) ({mode}):")
             for v in problems:
-                print(f"  {v['model_id']}: {v['path']}: {v['message']}")
+                print("  " + neutralise(f"{v['model_id']}: {v['path']}: {v['message']}"))
     return EXIT_INVALID if any(r["violations"] for r in reports) else EXIT_OK

@@ -25,6 +25,7 @@ from medigan_iso.envs import (
 )
 from medigan_iso.errors import EnvError
 from medigan_iso.paths import cache_layout
+from medigan_iso.untrusted import neutralise
 
 __all__ = ["register"]
 
@@ -131,7 +132,7 @@ def _progress() -> Callable[[str], None] | None:
 
 def _label(spec: Any) -> str:
     name = getattr(spec, "model_id", None) or getattr(spec, "name", None)
-    return str(name) if name else ", ".join(spec.requirements) or "(runner only)"
+    return neutralise(name) if name else neutralise(", ".join(spec.requirements)) or "(runner only)"
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -180,7 +181,7 @@ def _list(args: argparse.Namespace) -> int:
         builder = info.builder if info.valid else "BROKEN"
         print(
             f"{info.key:16}  {info.own_bytes / MB:8.1f}  {last:19}  {builder or '-':10}  "
-            f"{info.python_version or '-':7}  {', '.join(info.models) or '-'}"
+            f"{info.python_version or '-':7}  {neutralise(', '.join(info.models)) or '-'}"
         )
     return 0
 

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medigan_iso.untrusted import neutralise
+
 __all__ = ["register"]
 
 GRID_MAX_SAMPLES = 64  # --grid keeps at most this many images in memory for the contact sheet
@@ -133,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
             progress.finish()
             writer.close()
     for note in writer.notes:
-        print(f"note: {note}", file=sys.stderr)
+        print(f"note: {neutralise(note)}", file=sys.stderr)
     if args.grid is not None and grid_samples:
         from medigan_iso.preview import contact_sheet
 
@@ -147,5 +149,6 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     if done < args.num_samples:
         print(f"warning: the model returned {done} of {args.num_samples} samples", file=sys.stderr)
-    print(f"{entry.model_id}: wrote {len(writer.files)} file(s) for {done} sample(s) to {args.output}")
+    model = neutralise(entry.model_id)
+    print(f"{model}: wrote {len(writer.files)} file(s) for {done} sample(s) to {args.output}")
     return 0

@@ -306,24 +306,54 @@ def hello_header() -> Dict[str, Any]:
     }
 
 
+ERROR_TYPE_MAX_CHARS = 1024
+ERROR_MESSAGE_MAX_CHARS = 64 * 1024
+ERROR_TRACEBACK_MAX_CHARS = 256 * 1024
+
+
+def wire_text(value: Any, max_chars: int) -> str:
+    """``value`` as a str msgpack can encode (lone surrogates become ``\\udcff``), at most ``max_chars`` long.
+
+    An error frame must always be sendable: a message that is not UTF-8 or larger than the header cap once
+    crashed the runner instead of reaching the host as a ModelError (issue 16).
+    """
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:
+        text = f"<unprintable {type(value).__name__}>"
+    if not isinstance(text, str):
+        text = "<unprintable>"
+    dropped = len(text) - max_chars
+    if dropped > 0:
+        text = text[:max_chars]
+    text = str.__str__(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    if dropped > 0:
+        text += f"...[+{dropped} chars]"
+    return text
+
+
 def error_header(exc: BaseException, phase: str, request: Optional[int] = None) -> Dict[str, Any]:
     kind = type(exc)
-    name = (
-        kind.__qualname__
-        if kind.__module__ in ("builtins", "__main__")
-        else kind.__module__ + "." + kind.__qualname__
-    )
+    try:
+        module, qualname = str(kind.__module__), str(kind.__qualname__)
+        name = qualname if module in ("builtins", "__main__") else module + "." + qualname
+    except Exception:
+        name = "<unnamed exception type>"
     try:
         message = str(exc)
     except Exception:
-        message = f"<unprintable {name}>"
+        message = f"<unprintable {wire_text(name, ERROR_TYPE_MAX_CHARS)}>"
+    try:
+        trace = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    except Exception:
+        trace = "<traceback unavailable>"
     return {
         "kind": "error",
         "request": request,
         "phase": phase,
-        "type": name,
-        "message": message,
-        "traceback": "".join(traceback.format_exception(kind, exc, exc.__traceback__)),
+        "type": wire_text(name, ERROR_TYPE_MAX_CHARS),
+        "message": wire_text(message, ERROR_MESSAGE_MAX_CHARS),
+        "traceback": wire_text(trace, ERROR_TRACEBACK_MAX_CHARS),
     }
 
 
