@@ -31,6 +31,7 @@ from medigan_iso.errors import (
     RunnerTimeoutError,
 )
 from medigan_iso.images import non_regular_entries, prepare_output_dir
+from medigan_iso.logfiles import auto_prune
 from medigan_iso.packages import ModelPackage, ensure_package
 from medigan_iso.paths import cache_layout
 from medigan_iso.runner_process import (
@@ -304,6 +305,7 @@ class Session:
             model_id=prepared.entry.model_id,
         )
         layout = cache_layout(self._home).ensure()
+        auto_prune(layout.logs)  # issue 16: old logs go, at most once a day per cache
         stamp = time.strftime("%Y%m%d-%H%M%S")
         safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in prepared.entry.model_id)
         log_path = layout.logs / f"runner-{safe_id}-{stamp}-{os.getpid()}-{threading.get_ident()}.log"

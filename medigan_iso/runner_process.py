@@ -57,8 +57,10 @@ from medigan_iso.untrusted import get_logger, neutralise
 
 __all__ = [
     "RUNNER_INACTIVITY_TIMEOUT_S",
+    "RUNNER_LOG_MAX_BYTES",
     "RUNNER_READY_TIMEOUT_S",
     "RUNNER_SHUTDOWN_GRACE_S",
+    "CappedLog",
     "GenerateStream",
     "RunnerProcess",
     "Sample",
@@ -72,6 +74,7 @@ RUNNER_INACTIVITY_TIMEOUT_S = 600.0  # between two frames of a generate stream; 
 RUNNER_SHUTDOWN_GRACE_S = 5.0  # shutdown frame -> SIGTERM; SIGTERM -> SIGKILL takes as long again
 DEATH_CHECK_INTERVAL_S = 0.2  # how often a blocked read checks that the runner still lives
 STDERR_RING_BYTES = 64 * 1024
+RUNNER_LOG_MAX_BYTES = 10 * 1024 * 1024  # per runner log: the first and the last half are kept
 STDERR_TAIL_LINES = 40
 PARENT_PID_ENV = "MEDIGAN_ISO_RUNNER_PARENT_PID"
 PDEATHSIG_ENV = "MEDIGAN_ISO_RUNNER_PDEATHSIG"
@@ -145,12 +148,74 @@ def runner_environment(
     return env
 
 
-class _StderrDrain:
-    """Copies the runner's stderr to a log file and keeps the last bytes in a bounded ring."""
+class CappedLog:
+    """A log file that keeps the first and the last ``max_bytes / 2`` bytes of what is written to it.
 
-    def __init__(self, stream: Any, log_path: Path) -> None:
+    Issue 16, finding 3: a model wrote 2 GiB of stderr in 3 s into an unbounded log. The head goes straight
+    into ``path``; past it, bytes go to ``path.tail`` which is rotated to ``path.tail.1`` whenever it holds
+    half the budget, so disk use stays under 1.5 x ``max_bytes`` even if the host dies mid-run. :meth:`close`
+    appends a marker with the count of dropped bytes and the last ``max_bytes / 2`` bytes to ``path``.
+    """
+
+    def __init__(self, path: Path, *, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max(2, int(max_bytes))
+        self._half = self.max_bytes // 2
+        self._head = path.open("ab")
+        self._written = self._head.tell()
+        self._tail_path = path.with_name(path.name + ".tail")
+        self._old_tail_path = path.with_name(path.name + ".tail.1")
+        self._tail: Any = None
+        self._tail_bytes = 0
+        self.dropped = 0  # bytes written but not kept
+
+    def write(self, data: bytes) -> None:
+        room = self._half - self._written
+        if room > 0:
+            self._head.write(data[:room])
+            self._head.flush()
+            self._written += min(room, len(data))
+            data = data[room:]
+        while data:
+            if self._tail is None:
+                self._tail = self._tail_path.open("wb")
+                self._tail_bytes = 0
+            take = min(len(data), self._half - self._tail_bytes)
+            self._tail.write(data[:take])
+            self._tail.flush()
+            self._tail_bytes += take
+            data = data[take:]
+            if self._tail_bytes >= self._half:
+                self._tail.close()
+                self._tail = None
+                with contextlib.suppress(FileNotFoundError):
+                    self.dropped += self._old_tail_path.stat().st_size
+                self._tail_path.replace(self._old_tail_path)
+
+    def close(self) -> None:
+        if self._tail is not None:
+            self._tail.close()
+            self._tail = None
+        pieces = b""
+        for part in (self._old_tail_path, self._tail_path):
+            with contextlib.suppress(FileNotFoundError):
+                pieces += part.read_bytes()
+                part.unlink()
+        keep = pieces[-self._half :] if self._half else b""
+        self.dropped += len(pieces) - len(keep)
+        if self.dropped:
+            self._head.write(f"\n[medigan-iso: {self.dropped} bytes of runner stderr dropped]\n".encode())
+        self._head.write(keep)
+        self._head.close()
+
+
+class _StderrDrain:
+    """Copies the runner's stderr to a capped log file and keeps the last bytes in a bounded ring."""
+
+    def __init__(self, stream: Any, log_path: Path, *, max_log_bytes: int = RUNNER_LOG_MAX_BYTES) -> None:
         self._stream = stream
         self._log_path = log_path
+        self._max_log_bytes = max_log_bytes
         self._ring: collections.deque[bytes] = collections.deque()
         self._ring_bytes = 0
         self._lock = threading.Lock()
@@ -159,7 +224,8 @@ class _StderrDrain:
 
     def _run(self) -> None:
         fd = self._stream.fileno()
-        with self._log_path.open("ab") as log:
+        log = CappedLog(self._log_path, max_bytes=self._max_log_bytes)
+        try:
             while True:
                 try:
                     chunk = os.read(fd, 65536)
@@ -168,12 +234,13 @@ class _StderrDrain:
                 if not chunk:
                     break
                 log.write(chunk)
-                log.flush()
                 with self._lock:
                     self._ring.append(chunk)
                     self._ring_bytes += len(chunk)
                     while self._ring_bytes > STDERR_RING_BYTES and len(self._ring) > 1:
                         self._ring_bytes -= len(self._ring.popleft())
+        finally:
+            log.close()
 
     def tail(self, lines: int = STDERR_TAIL_LINES) -> str:
         with self._lock:
@@ -297,6 +364,7 @@ class RunnerProcess:
         command_prefix: Sequence[str] = (),
         env_overrides: Mapping[str, str | None] | None = None,
         model_id: str | None = None,
+        max_log_bytes: int = RUNNER_LOG_MAX_BYTES,
     ) -> RunnerProcess:
         """Spawn a runner with ``python`` and wait (``ready_timeout_s``) for its hello.
 
@@ -346,7 +414,7 @@ class RunnerProcess:
             popen,
             private_dir=private_dir,
             log_path=log,
-            drain=_StderrDrain(popen.stderr, log),
+            drain=_StderrDrain(popen.stderr, log, max_log_bytes=max_log_bytes),
             ready_timeout_s=ready_timeout_s,
             inactivity_timeout_s=inactivity_timeout_s,
             shutdown_grace_s=shutdown_grace_s,

@@ -70,8 +70,10 @@ def test_public_surface_is_pinned() -> None:
 
     assert runner_process.__all__ == [
         "RUNNER_INACTIVITY_TIMEOUT_S",
+        "RUNNER_LOG_MAX_BYTES",
         "RUNNER_READY_TIMEOUT_S",
         "RUNNER_SHUTDOWN_GRACE_S",
+        "CappedLog",
         "GenerateStream",
         "RunnerProcess",
         "Sample",

@@ -61,9 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command_groups() -> list[Callable[[Any], None]]:
     """The ``register`` function of every command group, in help order (one import per group)."""
-    from medigan_iso.cli import catalogue, doctor, env, generate, packages
+    from medigan_iso.cli import catalogue, doctor, env, generate, logs, packages
 
-    return [catalogue.register, generate.register, packages.register, env.register, doctor.register]
+    return [
+        catalogue.register,
+        generate.register,
+        packages.register,
+        env.register,
+        logs.register,
+        doctor.register,
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
