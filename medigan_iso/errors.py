@@ -28,7 +28,9 @@ boundary that sees them, with ``raise ... from exc``.
     │   ├── RunnerStartError             the runner could not be started or did not say hello
     │   ├── RunnerTimeoutError           a runner clock (ready, inactivity) ran out
     │   ├── RunnerCrashedError           the runner process died (exit code or signal, stderr tail)
-    │   └── ModelError                   the model's own code raised (remote type and traceback)
+    │   ├── ModelError                   the model's own code raised (remote type and traceback)
+    │   └── ResourceLimitError           the runner hit a limit (memory, processes, output bytes)
+    ├── OutputExistsError                a file to be written already exists in the output folder
     └── SandboxError                     a required confinement layer is unavailable
         └── SandboxPolicyError           a sandbox policy value is not off, auto or require
 
@@ -60,12 +62,14 @@ __all__ = [
     "InterpreterNotFoundError",
     "MediganIsoError",
     "ModelError",
+    "OutputExistsError",
     "PackageDownloadError",
     "PackageError",
     "PackageIntegrityError",
     "PackageLayoutError",
     "ProtocolError",
     "ResolutionError",
+    "ResourceLimitError",
     "RunnerCrashedError",
     "RunnerError",
     "RunnerStartError",
@@ -395,6 +399,39 @@ def _tail(stderr_tail: str) -> str:
     if len(text) > STDERR_TAIL_MAX_CHARS:
         text = text[-STDERR_TAIL_MAX_CHARS:]
     return neutralise(text, max_chars=STDERR_TAIL_MAX_CHARS * 2, multiline=True)
+
+
+class ResourceLimitError(RunnerError):
+    """Raised when a runner is stopped by a limit; ``limit`` names it ("memory", "processes", "output")."""
+
+    def __init__(
+        self, limit: str, detail: str, *, model_id: str | None = None, remedy: str | None = None
+    ) -> None:
+        self.limit = limit
+        self.detail = detail
+        self.model_id = model_id
+        who = f"model {neutralise(model_id)}" if model_id else "the model"
+        super().__init__(
+            f"{who} was stopped by its {limit} limit: {detail}",
+            remedy=remedy
+            or "raise the limit for this model (catalogue execution.resources) if the model needs it",
+        )
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+
+class OutputExistsError(MediganIsoError, FileExistsError):
+    """Raised when a sample file to be written already exists; nothing of it was overwritten."""
+
+    def __init__(self, path: Path, *, directory: Path | None = None) -> None:
+        self.path = path
+        self.directory = directory if directory is not None else path.parent
+        MediganIsoError.__init__(
+            self,
+            f"{path} already exists; refusing to overwrite a sample",
+            remedy=f"write into an empty or new folder, or remove the sample files in {self.directory}",
+        )
 
 
 # --- sandbox ---------------------------------------------------------------------------------------

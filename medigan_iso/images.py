@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from medigan_iso.errors import OutputExistsError
+
 __all__ = ["SampleWriter", "non_regular_entries", "prepare_output_dir", "read_regular_file", "to_uint8"]
 
 TUPLE_PART_SUFFIXES = ("", "_mask", "_other")
@@ -176,7 +178,10 @@ def _write_exclusive(path: Path, data: bytes) -> None:
         fd = os.open(tmp, flags, 0o644)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.link(tmp, path, follow_symlinks=False)
+        try:
+            os.link(tmp, path, follow_symlinks=False)
+        except FileExistsError as exc:
+            raise OutputExistsError(path) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

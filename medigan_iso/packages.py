@@ -460,16 +460,35 @@ def _fetch_file(
 
 
 def _fetch_dir(
-    entry: PackageEntry, source: _Source, layout: CacheLayout, *, sha: str | None
+    entry: PackageEntry,
+    source: _Source,
+    layout: CacheLayout,
+    *,
+    sha: str | None,
+    limits: ExtractLimits = DEFAULT_EXTRACT_LIMITS,
 ) -> tuple[Path, str]:
     assert source.path is not None
     trees = _trees(layout)
     if sha is not None and (trees / sha).is_dir():
         return trees / sha, sha
+    # Issue 16: an unpinned directory link ("/", a home folder) was copied whole into the store before its
+    # layout was rejected. The layout is checked on the source first; the copy stops at the extract caps.
+    _package_root(source.path, model_id=entry.model_id, package_name=entry.package_name)
     trees.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".dir.tmp-", dir=trees))
+    entries = 0
+    total = 0
     try:
         for rel, path in walk_package_dir(source.path):
+            entries += 1
+            total += path.stat().st_size
+            if entries > limits.max_entries or total > limits.max_total_bytes:
+                raise PackageLayoutError(
+                    entry.model_id,
+                    f"the package directory holds more than {limits.max_entries} files or "
+                    f"{limits.max_total_bytes} bytes; is the link the package folder?",
+                    path=source.path,
+                )
             target = tmp.joinpath(*rel.split("/"))
             target.parent.mkdir(parents=True, exist_ok=True)
             with path.open("rb") as src, target.open("xb") as out:
@@ -536,7 +555,7 @@ def ensure_package(
     elif source.kind == "file":
         tree, actual = _fetch_file(entry, source, layout, sha=sha, md5=md5, limits=limits)
     else:
-        tree, actual = _fetch_dir(entry, source, layout, sha=sha)
+        tree, actual = _fetch_dir(entry, source, layout, sha=sha, limits=limits)
     if sha is None:
         logger.info(
             'model %s: package is not pinned; to pin it add "package_sha256": "%s"', entry.model_id, actual

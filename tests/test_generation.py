@@ -302,13 +302,31 @@ def test_cli_generate_npy_keeps_exact_arrays_and_set_overrides(
     assert [a.shape for a in arrays] == [(5, 5, 3)] * 3
 
 
-def test_cli_generate_refuses_to_overwrite_existing_files(world: dict[str, Path], tmp_path: Path) -> None:
+def test_cli_generate_refuses_to_overwrite_existing_files_with_one_clear_error(
+    world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "again"
     assert main(["generate", ZOO_ID, "-n", "1", "-o", str(out)]) == 0
     before = (out / "sample_00000.png").read_bytes()
-    with pytest.raises(FileExistsError):
-        main(["generate", ZOO_ID, "-n", "1", "-o", str(out), "--seed", "5"])
+    capsys.readouterr()
+    # issue 16: this ended in a raw FileExistsError traceback
+    assert main(["generate", ZOO_ID, "-n", "1", "-o", str(out), "--seed", "5"]) == 1
+    err = capsys.readouterr().err
+    assert f"medigan-iso: error: {out / 'sample_00000.png'} already exists" in err
+    assert "write into an empty or new folder" in err and "Traceback" not in err
     assert (out / "sample_00000.png").read_bytes() == before
+
+
+def test_sample_writer_raises_output_exists_error_carrying_the_path(tmp_path: Path) -> None:
+    from medigan_iso.errors import OutputExistsError
+    from medigan_iso.images import SampleWriter
+
+    SampleWriter(tmp_path, fmt="npy").write(0, np.zeros((2, 2)))
+    with pytest.raises(OutputExistsError) as info:
+        SampleWriter(tmp_path, fmt="npy").write(0, np.ones((2, 2)))
+    assert isinstance(info.value, FileExistsError)
+    assert info.value.path == tmp_path / "sample_00000.npy" and info.value.directory == tmp_path
+    assert np.load(tmp_path / "sample_00000.npy").sum() == 0
 
 
 def test_ctrl_c_stops_the_runner_and_keeps_what_was_written(world: dict[str, Path], tmp_path: Path) -> None:

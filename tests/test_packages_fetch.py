@@ -16,9 +16,11 @@ import pytest
 from _pkgserver import PackageServer, serve
 from _zipcraft import Entry, RawEntry, build_zip, model_zip
 
+from medigan_iso.archives import ExtractLimits
 from medigan_iso.errors import (
     PackageDownloadError,
     PackageIntegrityError,
+    PackageLayoutError,
     UnpinnedPackageError,
     UnsafeArchiveError,
 )
@@ -373,6 +375,33 @@ def test_directory_link_with_a_wrong_tree_hash_is_refused(home: Path, tmp_path: 
         ensure_package(_entry(str(pkg_dir), package_sha256="2" * 64, catalogue_dir=tmp_path), home=home)
     assert info.value.algorithm == "tree-sha256"
     assert info.value.actual == tree_sha256(pkg_dir)
+    _store_is_empty(home)
+
+
+def test_an_unpinned_directory_without_a_package_is_refused_before_anything_is_copied(
+    home: Path, tmp_path: Path
+) -> None:
+    # issue 16: "package_link": "~" or "/" was copied whole into the package store, then refused
+    not_a_package = tmp_path / "home-folder"
+    (not_a_package / ".ssh").mkdir(parents=True)
+    (not_a_package / ".ssh" / "id_rsa").write_text("key")
+    (not_a_package / "big.bin").write_bytes(b"x" * 1_000_000)
+    with pytest.raises(PackageLayoutError) as info:
+        ensure_package(_entry(str(not_a_package), catalogue_dir=tmp_path), home=home)
+    assert "no __init__.py" in info.value.message
+    _store_is_empty(home)
+    assert not any((home / "packages").rglob("id_rsa"))
+
+
+def test_a_directory_over_the_size_cap_is_refused_and_nothing_kept(home: Path, tmp_path: Path) -> None:
+    pkg_dir = tmp_path / "demo_pkg"
+    pkg_dir.mkdir()
+    (pkg_dir / "__init__.py").write_text("")
+    for i in range(5):
+        (pkg_dir / f"w{i}.bin").write_bytes(b"w" * 1000)
+    limits = ExtractLimits(max_entries=3)
+    with pytest.raises(PackageLayoutError, match="more than 3 files"):
+        ensure_package(_entry(str(pkg_dir), catalogue_dir=tmp_path), home=home, limits=limits)
     _store_is_empty(home)
 
 
