@@ -375,7 +375,8 @@ def seccomp_program(arch: str | None = None) -> bytes:
 # --- the trampoline ----------------------------------------------------------------------------------
 
 # Runs as `<env python> -I -S -c TRAMPOLINE_SOURCE CONFIG_JSON RUNNER_ARGV...`: -S skips site, so no .pth
-# file of the env runs before the confinement. Python >= 3.8, stdlib only. Exit code 126: a layer failed.
+# file of the env runs before the confinement. Python >= 3.7 (the runner's floor), stdlib only. Exit code
+# 126: a layer failed.
 TRAMPOLINE_SOURCE = r"""
 import ctypes, json, os, resource, stat, struct, sys
 cfg = json.loads(sys.argv[1])

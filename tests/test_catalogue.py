@@ -375,7 +375,7 @@ def test_bundled_catalogue_is_a_source_unless_switched_off(
     monkeypatch.setenv("MEDIGAN_ISO_BUNDLED", "1")
     catalogue = load_catalogue([])
     assert catalogue.sources == ("<bundled bundled_catalogue.json>",)
-    assert catalogue.ids() == ("demo-numpy", "demo-torch", "demo-tf")
+    assert catalogue.ids() == ("demo-numpy", "demo-torch", "demo-tf", "demo-tf1")
     assert all(entry.is_bundled for entry in catalogue)
     monkeypatch.setenv("MEDIGAN_ISO_BUNDLED", "0")
     assert load_catalogue([]).sources == ()

@@ -1,14 +1,18 @@
-"""The bundled demo models: one trained DCGAN shipped as numpy, torch and TensorFlow packages.
+"""The bundled demo models: one trained DCGAN shipped as numpy, torch, TensorFlow 2 and TensorFlow 1 packages.
 
 Everything runs through medigan_iso itself: the bundled catalogue, the packages module (tree hash check,
 read-only copy), the envs module (numpy only; torch 2.13 with numpy 2; tensorflow-cpu 2.12.1 with numpy
-1.2x) and real runner subprocesses in one Session. The three formats must agree on the float output, and
-the host process imports neither torch nor TensorFlow.
+1.2x; tensorflow 1.15.5 with numpy 1.18 on Python 3.7) and real runner subprocesses in one Session. The four
+formats must agree on the float output, and the host process imports neither torch nor TensorFlow.
+
+demo-tf1 needs a Python 3.7 interpreter (pyenv's versions folder is searched): without one its tests skip
+with the reason, except in CI (``$CI`` set), whose machines have pyenv's 3.7, where they fail.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import threading
@@ -23,10 +27,11 @@ from PIL import Image
 
 from medigan_iso import Session
 from medigan_iso.catalogue import load_catalogue
-from medigan_iso.errors import ModelError
+from medigan_iso.errors import InterpreterNotFoundError, ModelError
 from medigan_iso.packages import tree_sha256
 
-DEMO_IDS = ("demo-numpy", "demo-torch", "demo-tf")
+DEMO_IDS = ("demo-numpy", "demo-torch", "demo-tf", "demo-tf1")
+MODERN_IDS = DEMO_IDS[:3]  # run by the `floats` fixture; demo-tf1 (Python 3.7) by `tf1_side_by_side`
 MAX_ABS_DIFF = 1e-4
 N = 6
 SEED = 7
@@ -58,25 +63,59 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
         mp.undo()
 
 
-@pytest.fixture(scope="module")
-def floats(session: Session) -> dict[str, np.ndarray]:
-    """Seeded float output of the three demos, generated concurrently from threads of one Session."""
+def generate_from_threads(session: Session, model_ids: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Seeded float output of each model, generated from one thread per model of this host process.
+
+    A barrier releases the threads together, so the requests are in flight at the same time.
+    """
     results: dict[str, np.ndarray] = {}
     errors: list[BaseException] = []
+    barrier = threading.Barrier(len(model_ids))
 
     def work(model_id: str) -> None:
         try:
+            barrier.wait(60)
             results[model_id] = np.stack(session.generate(model_id, N, seed=SEED, output="float"))
-        except BaseException as exc:  # reported by the assertion below
+        except BaseException as exc:  # reported by the caller
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(model_id,)) for model_id in DEMO_IDS]
+    threads = [threading.Thread(target=work, args=(model_id,)) for model_id in model_ids]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(900)
     assert not errors, errors
     return results
+
+
+@pytest.fixture(scope="module")
+def floats(session: Session) -> dict[str, np.ndarray]:
+    """Seeded float output of the three modern demos, generated concurrently from threads of one Session."""
+    return generate_from_threads(session, MODERN_IDS)
+
+
+@pytest.fixture(scope="module")
+def tf1_side_by_side(session: Session, floats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """demo-tf1 (TensorFlow 1.15, Python 3.7) and demo-torch (torch 2.13, the host's Python) from two threads.
+
+    demo-tf1's env is built and its runner started first, so the two requests overlap in generation rather
+    than one waiting for an env build. Skips with the reason where no Python 3.7 exists (fails instead in
+    CI, whose machines have pyenv's 3.7).
+    """
+    try:
+        session.generate("demo-tf1", 1, seed=SEED)
+    except InterpreterNotFoundError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"demo-tf1 needs Python 3.7 and this machine has none: {exc}")
+    return generate_from_threads(session, ("demo-tf1", "demo-torch"))
+
+
+def floats_of(request: pytest.FixtureRequest, model_id: str) -> np.ndarray:
+    """The seeded float output of ``model_id`` (demo-tf1's needs Python 3.7 and may skip)."""
+    if model_id == "demo-tf1":
+        return request.getfixturevalue("tf1_side_by_side")["demo-tf1"]  # type: ignore[no-any-return]
+    return request.getfixturevalue("floats")[model_id]  # type: ignore[no-any-return]
 
 
 @slow
@@ -93,11 +132,39 @@ def test_three_formats_give_the_same_float_images_for_the_same_seed(floats: dict
 
 
 @slow
+def test_tf1_and_torch_from_two_threads_give_the_numpy_images(
+    floats: dict[str, np.ndarray], tf1_side_by_side: dict[str, np.ndarray]
+) -> None:
+    tf1 = tf1_side_by_side["demo-tf1"]
+    assert tf1.shape == (N, 64, 64, 1) and tf1.dtype == np.float32
+    assert tf1.std() > 0.1, "demo-tf1 produced a flat image"
+    assert np.abs(tf1 - floats["demo-numpy"]).max() <= MAX_ABS_DIFF
+    assert np.abs(tf1 - tf1_side_by_side["demo-torch"]).max() <= MAX_ABS_DIFF
+    # demo-torch gives the same images whether it ran beside demo-tf1 or beside the other two.
+    assert np.array_equal(tf1_side_by_side["demo-torch"], floats["demo-torch"])
+
+
+@slow
+def test_tf1_runs_tensorflow_1_15_on_python_3_7_beside_torch_on_the_host_python(
+    session: Session, tf1_side_by_side: dict[str, np.ndarray]
+) -> None:
+    tf1 = session.runner_info("demo-tf1")
+    torch = session.runner_info("demo-torch")
+    assert tf1["python"].startswith("3.7.")
+    assert tf1["packages"]["tensorflow"] == "1.15.5"
+    assert tf1["numpy"] == "1.18.5"
+    assert torch["python"] == f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
+    assert torch["packages"]["torch"].startswith("2.13.0")
+    assert tf1["pid"] != torch["pid"]
+    assert "torch" not in sys.modules and "tensorflow" not in sys.modules
+
+
+@slow
 def test_torch_and_tf_run_side_by_side_without_leaking_into_the_host(
     session: Session, floats: dict[str, np.ndarray]
 ) -> None:
     host_numpy = np.__version__
-    versions = {model_id: session.runner_info(model_id)["numpy"] for model_id in DEMO_IDS}
+    versions = {model_id: session.runner_info(model_id)["numpy"] for model_id in MODERN_IDS}
     assert versions["demo-tf"].startswith("1.")
     assert versions["demo-torch"].split(".")[0] == "2"
     assert session.runner_info("demo-torch")["packages"]["torch"].startswith("2.13.0")
@@ -105,59 +172,66 @@ def test_torch_and_tf_run_side_by_side_without_leaking_into_the_host(
     # The host generated with both and still has neither, and its own numpy is untouched.
     assert "torch" not in sys.modules and "tensorflow" not in sys.modules
     assert np.__version__ == host_numpy
-    assert len({session.runner_info(model_id)["pid"] for model_id in DEMO_IDS}) == 3
+    assert len({session.runner_info(model_id)["pid"] for model_id in MODERN_IDS}) == 3
 
 
 @slow
 @pytest.mark.parametrize("model_id", DEMO_IDS)
 def test_same_seed_repeats_and_a_different_seed_differs(
-    session: Session, floats: dict[str, np.ndarray], model_id: str
+    session: Session, request: pytest.FixtureRequest, model_id: str
 ) -> None:
+    first = floats_of(request, model_id)
     again = np.stack(session.generate(model_id, N, seed=SEED, output="float"))
     other = np.stack(session.generate(model_id, N, seed=SEED + 1, output="float"))
-    assert np.array_equal(floats[model_id], again)
-    assert np.abs(floats[model_id] - other).max() > 0.1
+    assert np.array_equal(first, again)
+    assert np.abs(first - other).max() > 0.1
     assert not np.array_equal(again[0], again[1])
 
 
 @slow
 @pytest.mark.parametrize("model_id", DEMO_IDS)
 def test_default_output_is_uint8_hw1_arrays_matching_the_float_output(
-    session: Session, floats: dict[str, np.ndarray], model_id: str
+    session: Session, request: pytest.FixtureRequest, model_id: str
 ) -> None:
+    first = floats_of(request, model_id)
     samples = session.generate(model_id, N, seed=SEED)
     assert all(isinstance(s, np.ndarray) for s in samples)
     images = np.stack(samples)
     assert images.dtype == np.uint8 and images.shape == (N, 64, 64, 1)
-    expected = np.round((floats[model_id] + 1.0) * 127.5)
+    expected = np.round((first + 1.0) * 127.5)
     assert np.abs(images.astype(np.float64) - expected).max() <= 1.0
 
 
 @slow
 @pytest.mark.parametrize("model_id", DEMO_IDS)
 def test_input_latent_vector_rows_decide_the_samples(
-    session: Session, floats: dict[str, np.ndarray], model_id: str
+    session: Session, request: pytest.FixtureRequest, model_id: str
 ) -> None:
+    first = floats_of(request, model_id)
     # 30 asked with 6 latent rows (a plain list, as medigan's visualiser may send): the rows win.
     from_list = session.generate(model_id, 30, input_latent_vector=LATENT.tolist(), output="float")
     assert len(from_list) == N
-    assert np.abs(np.stack(from_list) - floats[model_id]).max() <= MAX_ABS_DIFF
+    assert np.abs(np.stack(from_list) - first).max() <= MAX_ABS_DIFF
     one = session.generate(model_id, 1, input_latent_vector=LATENT[2], output="float")
     assert len(one) == 1
-    assert np.abs(one[0] - floats[model_id][2]).max() <= MAX_ABS_DIFF
+    assert np.abs(one[0] - first[2]).max() <= MAX_ABS_DIFF
 
 
 @slow
 @pytest.mark.parametrize("model_id", DEMO_IDS)
-def test_zero_samples_return_an_empty_list(session: Session, model_id: str) -> None:
+def test_zero_samples_return_an_empty_list(
+    session: Session, request: pytest.FixtureRequest, model_id: str
+) -> None:
+    floats_of(request, model_id)  # skips demo-tf1 without Python 3.7
     assert session.generate(model_id, 0, seed=SEED) == []
 
 
 @slow
 @pytest.mark.parametrize("model_id", DEMO_IDS)
 def test_save_images_writes_one_png_per_sample_with_medigan_naming(
-    session: Session, model_id: str, tmp_path: Path
+    session: Session, request: pytest.FixtureRequest, model_id: str, tmp_path: Path
 ) -> None:
+    floats_of(request, model_id)  # skips demo-tf1 without Python 3.7
     expected = np.stack(session.generate(model_id, N, seed=SEED))
     written = session.save(model_id, N, tmp_path / "out", seed=SEED)
     files = sorted((tmp_path / "out").iterdir(), key=lambda p: int(re.findall(r"\d+", p.name)[-1]))
@@ -171,7 +245,10 @@ def test_save_images_writes_one_png_per_sample_with_medigan_naming(
 
 @slow
 @pytest.mark.parametrize("model_id", DEMO_IDS)
-def test_bad_arguments_raise_model_errors_with_a_remedy(session: Session, model_id: str) -> None:
+def test_bad_arguments_raise_model_errors_with_a_remedy(
+    session: Session, request: pytest.FixtureRequest, model_id: str
+) -> None:
+    floats_of(request, model_id)  # skips demo-tf1 without Python 3.7
     with pytest.raises(ModelError) as bad_latent:
         session.generate(model_id, 3, input_latent_vector=LATENT[:, :99])
     assert bad_latent.value.remote_type == "ValueError"
@@ -194,7 +271,7 @@ def test_bad_arguments_raise_model_errors_with_a_remedy(session: Session, model_
 # --- catalogue entries and shipped files (no envs needed) ------------------------------------------------
 
 
-def test_bundled_catalogue_holds_the_three_demo_entries_marked_as_demos():
+def test_bundled_catalogue_holds_the_four_demo_entries_marked_as_demos():
     catalogue = bundled_catalogue()
     assert list(catalogue) == list(DEMO_IDS)
     for model_id, entry in catalogue.items():
@@ -214,6 +291,9 @@ def test_bundled_entries_pin_their_frameworks():
     assert deps["demo-numpy"] == ["numpy>=1.21"]
     assert "torch==2.13.0" in deps["demo-torch"] and "numpy>=2" in deps["demo-torch"]
     assert "tensorflow-cpu==2.12.1" in deps["demo-tf"] and "numpy<2" in deps["demo-tf"]
+    # TF 1.15's era, pinned explicitly: numpy < 1.19, protobuf < 4 (4.x breaks its generated code), h5py < 3.
+    assert deps["demo-tf1"] == ["tensorflow==1.15.5", "numpy==1.18.5", "protobuf==3.20.3", "h5py==2.10.0"]
+    assert bundled_catalogue()["demo-tf1"]["execution"]["python_requires"] == ">=3.7,<3.8"
 
 
 @pytest.mark.parametrize("model_id", DEMO_IDS)
@@ -243,14 +323,25 @@ def test_tree_hash_covers_paths_and_contents_and_ignores_bytecode(tmp_path):
 
 def test_demo_weights_stay_small():
     weights = [p for p in (data_dir() / "models").rglob("generator.*")]
-    assert sorted(p.name for p in weights) == ["generator.h5", "generator.npz", "generator.pt"]
-    assert sum(p.stat().st_size for p in weights) < 6_000_000
+    assert sorted(p.name for p in weights) == [
+        "generator.h5",
+        "generator.npz",
+        "generator.pb",
+        "generator.pt",
+    ]
+    assert sum(p.stat().st_size for p in weights) < 8_000_000
 
 
 def test_numpy_demo_package_imports_nothing_but_numpy_and_stdlib():
     source = (data_dir() / "models" / "demo_numpy" / "__init__.py").read_text(encoding="utf-8")
     imported = set(re.findall(r"^(?:import|from) (\w+)", source, flags=re.MULTILINE))
     assert imported == {"functools", "os", "struct", "zlib", "pathlib", "numpy"}
+
+
+def test_tf1_demo_package_imports_only_tensorflow_numpy_and_stdlib():
+    source = (data_dir() / "models" / "demo_tf1" / "__init__.py").read_text(encoding="utf-8")
+    imported = set(re.findall(r"^(?:import|from) (\w+)", source, flags=re.MULTILINE))
+    assert imported == {"functools", "os", "struct", "zlib", "pathlib", "numpy", "tensorflow"}
 
 
 def test_bundled_catalogue_is_plain_json_with_integer_sizes():

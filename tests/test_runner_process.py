@@ -36,9 +36,30 @@ from medigan_iso.runner_process import RunnerProcess, runner_environment
 PACKAGE_NAME = "ProGAN-4ch"  # not an identifier, like upstream's package names
 
 
-@pytest.fixture(scope="session")
-def numpy_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_runner_env(tmp_path_factory.mktemp("env-numpy"), ["numpy", "msgpack"])
+# The runner runs inside every model env, down to TensorFlow 1.15's Python 3.7: every test that takes
+# ``numpy_env`` (or ``runner``) runs once on the host's Python and once on a real Python 3.7 env.
+OLDEST_PYTHON = "3.7"
+
+
+def old_python_env(tmp_path_factory: pytest.TempPathFactory, version: str) -> Path:
+    """A numpy + msgpack env on Python ``version``; skips without one, except in CI (pyenv has it there)."""
+    try:
+        return build_runner_env(
+            tmp_path_factory.mktemp(f"env-py{version}"),
+            ["numpy", "msgpack"],
+            python_requires=f"=={version}.*",
+        )
+    except InterpreterNotFoundError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI machines provide Python {version} (pyenv) for the runner tests: {exc}")
+        pytest.skip(f"no Python {version} on this machine: {exc}")
+
+
+@pytest.fixture(scope="session", params=["host", OLDEST_PYTHON], ids=["py-host", f"py{OLDEST_PYTHON}"])
+def numpy_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if request.param == "host":
+        return build_runner_env(tmp_path_factory.mktemp("env-numpy"), ["numpy", "msgpack"])
+    return old_python_env(tmp_path_factory, request.param)
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +119,15 @@ def test_closing_during_a_long_request_stops_the_runner_promptly(runner: RunnerP
 def test_hello_reports_protocol_python_numpy_and_pid(numpy_env: Path, tmp_path: Path) -> None:
     with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log") as proc:
         assert proc.hello["protocol"] == protocol.PROTOCOL_VERSION
-        assert proc.hello["python"].startswith("3.")
+        assert (
+            proc.hello["python"]
+            == subprocess.run(
+                [str(numpy_env), "-I", "-c", "import platform; print(platform.python_version())"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
         assert proc.hello["numpy"].count(".") >= 1
         assert proc.hello["pid"] == proc.pid
         assert proc.hello["executable"] == str(numpy_env)
@@ -568,15 +597,11 @@ def test_torch_model_generates_reproducibly_with_a_seed(tmp_path_factory: pytest
     assert any(not np.array_equal(x, z) for x, z in zip(a, c, strict=True))
 
 
-def test_the_runner_works_on_python_3_8_with_only_numpy_and_msgpack(
-    tmp_path_factory: pytest.TempPathFactory, zoo: Path
+@pytest.mark.parametrize("version", [OLDEST_PYTHON, "3.8"])
+def test_the_runner_works_on_old_pythons_with_only_numpy_and_msgpack(
+    tmp_path_factory: pytest.TempPathFactory, zoo: Path, version: str
 ) -> None:
-    try:
-        env = build_runner_env(
-            tmp_path_factory.mktemp("env-py38"), ["numpy", "msgpack"], python_requires="==3.8.*"
-        )
-    except InterpreterNotFoundError as exc:
-        pytest.skip(f"no Python 3.8 on this machine: {exc}")
+    env = old_python_env(tmp_path_factory, version)
     listing = subprocess.run(
         [str(env), "-I", "-m", "pip", "--version"], capture_output=True, text=True, check=False
     )
@@ -588,8 +613,8 @@ def test_the_runner_works_on_python_3_8_with_only_numpy_and_msgpack(
         check=False,
     )
     assert compiled.returncode == 0, compiled.stdout + compiled.stderr
-    with RunnerProcess.start(env, log_path=zoo.parent / "py38.log") as proc:
-        assert proc.hello["python"].startswith("3.8.")
+    with RunnerProcess.start(env, log_path=zoo.parent / f"py{version}.log") as proc:
+        assert proc.hello["python"].startswith(f"{version}.")
         proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
         samples = collect(proc, 3, kwargs={"behaviour": "nested"}, seed=3)
     assert len(samples) == 3 and isinstance(samples[0][1][5], tuple)

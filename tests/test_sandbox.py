@@ -492,7 +492,7 @@ def test_save_refuses_a_symlinked_output_directory(open_session: type[Session], 
 @pytest.mark.parametrize(
     ("requirements", "python_requires", "package"),
     [
-        (["numpy", "msgpack"], "==3.8.*", "zoo"),  # the trampoline and the runner are Python 3.8 code
+        (["numpy", "msgpack"], "==3.7.*", "zoo"),  # the trampoline and the runner are Python 3.7 code
         (["numpy", "msgpack", "torch==2.13.0"], None, "torch"),  # torch imports under every layer
     ],
 )
@@ -506,7 +506,9 @@ def test_oldest_python_and_torch_models_run_under_the_full_stack(
         python = build_runner_env(
             tmp_path_factory.mktemp("env"), requirements, python_requires=python_requires
         )
-    except EnvError as exc:  # e.g. no Python 3.8 on this machine and none downloadable
+    except EnvError as exc:  # e.g. no Python 3.7 on this machine and none downloadable
+        if os.environ.get("CI"):
+            raise  # CI machines have pyenv's 3.7 and the torch wheel: a skip there would hide a regression
         pytest.skip(f"cannot build the env: {exc.message}")
     writer = write_numpy_zoo if package == "zoo" else write_torch_model
     pkg = writer(tmp_path_factory.mktemp("pkg") / package)
@@ -522,7 +524,7 @@ def test_oldest_python_and_torch_models_run_under_the_full_stack(
         samples = [s for batch in runner.generate(3, batch_size=2, seed=1) for s in batch]
     assert len(samples) == 3 and all(s.shape == (8, 8, 3) for s in samples)
     if python_requires:
-        assert runner.hello["python"].startswith("3.8.")
+        assert runner.hello["python"].startswith("3.7.")
     else:
         assert runner.hello["packages"]["torch"].startswith("2.13.0")
 

@@ -2,7 +2,8 @@
 
 This is the program ``medigan_iso.runner_process`` starts; it owns loading the model package, calling its
 generate function and streaming the results. It imports nothing from medigan_iso, only the stdlib, msgpack
-and numpy, and is written for Python >= 3.8. Frame format: ``medigan_iso_runner.protocol``.
+and numpy, and is written for Python >= 3.7 (TensorFlow 1.15 models need 3.7; ruff checks this directory
+with target py37). Frame format: ``medigan_iso_runner.protocol``.
 
 Contract
 --------

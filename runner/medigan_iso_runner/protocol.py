@@ -1,7 +1,7 @@
 """Wire protocol shared by the host and the runner: framing, array payloads, sample structures.
 
 This module owns the byte format of every frame that crosses the runner's pipes, and nothing else: no
-processes, no timeouts, no model code. It runs on both sides (Python >= 3.8, stdlib + msgpack + numpy) and
+processes, no timeouts, no model code. It runs on both sides (Python >= 3.7, stdlib + msgpack + numpy) and
 imports nothing from medigan_iso. On the host it is a security boundary: :func:`read_frame` and
 :func:`unpack_samples` raise only :class:`ProtocolError` on malformed input, never another exception, and
 never read more than the caps allow. Nothing is ever pickled or unpickled.

@@ -1,0 +1,117 @@
+"""Demo head-phantom generator, TensorFlow 1.x graph mode (catalogue id "demo-tf1"; env: Python 3.7,
+tensorflow==1.15.5, numpy 1.18).
+
+A medigan-format model package: ``generate(model_file, num_samples, output_path, save_images, **custom)``.
+It runs inside its own model env and imports only TensorFlow and numpy; it is written for Python 3.7 (the
+newest Python TensorFlow 1.15 has wheels for). The same trained DCGAN ships as demo_numpy (.npz, numpy
+forward pass), demo_torch (torch state_dict) and demo_tf (Keras 2 .h5); for equal latent vectors the four
+give the same float images to within 1e-4.
+
+- Latents: ``numpy.random.standard_normal((n, 100)).astype(float32)`` from numpy's global RNG (not TF's), so
+  seeding numpy gives the same images in all four packages; or ``input_latent_vector=`` (shape (n, 100) or
+  (100,)), whose rows then decide the number of samples (as in upstream medigan models, num_samples is
+  ignored).
+- Return (save_images=False): a list of 64x64x1 arrays, uint8 0-255 by default, or float32 in [-1, 1] (the
+  raw tanh output) with ``output="float"``.
+- save_images=True writes ``demo_<i>.png`` (8-bit greyscale PNG, written with zlib: the env has no Pillow)
+  into output_path and returns None.
+- Weights: ``generator.pb``, a frozen TF 1.x GraphDef (protobuf, no pickles): five
+  ``conv2d_transpose`` + bias + ReLU/tanh blocks whose weights are graph constants. Input ``latent:0``
+  (float32, (n, 100)), output ``image:0`` (float32, (n, 64, 64, 1)). It is imported into its own
+  ``tf.Graph`` and run by a ``tf.compat.v1.Session``, the way TF 1.x models were deployed.
+"""
+
+import functools
+import os
+import struct
+import zlib
+from pathlib import Path
+
+# TensorFlow prints C++ info banners on import; warnings and errors still reach the runner's stderr log.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+import numpy as np
+import tensorflow as tf
+
+LATENT_SIZE = 100
+CHUNK_SAMPLES = 256
+OUTPUTS = ("uint8", "float")
+INPUT_TENSOR = "latent:0"
+OUTPUT_TENSOR = "image:0"
+
+
+@functools.lru_cache(maxsize=2)
+def _load(model_file):
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(Path(model_file).read_bytes())
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.import_graph_def(graph_def, name="")
+    graph.finalize()
+    return tf.compat.v1.Session(graph=graph)
+
+
+def _latents(num_samples, input_latent_vector):
+    if input_latent_vector is None:
+        if int(num_samples) != num_samples or num_samples < 0:
+            raise ValueError(f"num_samples must be a non-negative integer, got {num_samples!r}")
+        return np.random.standard_normal((int(num_samples), LATENT_SIZE)).astype(np.float32)
+    z = np.asarray(input_latent_vector, dtype=np.float32)
+    if z.ndim == 1:
+        z = z[None, :]
+    if z.ndim != 2 or z.shape[1] != LATENT_SIZE:
+        raise ValueError(
+            f"input_latent_vector must have shape (n, {LATENT_SIZE}) or ({LATENT_SIZE},), got {z.shape}:"
+            f" pass one row of {LATENT_SIZE} floats per sample"
+        )
+    return z
+
+
+def _png_bytes(image):
+    """Encode an H x W uint8 array as an 8-bit greyscale PNG (no Pillow in this env)."""
+    height, width = image.shape
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    raw = b"".join(b"\x00" + image[row].tobytes() for row in range(height))  # filter type 0 per row
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, 6))
+        + chunk(b"IEND", b"")
+    )
+
+
+def generate(
+    model_file, num_samples, output_path, save_images, input_latent_vector=None, output="uint8", **custom
+):
+    """Generate head phantoms; see the module docstring for the contract."""
+    custom.pop("condition", None)  # medigan's visualiser passes condition=None to every model
+    if custom:
+        raise ValueError(
+            f"unknown argument(s) {sorted(custom)}: this model accepts input_latent_vector= and"
+            f" output= ({' or '.join(OUTPUTS)})"
+        )
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if save_images and output_path is None:
+        raise ValueError("save_images=True needs output_path: pass the directory to write the PNGs into")
+    session = _load(os.fspath(model_file))
+    z = _latents(num_samples, input_latent_vector)
+    chunks = [
+        session.run(OUTPUT_TENSOR, {INPUT_TENSOR: z[i : i + CHUNK_SAMPLES]})
+        for i in range(0, len(z), CHUNK_SAMPLES)
+    ]
+    floats = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 64, 64, 1), np.float32)
+    if output == "float" and not save_images:
+        return list(floats)
+    images = np.round((floats + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+    if not save_images:
+        return list(images)
+    out_dir = Path(output_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        (out_dir / f"demo_{index}.png").write_bytes(_png_bytes(image[:, :, 0]))
+    return None
