@@ -2,9 +2,10 @@
 
 Run: MEDIGAN_ISO_UV_CACHE=~/.cache/medigan-iso-tests/uv python benchmarks/bench_demo_tf1.py [--cold]
 Measures, in a fresh medigan_iso home: the env build of the bundled demo-tf1 entry (resolve + install) with
-the given uv cache, or with ``--cold`` an empty one (downloads about 110 MB of TensorFlow from PyPI); the
-first generate (runner spawn, TF import, graph load, 64 samples); and the largest absolute difference of
-the seeded float output from demo-numpy's (target: <= 1e-4). Needs a Python 3.7 (pyenv's is found).
+the given uv cache, or with ``--cold`` an empty one (TensorFlow 1.15.5 and its dependencies come from the
+index); the first generate (runner spawn, TF import, graph load, 64 samples); and the largest absolute
+difference of the seeded float output from demo-numpy's (target: <= 1e-4). Needs a Python 3.7 (pyenv's is
+found).
 """
 
 from __future__ import annotations
