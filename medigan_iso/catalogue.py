@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from types import MappingProxyType
 from typing import Any, Union
 from urllib.parse import unquote, urlparse
 
+import filelock
 import requests
 from jsonschema import Draft202012Validator
 from packaging.requirements import InvalidRequirement, Requirement
@@ -60,6 +62,7 @@ __all__ = [
     "load_schema",
     "read_catalogue_source",
     "split_config_env",
+    "store_local_entry",
     "thaw",
     "validate_catalogue",
 ]
@@ -770,3 +773,43 @@ def load_catalogue(
                 is_bundled=source.is_bundled,
             )
     return Catalogue(tuple(merged.values()), sources=tuple(s.name for s in sources))
+
+
+# --- the local catalogue ---------------------------------------------------------------------------
+
+# Two processes adding models at once must not lose one of them (read-modify-write of one JSON file).
+LOCAL_CATALOGUE_LOCK_TIMEOUT_S = 60.0
+
+
+def store_local_entry(
+    model_id: str, entry: Mapping[str, Any], *, home: str | os.PathLike[str] | None = None
+) -> Path:
+    """Add (or replace) ``model_id`` in ``<cache>/catalogues/local_models.json``; return that path.
+
+    The entry is validated (lenient) first. The read-modify-write happens under a file lock in
+    ``cache_layout().locks``, and the new file replaces the old one atomically (written beside it,
+    fsynced, renamed), so concurrent writers never lose an entry and readers never see half a file.
+    """
+    validate_catalogue({model_id: entry}, source=f"the entry of {model_id}")
+    layout = cache_layout(home).ensure()
+    target = layout.catalogues / LOCAL_CATALOGUE_NAME
+    lock = filelock.FileLock(str(layout.locks / f"{LOCAL_CATALOGUE_NAME}.lock"))
+    with lock.acquire(timeout=LOCAL_CATALOGUE_LOCK_TIMEOUT_S):
+        stored: dict[str, Any] = {}
+        if target.is_file():
+            stored = _parse(target.read_text(encoding="utf-8"), str(target))
+        stored[model_id] = thaw(entry)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{LOCAL_CATALOGUE_NAME}.", suffix=".tmp", dir=target.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(stored, handle, indent=2)
+                handle.write("\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            tmp.replace(target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    logger.info("model %s stored in %s", model_id, target)
+    return target

@@ -30,7 +30,6 @@ medigan 1.0, all deliberate fixes:
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -45,9 +44,11 @@ from medigan_iso.catalogue import (
     ConfigSource,
     ModelEntry,
     load_catalogue,
+    store_local_entry,
     thaw,
     validate_catalogue,
 )
+from medigan_iso.contribute import ContributorMethods
 from medigan_iso.errors import CatalogueError, CatalogueValidationError, ConfigKeyError
 from medigan_iso.generation import Session
 from medigan_iso.paths import cache_layout
@@ -69,7 +70,7 @@ logger = get_logger(__name__)
 _MISSING = object()
 
 
-class Generators:
+class Generators(ContributorMethods):
     """medigan's entry point. ``config=`` (path, URL, dict or list) chooses the catalogue sources; or
     pass a loaded :class:`~medigan_iso.catalogue.Catalogue` as ``config_manager``. ``sandbox=`` (off,
     auto, require) and ``strict=`` (pinned packages, wheels-only envs) apply to every model it runs."""
@@ -225,12 +226,7 @@ class Generators:
         local = cache_layout(self.home).catalogues / LOCAL_CATALOGUE_NAME
         catalogue_dir = None
         if store_new_config:
-            stored = json.loads(local.read_text(encoding="utf-8")) if local.is_file() else {}
-            stored[model_id] = entry
-            local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_name(f"{local.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(stored, indent=2), encoding="utf-8")
-            tmp.replace(local)
+            local = store_local_entry(model_id, entry, home=self.home)  # file lock, atomic replace
             catalogue_dir = local.parent
             logger.info("%s: metadata added and stored in %s", model_id, local)
         source = str(local) if store_new_config else "<add_model_to_config>"

@@ -31,8 +31,11 @@ boundary that sees them, with ``raise ... from exc``.
     │   ├── ModelError                   the model's own code raised (remote type and traceback)
     │   └── ResourceLimitError           the runner hit a limit (memory, processes, output bytes)
     ├── OutputExistsError                a file to be written already exists in the output folder
-    └── SandboxError                     a required confinement layer is unavailable
-        └── SandboxPolicyError           a sandbox policy value is not off, auto or require
+    ├── SandboxError                     a required confinement layer is unavailable
+    │   └── SandboxPolicyError           a sandbox policy value is not off, auto or require
+    └── ContributionError                a model contribution cannot go ahead (entry, folder, confirmation)
+        ├── ModelTestError               the contributed package failed its test in its own env
+        └── RemoteServiceError           Zenodo or GitHub answered with an error or could not be reached
 
 Never shadow builtins: there is no ``TimeoutError`` or ``EnvironmentError`` here.
 """
@@ -56,18 +59,21 @@ __all__ = [
     "CatalogueSourceError",
     "CatalogueValidationError",
     "ConfigKeyError",
+    "ContributionError",
     "EnvBuildError",
     "EnvError",
     "EnvNotBuiltError",
     "InterpreterNotFoundError",
     "MediganIsoError",
     "ModelError",
+    "ModelTestError",
     "OutputExistsError",
     "PackageDownloadError",
     "PackageError",
     "PackageIntegrityError",
     "PackageLayoutError",
     "ProtocolError",
+    "RemoteServiceError",
     "ResolutionError",
     "ResourceLimitError",
     "RunnerCrashedError",
@@ -460,3 +466,50 @@ class SandboxPolicyError(SandboxError, ValueError):
         )
         self.layer = "policy"
         self.reason = f"unknown policy {value!r}"
+
+
+# --- contributions ---------------------------------------------------------------------------------
+
+
+class ContributionError(MediganIsoError):
+    """Raised when a model contribution cannot go ahead: its entry, its folder, a refused confirmation,
+    a token that is missing; ``model_id`` names the contribution. Nothing was published."""
+
+    def __init__(self, model_id: str, reason: str, *, remedy: str | None = None) -> None:
+        self.model_id = model_id
+        self.reason = reason
+        super().__init__(f"contribution of {model_id}: {reason}", remedy=remedy)
+
+
+class ModelTestError(ContributionError):
+    """Raised when a contributed package fails its test in a fresh env of its own; nothing was uploaded."""
+
+    def __init__(self, model_id: str, reason: str, *, remedy: str | None = None) -> None:
+        super().__init__(
+            model_id,
+            f"the package failed its test: {reason}; nothing was uploaded",
+            remedy=remedy or "fix the package and run the contribution again",
+        )
+        self.reason = reason
+
+
+class RemoteServiceError(ContributionError):
+    """Raised when Zenodo or GitHub answers with an error (``status``, the ``body`` it sent, token-free)
+    or cannot be reached (``status`` None); ``step`` names what was being done."""
+
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        service: str,
+        step: str,
+        status: int | None,
+        body: str,
+        remedy: str | None = None,
+    ) -> None:
+        self.service = service
+        self.step = step
+        self.status = status
+        self.body = body
+        what = f"HTTP {status}" if status is not None else "no answer"
+        super().__init__(model_id, f"{service}: {step} failed ({what}): {body}", remedy=remedy)

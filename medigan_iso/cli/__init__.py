@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command_groups() -> list[Callable[[Any], None]]:
     """The ``register`` function of every command group, in help order (one import per group)."""
-    from medigan_iso.cli import catalogue, doctor, env, generate, logs, packages
+    from medigan_iso.cli import catalogue, contribute, doctor, env, generate, logs, packages
 
     return [
         catalogue.register,
@@ -70,6 +70,7 @@ def _command_groups() -> list[Callable[[Any], None]]:
         env.register,
         logs.register,
         doctor.register,
+        contribute.register,
     ]
 
 
