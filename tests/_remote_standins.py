@@ -16,8 +16,11 @@ Zenodo (``ZenodoStandIn``), token as ``Authorization: Bearer`` or ``?access_toke
 Knobs: ``upload_failures`` (the next N bucket PUTs read half the body, answer 500 and close),
 ``echo_token`` (401 bodies quote the presented token, as a careless server might).
 
-GitHub (``GitHubStandIn``): ``POST /repos/<owner>/<repo>/issues`` -> 201 ``{"number", "html_url", ...}``;
-401 "Bad credentials"; 404 for other repositories; 422 "Validation Failed" without a title.
+Zenodo also answers ``GET /api/deposit/depositions`` (200, a list) for a token check.
+
+GitHub: ``GET /repos/<owner>/<repo>`` -> 200 ``{"full_name", "has_issues"}``;
+``POST /repos/<owner>/<repo>/issues`` -> 201 ``{"number", "html_url", ...}``; 401 "Bad credentials";
+404 for other repositories; 422 "Validation Failed" without a title.
 
 ``serve_https`` wraps a server in TLS with a throwaway self-signed certificate for 127.0.0.1 (made with
 the openssl command line), so published links are https like Zenodo's.
@@ -91,6 +94,7 @@ class GitHubState:
     token: str
     repo: str = "RichardObi/medigan"
     html_base: str = "https://github.invalid"
+    has_issues: bool = True
     issues: list[dict[str, Any]] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -202,6 +206,9 @@ class _ZenodoHandler(_Base):
             self._send(200, dep.files[name], content_type="application/octet-stream")
             return
         if not self._authorised():
+            return
+        if path == "/api/deposit/depositions":
+            self._send(200, [self._deposition_json(d) for d in self._state().depositions.values()][:1])
             return
         match = re.fullmatch(r"/api/deposit/depositions/(\d+)", path)
         if match:
@@ -355,6 +362,21 @@ def _metadata_errors(metadata: dict[str, Any]) -> list[dict[str, str]]:
 
 class _GitHubHandler(_Base):
     server: _GitHubServer
+
+    def do_GET(self) -> None:
+        state = self.server.state
+        with state.lock:
+            state.seen.append(Seen(self.command, self.path, self.headers.get("Authorization")))
+        if self._presented_token() != state.token:
+            self._send(
+                401, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"}
+            )
+            return
+        match = re.fullmatch(r"/repos/([^/]+/[^/]+)", urlsplit(self.path).path)
+        if not match or match.group(1) != state.repo:
+            self._send(404, {"message": "Not Found", "documentation_url": "https://docs.github.com/rest"})
+            return
+        self._send(200, {"full_name": state.repo, "private": False, "has_issues": state.has_issues})
 
     def do_POST(self) -> None:
         state = self.server.state

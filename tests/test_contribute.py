@@ -9,6 +9,7 @@ nothing published and file nothing, and no token ever reaches output, logs or a 
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 from _model_fixtures import write_numpy_zoo
 from _remote_standins import GitHubState, ZenodoState, make_certificate, serve_github, serve_zenodo
 
@@ -31,6 +33,7 @@ from medigan_iso.contribute import HttpOptions, Token, build_package, contribute
 from medigan_iso.contribute.remote import check_api_root
 from medigan_iso.errors import ContributionError, ModelTestError, RemoteServiceError
 from medigan_iso.paths import cache_layout
+from medigan_iso.sandbox import CONFINING_LAYERS, probe_host
 
 MODEL_ID = "99001_DEMO_NUMPY_CONTRIB"
 ZENODO_TOKEN = "zenodo-SECRET-4f1c9a77e2"
@@ -330,7 +333,15 @@ def test_full_flow_publishes_files_the_issue_and_the_entry_generates(
     for seen in zenodo_https.seen:
         assert "access_token" not in seen.path and ZENODO_TOKEN not in seen.path
     # published means immutable: the stand-in refuses changes, as Zenodo does
-    assert dep.bucket
+    auth = {"Authorization": f"Bearer {ZENODO_TOKEN}"}
+    api = f"{zenodo_https.base}/api"
+    assert (
+        requests.put(
+            f"{api}/files/{dep.bucket}/{zip_path.name}", data=b"x", headers=auth, timeout=10
+        ).status_code
+        == 403
+    )
+    assert requests.delete(f"{api}/deposit/depositions/{dep.id}", headers=auth, timeout=10).status_code == 403
 
     # the entry: strict-valid, pinned, pointing at the published file
     entry_file = world["out"] / f"{MODEL_ID}.json"
@@ -341,8 +352,6 @@ def test_full_flow_publishes_files_the_issue_and_the_entry_generates(
         execution["package_link"] == f"{zenodo_https.base}/records/{dep.id}/files/{zip_path.name}?download=1"
     )
     assert execution["package_link"].startswith("https://127.0.0.1:")
-    import hashlib
-
     assert execution["package_sha256"] == hashlib.sha256(zip_path.read_bytes()).hexdigest()
     assert execution["package_md5"] == "md5:" + hashlib.md5(zip_path.read_bytes()).hexdigest()
     assert execution["dependencies_as_of"] == "2026-11-01"
@@ -353,7 +362,8 @@ def test_full_flow_publishes_files_the_issue_and_the_entry_generates(
     assert execution["package_link"] in issue["body"]
     body_json = issue["body"].split("```json\n", 1)[1].split("\n```", 1)[0]
     assert json.loads(body_json) == data
-    assert github.seen[0].authorization == f"Bearer {GITHUB_TOKEN}"
+    assert [s.method for s in github.seen] == ["GET", "POST"]  # token check first, the issue last
+    assert all(s.authorization == f"Bearer {GITHUB_TOKEN}" for s in github.seen)
     assert f"issue: {issue['html_url']}" in captured.out and f"entry: {entry_file}" in captured.out
 
     # the published entry generates from its link, strictly (pinned sha256, wheels-only env)
@@ -400,14 +410,42 @@ def test_wrong_token_publishes_nothing_files_nothing_and_never_shows_the_token(
     )
     captured = capsys.readouterr()
     assert code == 1
-    assert "Zenodo: creating the deposition failed (HTTP 401)" in captured.err
+    assert "Zenodo: checking the token failed (HTTP 401)" in captured.err
     assert "could not verify that you are authorized" in captured.err  # the server's body is shown
     assert "check ZENODO_ACCESS_TOKEN" in captured.err
     for text in (captured.out, captured.err, caplog.text):
         assert wrong not in text
         _assert_no_token(text)
     assert zenodo_http.depositions == {} and github.seen == []
-    assert not (world["out"] / f"{MODEL_ID}.json").exists()
+    assert [s.method for s in zenodo_http.seen] == ["GET"]
+    assert not world["out"].exists()  # refused before the package was even built
+
+
+def test_wrong_github_token_is_found_before_anything_is_published(
+    world: dict[str, Any], zenodo_https: ZenodoState, github: GitHubState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = "ghp_WRONG_1111bbbb2222"
+    monkeypatch.setenv("GITHUB_TOKEN", wrong)
+    with pytest.raises(RemoteServiceError, match="Bad credentials") as info:
+        _flow(world)
+    assert (info.value.service, info.value.status) == ("GitHub", 401)
+    assert "check GITHUB_TOKEN" in str(info.value) and wrong not in str(info.value)
+    assert zenodo_https.depositions == {} and [s.method for s in zenodo_https.seen] == ["GET"]
+    assert github.issues == [] and not world["out"].exists()
+
+
+def test_unknown_repository_or_disabled_issues_stop_before_publishing(
+    world: dict[str, Any], zenodo_https: ZenodoState, github: GitHubState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDIGAN_ISO_GITHUB_REPO", "someone/elsewhere")
+    with pytest.raises(RemoteServiceError, match=r"HTTP 404\): Not Found") as info:
+        _flow(world)
+    assert "MEDIGAN_ISO_GITHUB_REPO" in str(info.value)
+    monkeypatch.delenv("MEDIGAN_ISO_GITHUB_REPO")
+    github.has_issues = False
+    with pytest.raises(RemoteServiceError, match="issues are disabled in RichardObi/medigan"):
+        _flow(world)
+    assert zenodo_https.depositions == {} and github.issues == []
 
 
 def test_persistent_500_mid_upload_deletes_the_draft_and_files_nothing(
@@ -423,7 +461,7 @@ def test_persistent_500_mid_upload_deletes_the_draft_and_files_nothing(
     assert zenodo_http.depositions == {} and len(zenodo_http.deleted) == 1  # the draft is gone
     puts = [s for s in zenodo_http.seen if s.method == "PUT" and "/api/files/" in s.path]
     assert len(puts) == FAST.attempts
-    assert github.seen == []
+    assert github.issues == [] and [s.method for s in github.seen] == ["GET"]
     assert not (world["out"] / f"{MODEL_ID}.json").exists()
 
 
@@ -432,7 +470,7 @@ def test_http_zenodo_is_refused_at_the_publish_step_and_the_draft_deleted(
 ) -> None:
     with pytest.raises(ContributionError, match="the package link would not be https"):
         _flow(world)
-    assert zenodo_http.published() == [] and zenodo_http.depositions == {} and github.seen == []
+    assert zenodo_http.published() == [] and zenodo_http.depositions == {} and github.issues == []
 
 
 def test_a_package_that_fails_its_test_uploads_nothing(
@@ -456,12 +494,12 @@ def test_a_package_that_fails_its_test_uploads_nothing(
             http=FAST,
         )
     assert "RuntimeError: the weights do not fit this architecture" in str(info.value)
-    assert zenodo_http.seen == [] and github.seen == []
+    assert [s.method for s in zenodo_http.seen] == ["GET"] and github.issues == []  # token checks only
     wrong_size = _entry(size=8)
     wrong_size["execution"]["image_size"] = [16, 16, 3]
     with pytest.raises(ModelTestError, match=r"sample 0 is 8x8, the entry declares image_size \[16, 16, 3\]"):
         _flow(world, entry=wrong_size)
-    assert zenodo_http.seen == [] and github.seen == []
+    assert [s.method for s in zenodo_http.seen] == ["GET", "GET"] and github.issues == []
 
 
 # --- the Generators facade ---------------------------------------------------------------------------
@@ -549,6 +587,13 @@ def test_generators_methods_contribute_step_by_step(
         generators.test_model(MODEL_ID)  # stored locally, tested from its zip in its own env
         assert MODEL_ID in load_catalogue(home=world["home"], offline=True).ids()
         assert contributor.test is not None and contributor.test.shapes[0] == (8, 8, 3)
+        support = probe_host()
+        if support.bwrap is not None or os.environ.get("CI"):  # CI installs bubblewrap: it must be used
+            assert contributor.test.sandbox_policy == "require"
+            assert {"bubblewrap"} <= set(contributor.test.sandbox_layers)
+            assert {layer for layer in CONFINING_LAYERS if support.available(layer)} <= set(
+                contributor.test.sandbox_layers
+            )
         with pytest.raises(ContributionError, match="cannot ask for confirmation"):
             generators.push_to_zenodo(MODEL_ID, None)
         assert zenodo_https.seen == []

@@ -272,7 +272,7 @@ def check_contribution(
         raise ContributionError(
             model_id,
             "the entry is not valid in strict mode:\n"
-            + "\n".join(f"  {p}: {m}" for _, p, m in error.violations),
+            + "\n".join(f"  {p}: {neutralise(m, max_chars=300)}" for _, p, m in error.violations),
             remedy="fix these fields in the metadata file (strict mode wants integer image sizes and "
             "PEP 508 dependencies)",
         )
@@ -320,7 +320,7 @@ def finish_entry(
         raise ContributionError(
             model_id,
             "the finished entry is not valid in strict mode:\n"
-            + "\n".join(f"  {p}: {m}" for _, p, m in error.violations),
+            + "\n".join(f"  {p}: {neutralise(m, max_chars=300)}" for _, p, m in error.violations),
             remedy="package links must be https:// (a loopback http:// stand-in gives a lenient entry only)",
         )
     return finished

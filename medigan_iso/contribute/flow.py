@@ -1,7 +1,8 @@
 """The whole contribution, in an order that never leaves anything half-published.
 
 1. **check** tokens, API roots and the publish confirmation (before any work), then the entry and the
-   folder (:func:`~medigan_iso.contribute.entry.check_contribution`);
+   folder (:func:`~medigan_iso.contribute.entry.check_contribution`), then that Zenodo and GitHub accept
+   the tokens (a wrong GitHub token must not surface only after publishing);
 2. **package** the folder deterministically into ``<output>/<model_id>.zip``;
 3. **test** that zip in the model's own env under the sandbox (nothing is uploaded if it fails);
 4. **deposit** it on Zenodo: draft, upload, checksum, metadata, confirmation, publish (a failure before
@@ -198,6 +199,19 @@ def contribute_model(
         catalogue = load_catalogue(home=home, offline=offline)
     checked = check_contribution(model_id, entry, folder, catalogue=catalogue)
     say(f"checked the entry and {folder}")
+    # Both tokens are tried before any work: a wrong GitHub token must not surface only after publishing.
+    for client in (
+        ZenodoClient(z_root, model_id=model_id, token=zenodo, options=http),
+        GitHubClient(g_root, model_id=model_id, token=github, options=http),
+    ):
+        try:
+            if isinstance(client, ZenodoClient):
+                client.check_token()
+            else:
+                client.check_repository(repo)
+        finally:
+            client.close()
+    say(f"Zenodo ({z_root}) and GitHub ({g_root}, {repo}) accept the tokens")
 
     out = Path(output_dir)
     package = build_package(

@@ -123,6 +123,20 @@ class GitHubClient(ApiClient):
             return f"issues are disabled in this repository; check {GITHUB_REPO_ENV}"
         return super().remedy(status, step)
 
+    def check_repository(self, repo: str) -> None:
+        """Read the repository with the token: a bad token (401), an unknown or hidden repository (404) or
+        disabled issues show up before anything is published (the issue is opened last)."""
+        step = f"checking the token and {repo}"
+        response = self.request(
+            "GET",
+            f"{self.root}/repos/{repo}",
+            step=step,
+            headers={"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"},
+            retry=True,
+        )
+        if self.json_of(response, step=step).get("has_issues") is False:
+            raise self.error(step, response.status_code, f"issues are disabled in {repo}")
+
     def open_issue(self, repo: str, *, title: str, body: str) -> OpenedIssue:
         step = f"opening an issue in {repo}"
         response = self.request(

@@ -84,6 +84,10 @@ class ZenodoClient(ApiClient):
     def deposition_url(self, deposition_id: int) -> str:
         return f"{self.depositions_url}/{int(deposition_id)}"
 
+    def check_token(self) -> None:
+        """List one deposition: 401/403 here means the token cannot deposit, before any work is done."""
+        self.request("GET", f"{self.depositions_url}?size=1", step="checking the token", retry=True)
+
     def create(self) -> dict[str, Any]:
         step = "creating the deposition"
         response = self.request("POST", self.depositions_url, step=step, json_body={})
