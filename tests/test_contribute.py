@@ -30,6 +30,7 @@ from medigan_iso import Generators
 from medigan_iso.catalogue import LOCAL_CATALOGUE_NAME, load_catalogue, store_local_entry, validate_catalogue
 from medigan_iso.cli import build_parser, main
 from medigan_iso.contribute import HttpOptions, Token, build_package, contribute_model
+from medigan_iso.contribute.entry import entry_from_input, fill_interactively
 from medigan_iso.contribute.remote import check_api_root
 from medigan_iso.errors import ContributionError, ModelTestError, RemoteServiceError
 from medigan_iso.paths import cache_layout
@@ -646,3 +647,81 @@ def test_add_model_to_config_goes_through_the_catalogue_module(
     assert stored[MODEL_ID]["execution"]["package_link"] == str(folder)
     assert (cache_layout(home).locks / f"{LOCAL_CATALOGUE_NAME}.lock").exists()
     assert MODEL_ID in Generators(home=home, offline=True).list_models()
+
+
+# --- entries without a metadata file -----------------------------------------------------------------
+
+
+def test_prompts_fill_every_empty_value_and_the_answers_are_typed() -> None:
+    entry = entry_from_input(
+        package_name="pkg",
+        package_link="pkg",
+        model_weights_name="weights",
+        model_weights_extension=".npy",
+        generate_method_name="generate",
+        dependencies=["numpy"],
+    )
+    asked: list[str] = []
+    answers = {"execution.image_size": "8, 8, 3", "selection.modality": "MRI, CT", "selection.height": "8"}
+
+    def prompt(question: str) -> str:
+        asked.append(question)
+        key = question.split("'")[1]
+        return answers.get(key, "")
+
+    filled = fill_interactively(MODEL_ID, entry, prompt)
+    assert filled["execution"]["image_size"] == [8, 8, 3]
+    assert filled["selection"]["modality"] == ["MRI", "CT"]
+    assert filled["selection"]["height"] == 8
+    assert filled["selection"]["width"] is None  # an empty answer leaves it unset
+    assert any("'description.title'" in q for q in asked)
+    assert not any("'execution.dependencies'" in q for q in asked)  # set values are not asked again
+
+
+def test_cli_builds_the_entry_from_flags_without_a_terminal(
+    world: dict[str, Any], zenodo_https: ZenodoState, github: GitHubState, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "contribute", MODEL_ID, str(world["package"] / "__init__.py"),
+            "--weights-name", "weights", "--weights-extension", ".npy", "--generate-method", "generate",
+            "--dependency", "numpy", "--image-size", "8", "8", "3", "--title", "flags only",
+            "--output", str(world["out"]), "--yes",
+        ]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    data = json.loads((world["out"] / f"{MODEL_ID}.json").read_text(encoding="utf-8"))
+    validate_catalogue(data, source="flags", strict=True)
+    entry = data[MODEL_ID]
+    assert entry["execution"]["image_size"] == [8, 8, 3] and entry["execution"]["dependencies"] == ["numpy"]
+    assert (entry["selection"]["height"], entry["selection"]["width"], entry["selection"]["depth"]) == (
+        8,
+        8,
+        3,
+    )
+    assert entry["description"]["title"] == "flags only"
+    assert len(zenodo_https.published()) == 1 and len(github.issues) == 1
+
+
+def test_generators_contribute_runs_the_whole_flow(
+    world: dict[str, Any], zenodo_https: ZenodoState, github: GitHubState
+) -> None:
+    with Generators(home=world["home"], offline=False) as generators:
+        url = generators.contribute(
+            MODEL_ID,
+            str(world["package"] / "__init__.py"),
+            None,
+            None,
+            metadata_file_path=str(world["metadata"]),
+            output_path=str(world["out"]),
+            creator_name="Ada",
+            assume_yes=True,
+        )
+        contributor = generators.get_model_contributor_by_id(MODEL_ID)
+    assert url == github.issues[0]["html_url"]
+    (dep,) = zenodo_https.published()
+    assert contributor is not None and contributor.deposition is not None
+    assert contributor.deposition.deposition_id == dep.id
+    entry = json.loads((world["out"] / f"{MODEL_ID}.json").read_text(encoding="utf-8"))[MODEL_ID]
+    assert entry["execution"]["package_link"] == contributor.deposition.download_url

@@ -50,6 +50,14 @@ def register(subparsers: Any) -> None:
         action="append",
         help="a PEP 508 requirement (repeatable; replaces the file's)",
     )
+    parser.add_argument(
+        "--image-size",
+        metavar="N",
+        type=int,
+        nargs="+",
+        help="execution.image_size: height width [channels] (with --weights-name, instead of --metadata)",
+    )
+    parser.add_argument("--title", metavar="S", help="description.title (with --weights-name)")
     parser.add_argument("--creator-name", metavar="S", default="unknown name")
     parser.add_argument("--creator-affiliation", metavar="S", default="unknown affiliation")
     parser.add_argument(
@@ -96,6 +104,8 @@ def _entry(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             model_weights_extension=args.weights_extension,
             generate_method_name=args.generate_method or "generate",
             dependencies=args.dependency or [],
+            image_size=args.image_size or (),
+            title=args.title or "",
         )
         if _stdin_is_terminal():
             entry = fill_interactively(args.model_id, entry, input)
@@ -114,6 +124,8 @@ def _entry(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         execution.setdefault("generate_method", {})["name"] = args.generate_method
     if args.dependency:
         execution["dependencies"] = list(args.dependency)
+    if args.image_size:
+        execution["image_size"] = list(args.image_size)
     return entry
 
 

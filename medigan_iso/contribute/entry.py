@@ -139,15 +139,19 @@ def entry_from_input(
     model_weights_extension: str,
     generate_method_name: str,
     dependencies: Sequence[str],
+    image_size: Sequence[int] = (),
+    title: str = "",
 ) -> dict[str, Any]:
     """medigan's template filled with the minimum a model needs to run."""
+    description = copy.deepcopy(TEMPLATE_DESCRIPTION)
+    description["title"] = title
     return {
         "execution": {
             "package_name": package_name,
             "package_link": package_link,
             "model_name": model_weights_name,
             "extension": model_weights_extension,
-            "image_size": [],
+            "image_size": [int(v) for v in image_size],
             "dependencies": list(dependencies),
             "generate_method": {
                 "name": generate_method_name,
@@ -155,8 +159,23 @@ def entry_from_input(
             },
         },
         "selection": copy.deepcopy(TEMPLATE_SELECTION),
-        "description": copy.deepcopy(TEMPLATE_DESCRIPTION),
+        "description": description,
     }
+
+
+def _tidy(entry: dict[str, Any]) -> None:
+    """Unset selection sizes come from ``image_size`` (strict mode wants integers, the template has
+    nulls); sizes still unknown are dropped rather than left null."""
+    selection = entry.get("selection")
+    size = entry.get("execution", {}).get("image_size")
+    if not isinstance(selection, dict):
+        return
+    known = [int(v) for v in size if isinstance(v, int)] if isinstance(size, list) else []
+    for index, key in enumerate(("height", "width", "depth")):
+        if selection.get(key) is None and len(known) > index:
+            selection[key] = known[index]
+        elif key in selection and selection[key] is None and key != "depth":
+            del selection[key]
 
 
 def _is_empty(value: Any) -> bool:
@@ -260,6 +279,7 @@ def check_contribution(
     if not isinstance(execution, dict):
         raise ContributionError(model_id, "the entry has no 'execution' object", remedy=_TEMPLATE_REMEDY)
     execution.setdefault("package_name", package_dir.name)
+    _tidy(candidate)
     placeholder = copy.deepcopy(candidate)
     placeholder["execution"].update(
         package_link=PLACEHOLDER_LINK,
