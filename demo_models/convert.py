@@ -163,7 +163,8 @@ def export_tf1_graph(npz: Path, out: Path) -> None:
             x = tf.nn.bias_add(x, tf.constant(bias, name=f"deconv{i}/bias"))
             x = tf.tanh(x) if i == len(layers) - 1 else tf.nn.relu(x)
         tf.identity(x, name="image")
-    out.write_bytes(graph.as_graph_def().SerializeToString())
+    # deterministic=True: node attributes are protobuf maps, serialised in hash order otherwise.
+    out.write_bytes(graph.as_graph_def().SerializeToString(deterministic=True))
     # Check the frozen graph against the numpy forward pass of demo_numpy.
     demo_numpy = _import_file("demo_numpy", MODELS / "demo_numpy" / "__init__.py")
     z = np.random.RandomState(0).standard_normal((64, LATENT_SIZE)).astype(np.float32)

@@ -156,6 +156,9 @@ def test_tf1_runs_tensorflow_1_15_on_python_3_7_beside_torch_on_the_host_python(
     assert torch["python"] == f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
     assert torch["packages"]["torch"].startswith("2.13.0")
     assert tf1["pid"] != torch["pid"]
+    # The Python 3.7 runner is confined like the host-Python one (same policy, same layers seen from inside).
+    for layer in ("seccomp", "no_new_privs", "landlock_enforced"):
+        assert tf1["sandbox"][layer] == torch["sandbox"][layer], layer
     assert "torch" not in sys.modules and "tensorflow" not in sys.modules
 
 
