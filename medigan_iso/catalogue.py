@@ -2,8 +2,8 @@
 
 This module owns reading catalogue sources (the bundled catalogue, the official medigan URL behind an
 ETag/age cache, and the files, directories, URLs and dicts a user names), validating them against the
-JSON Schemas in ``schemas/`` (lenient for medigan's own entries, strict for contributions), the typed
-:class:`ModelEntry` view of an entry, and medigan's id resolution (``"00002"``, ``"03"``, ``4``).
+JSON Schemas in ``medigan_iso/schemas/`` (lenient for medigan's own entries, strict for contributions), the
+typed :class:`ModelEntry` view of an entry, and medigan's id resolution (``"00002"``, ``"03"``, ``4``).
 
 Sources, later overriding earlier (an overriding entry keeps the position of the one it replaces):
 
@@ -297,14 +297,10 @@ class Catalogue:
 def load_schema(name: str) -> dict[str, Any]:
     """The JSON Schema ``name`` (``catalogue.schema.json`` or ``model_entry.schema.json``) as data.
 
-    Read with importlib.resources from ``medigan_iso/schemas`` (the wheel force-includes ``schemas/``
-    there); a source checkout used without installing falls back to the top-level ``schemas/``.
+    Read with importlib.resources from ``medigan_iso/schemas``, which lives inside the package so that
+    wheels, editable installs (``pip install -e .``) and a bare source checkout all find it (issue 19).
     """
-    packaged = resources.files("medigan_iso") / "schemas" / name
-    if packaged.is_file():
-        text = packaged.read_text(encoding="utf-8")
-    else:
-        text = (Path(__file__).resolve().parent.parent / "schemas" / name).read_text(encoding="utf-8")
+    text = (resources.files("medigan_iso") / "schemas" / name).read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 
