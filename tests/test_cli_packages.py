@@ -97,7 +97,6 @@ def test_fetch_usage_errors(argv: list[str], message: str, capsys: pytest.Captur
 def test_fetch_model_id_goes_through_the_catalogue(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("medigan_iso.catalogue", reason="the catalogue module lands in a parallel branch")
     (tmp_path / "pkgs").mkdir()
     (tmp_path / "pkgs" / "demo_pkg.zip").write_bytes(PACKAGE)
     entry = {

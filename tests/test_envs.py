@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _interpreters import skip_without_python
 
 from medigan_iso.envs import (
     EnvSpec,
@@ -414,10 +415,15 @@ def test_a_torch_env_and_a_numpy1_env_coexist(shared_home: Path, numpy1_env: Mod
 
 
 def test_python_requires_picks_another_interpreter(shared_home: Path) -> None:
-    spec = EnvSpec([], python_requires="==3.12.*", name="demo-py312")
-    env = ensure_env(spec, home=shared_home)
-    assert env.python_version.startswith("3.12.")
-    assert run_in_env(env, "import sys, medigan_iso_runner; print(sys.version_info[:2])") == "(3, 12)"
+    other = "3.12" if sys.version_info[:2] != (3, 12) else "3.11"
+    spec = EnvSpec([], python_requires=f"=={other}.*", name=f"demo-py{other.replace('.', '')}")
+    try:
+        env = ensure_env(spec, home=shared_home)
+    except InterpreterNotFoundError as exc:
+        skip_without_python(other, exc)
+    assert env.python_version.startswith(f"{other}.")
+    expected = str(tuple(int(part) for part in other.split(".")))
+    assert run_in_env(env, "import sys, medigan_iso_runner; print(sys.version_info[:2])") == expected
 
 
 # --- index settings -------------------------------------------------------------------------------

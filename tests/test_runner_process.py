@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _envs_for_tests import build_runner_env
+from _interpreters import skip_without_python
 from _model_fixtures import write_broken, write_hanging_import, write_numpy_zoo, write_torch_model
 from medigan_iso_runner import protocol
 
@@ -52,7 +53,7 @@ def old_python_env(tmp_path_factory: pytest.TempPathFactory, version: str) -> Pa
     except InterpreterNotFoundError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"CI machines provide Python {version} (pyenv) for the runner tests: {exc}")
-        pytest.skip(f"no Python {version} on this machine: {exc}")
+        skip_without_python(version, exc)
 
 
 @pytest.fixture(scope="session", params=["host", OLDEST_PYTHON], ids=["py-host", f"py{OLDEST_PYTHON}"])
