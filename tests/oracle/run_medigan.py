@@ -3,15 +3,19 @@
 Usage (inside an env with ``medigan==1.0.0``; tox env ``oracle``):
 ``python tests/oracle/run_medigan.py CATALOGUE.json [--out FILE] [--check RECORDED.json]``.
 ``--check`` exits 1 listing every case whose answer differs from the recording the test suite compares
-against. medigan reads ``./config/global.json`` when it exists, so the script runs it from a temp dir
-holding a copy of CATALOGUE.json: no network. The output maps case id -> result (model ids for searches,
-medigan's dicts for key-value and rank), or ``{"error": "<exception type>"}`` where medigan crashes.
-It imports nothing from medigan_iso.
+against, or whose recorded parameters (or catalogue) are not the ones run now. medigan reads
+``./config/global.json`` when it exists, so the script runs it from a temp dir holding a copy of
+CATALOGUE.json: no network. The recording is ``{"medigan": version, "catalogue_sha256": ...,
+"cases": {case id: {"params_sha256": ..., "result": ...}}}``; a result is model ids for searches,
+medigan's dicts for key-value and rank, or ``{"error": "<exception type>"}`` where medigan crashes.
+``params_sha256`` (``case_sha256``) lets tests/test_search.py refuse a recording made for other
+parameters than the case now holds (issue 19). It imports nothing from medigan_iso.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +24,27 @@ from pathlib import Path
 from typing import Any
 
 CASES = Path(__file__).resolve().parent.parent / "data" / "search_cases.json"
+MEDIGAN_VERSION = "1.0.0"
+
+
+def case_sha256(case: dict[str, Any]) -> str:
+    """The hash of a case's parameters (canonical JSON), stored beside its recorded result."""
+    text = json.dumps(case, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def recording(catalogue: Path, cases: list[dict[str, Any]], results: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "medigan": MEDIGAN_VERSION,
+        "catalogue_sha256": file_sha256(catalogue),
+        "cases": {
+            case["id"]: {"params_sha256": case_sha256(case), "result": results[case["id"]]} for case in cases
+        },
+    }
 
 
 def run_case(generators: Any, case: dict[str, Any]) -> Any:
@@ -87,18 +112,41 @@ def main() -> None:
                 results[case["id"]] = run_case(generators, case)
             except Exception as exc:  # medigan's crashes are data here
                 results[case["id"]] = {"error": type(exc).__name__}
-    text = json.dumps(results, indent=1, sort_keys=True)
+    import medigan
+
+    version = getattr(medigan, "__version__", None)
+    if version not in (None, MEDIGAN_VERSION):  # medigan 1.0.0 may not set __version__
+        raise SystemExit(f"this is medigan {version}, the recording is of medigan {MEDIGAN_VERSION}")
+    fresh = recording(catalogue, cases, results)
+    text = json.dumps(fresh, indent=1, sort_keys=True)
     if out is not None:
         out.write_text(text + "\n")
     if check is not None:
-        recorded = json.loads(check.read_text())
-        differ = sorted(k for k in set(recorded) | set(results) if recorded.get(k) != results.get(k))
-        for case_id in differ:
-            print(f"DIFFERS {case_id}: medigan {results.get(case_id)!r}, recorded {recorded.get(case_id)!r}")
-        print(f"{len(results) - len(differ)}/{len(results)} cases equal the recording")
-        raise SystemExit(1 if differ else 0)
+        raise SystemExit(compare(json.loads(check.read_text()), fresh))
     if out is None:
         print(text)
+
+
+def compare(recorded: dict[str, Any], fresh: dict[str, Any]) -> int:
+    """Print every difference between a recording and a fresh run; 1 if any, else 0."""
+    problems = []
+    if recorded.get("catalogue_sha256") != fresh["catalogue_sha256"]:
+        problems.append(
+            f"CATALOGUE recorded on {recorded.get('catalogue_sha256')}, run on {fresh['catalogue_sha256']}"
+        )
+    old, new = recorded.get("cases", {}), fresh["cases"]
+    for case_id in sorted(set(old) | set(new)):
+        was, now = old.get(case_id, {}), new.get(case_id, {})
+        if was.get("params_sha256") != now.get("params_sha256"):
+            problems.append(f"PARAMS {case_id}: recorded for other parameters than the case holds now")
+        if was.get("result") != now.get("result"):
+            problems.append(
+                f"DIFFERS {case_id}: medigan {now.get('result')!r}, recorded {was.get('result')!r}"
+            )
+    for line in problems:
+        print(line)
+    print(f"{len(new)} cases run, {len(problems)} difference(s) from the recording")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
