@@ -1,8 +1,8 @@
 """Runner overhead, frame throughput, spawn latency and host memory, side by side in one run; prints JSON.
 
-Usage: ``python benchmarks/bench_runner.py [--quick]`` from a checkout with medigan_iso installed (the tox
-``py``/``bench`` envs). It builds a numpy-only model env with uv in a temp dir (the uv cache makes this ~1 s
-when warm), writes the fixture model packages, measures, and deletes everything it wrote.
+Usage: ``python benchmarks/bench_runner.py [--quick | --smoke]`` from a checkout with medigan_iso installed
+(the tox ``py``/``bench`` envs). It builds a numpy-only model env with uv in a temp dir (the uv cache makes
+this ~1 s when warm), writes the fixture model packages, measures, and deletes everything it wrote.
 
 Targets (issue 4): warm-runner overhead vs in-process generate <= 5 % (n=1000, 128x128); frame throughput
 for >= 1 MiB arrays >= 70 % of a raw pipe copy of the same bytes; spawn -> ready excluding model imports
@@ -221,11 +221,13 @@ def raw_pipe_gib_s(python: Path, size: int, count: int) -> float:
     return size * count / elapsed / 2**30
 
 
-def bench_throughput(python: Path, fast: Path, work: Path, repeats: int) -> dict[str, Any]:
+def bench_throughput(
+    python: Path, fast: Path, work: Path, repeats: int, *, volume_bytes: int = 1 << 30
+) -> dict[str, Any]:
     results = {}
     for label, shape, dtype in (("1MiB", (1024, 1024), "uint8"), ("4MiB", (1024, 1024), "float32")):
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        count = max(64, (1 << 30) // nbytes)  # ~1 GiB per measurement
+        count = max(2, volume_bytes // nbytes)  # ~1 GiB per measurement by default
         with RunnerProcess.start(python, log_path=work / "throughput.log") as proc:
             proc.load(fast, model_file=fast / "weights.bin", package_name="fast")
             kwargs = {"shape": list(shape), "dtype": dtype}
@@ -314,8 +316,18 @@ def bench_rss(python: Path, fast: Path, work: Path, n: int) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller n and fewer repeats (smoke run)")
+    parser.add_argument("--quick", action="store_true", help="smaller n and fewer repeats")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the script runs (tests)")
     args = parser.parse_args()
+    # (n for RSS, repeats for overhead, n for overhead, repeats for throughput, bytes per throughput
+    # measurement, spawn repeats)
+    if args.smoke:
+        sizes = (200, 1, 64, 1, 8 << 20, 2)
+    elif args.quick:
+        sizes = (10_000, 3, 1000, 1, 1 << 30, 5)
+    else:
+        sizes = (100_000, 5, 1000, 3, 1 << 30, 15)
+    rss_n, repeats, overhead_n, throughput_repeats, volume, spawn_repeats = sizes
     work = Path(tempfile.mkdtemp(prefix="medigan-iso-bench-runner-"))
     try:
         started = time.perf_counter()
@@ -334,16 +346,17 @@ def main() -> int:
             "env_build_s": round(env_s, 2),
         }
         # RSS first, while this process is still small; the other cases allocate more in-process.
-        report["host_rss_streaming"] = bench_rss(python, fast, work, 10_000 if args.quick else 100_000)
-        repeats = 3 if args.quick else 5
+        report["host_rss_streaming"] = bench_rss(python, fast, work, rss_n)
         report["overhead_warm_runner_vs_in_process"] = {
-            "default_malloc": bench_overhead(python, zoo, work, 1000, repeats),
+            "default_malloc": bench_overhead(python, zoo, work, overhead_n, repeats),
             "malloc_thresholds_pinned_both_sides": bench_overhead(
-                python, zoo, work, 1000, repeats, extra_env=MALLOC_PINNED_ENV
+                python, zoo, work, overhead_n, repeats, extra_env=MALLOC_PINNED_ENV
             ),
         }
-        report["frame_throughput"] = bench_throughput(python, fast, work, 1 if args.quick else 3)
-        report["spawn_to_ready"] = bench_spawn(python, fast, work, 5 if args.quick else 15)
+        report["frame_throughput"] = bench_throughput(
+            python, fast, work, throughput_repeats, volume_bytes=volume
+        )
+        report["spawn_to_ready"] = bench_spawn(python, fast, work, spawn_repeats)
         report["load_average_at_end"] = os.getloadavg()
         report["host_max_rss_mb_whole_run"] = round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1

@@ -1,10 +1,10 @@
 """Spawn -> hello of a runner under each sandbox layer combination vs none, side by side; prints JSON.
 
-Usage: ``python benchmarks/bench_sandbox.py [--rounds N]`` from a checkout with medigan_iso installed (the
-tox ``py`` env). It builds a numpy-only env with uv in a temp dir (warm uv cache: ~1 s), then starts and
-closes runners round-robin over the combinations so drift hits them all alike, and reports the median and
-p90 spawn -> hello time and the median added over ``none`` (the hygiene-only launch). The probe of the host
-(running bwrap once) is done once, as a Session does, and is not part of any spawn.
+Usage: ``python benchmarks/bench_sandbox.py [--rounds N] [--smoke]`` from a checkout with medigan_iso
+installed (the tox ``py`` env). It builds a numpy-only env with uv in a temp dir (warm uv cache: ~1 s), then
+starts and closes runners round-robin over the combinations so drift hits them all alike, and reports the
+median and p90 spawn -> hello time and the median added over ``none`` (the hygiene-only launch). The probe of
+the host (running bwrap once) is done once, as a Session does, and is not part of any spawn.
 
 Target (issue 7): <= 30 ms added for the full stack (bubblewrap + seccomp + Landlock + rlimits).
 """
@@ -46,7 +46,10 @@ COMBINATIONS: dict[str, tuple[str, ...] | None] = {
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--smoke", action="store_true", help="one round: proves the script runs (tests)")
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds = 1
     work = Path(tempfile.mkdtemp(prefix="medigan-iso-bench-sandbox-"))
     try:
         python = build_runner_env(work / "home", ["numpy"])

@@ -2,7 +2,8 @@
 
 Variants: offline (MEDIGAN_ISO_OFFLINE=1), online with the official catalogue unreachable (the network
 path a machine without GitHub takes on every call), online with a fresh cached copy (no request), and
-validation alone. Usage: ``python benchmarks/catalogue_load.py [CATALOGUE.json] [--repeat N]``.
+validation alone. Usage: ``python benchmarks/catalogue_load.py [CATALOGUE.json] [--repeat N] [--smoke]``
+(``--smoke``: two repeats, and no attempt to reach the official catalogue's host).
 """
 
 from __future__ import annotations
@@ -23,9 +24,7 @@ from typing import Any
 
 from medigan_iso.catalogue import OFFICIAL_CATALOGUE_URL, load_catalogue, validate_catalogue
 
-DEFAULT_FIXTURE = (
-    Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "medigan_global.json"
-)
+DEFAULT_FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "data" / "medigan_global.json"
 
 
 def _time(fn: Callable[[], Any], repeat: int) -> dict[str, float]:
@@ -58,7 +57,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("catalogue", nargs="?", default=str(DEFAULT_FIXTURE))
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the script runs (tests)")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeat = 2
     logging.disable(logging.WARNING)
     path = Path(args.catalogue)
     data = json.loads(path.read_text())
@@ -83,6 +85,8 @@ def main() -> None:
             ),
             "validate_only_lenient": lambda: validate_catalogue(data, source="x"),
         }
+        if args.smoke:  # tests reach nothing but 127.0.0.1
+            del variants["official_unreachable_dns"]
         results = {name: _time(fn, args.repeat) for name, fn in variants.items()}
     httpd.shutdown()
     print(json.dumps({"benchmark": "catalogue_load", "models": len(data), "results": results}, indent=2))

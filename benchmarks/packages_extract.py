@@ -2,7 +2,7 @@
 
 Builds one package in a temp dir (a large incompressible weights file plus many small files, like an
 upstream model with sample images), then times each variant in this process and prints one JSON object.
-Usage: python benchmarks/packages_extract.py [--weights-mib 64] [--small-files 2000] [--repeat 3]
+Usage: python benchmarks/packages_extract.py [--weights-mib 64] [--small-files 2000] [--repeat 3] [--smoke]
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ def main() -> None:
     parser.add_argument("--weights-mib", type=int, default=64)
     parser.add_argument("--small-files", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the script runs (tests)")
     args = parser.parse_args()
+    if args.smoke:
+        args.weights_mib, args.small_files, args.repeat = 1, 20, 1
     root = Path(tempfile.mkdtemp(prefix="bench-packages-"))
     try:
         archive = _build(root, weights_mib=args.weights_mib, small_files=args.small_files)

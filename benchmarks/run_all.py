@@ -2,7 +2,9 @@
 
 Each script prints its own JSON (its variants side by side, measured in one process so ratios hold on a
 noisy machine); this collects them under the script's name, with the exit code and wall time. Name
-scripts to run a subset: ``python benchmarks/run_all.py [NAME ...]`` (e.g. ``bench_envs``).
+scripts to run a subset: ``python benchmarks/run_all.py [--smoke] [NAME ...]`` (e.g. ``bench_envs``).
+``--smoke`` passes ``--smoke`` to every script: tiny sizes, seconds each, so the test suite
+(tests/test_benchmarks.py) proves every benchmark still runs; the figures mean nothing then.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ SCRIPT_TIMEOUT_S = 3600
 
 
 def main(argv: list[str]) -> int:
-    wanted = set(argv)
+    smoke = "--smoke" in argv
+    wanted = {arg for arg in argv if arg != "--smoke"}
     scripts = sorted(p for p in HERE.glob("*.py") if p.name not in ("run_all.py", "__init__.py"))
     if wanted:
         scripts = [p for p in scripts if p.stem in wanted or p.name in wanted]
@@ -27,7 +30,10 @@ def main(argv: list[str]) -> int:
     for script in scripts:
         started = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, str(script)], capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S
+            [sys.executable, str(script), *(["--smoke"] if smoke else [])],
+            capture_output=True,
+            text=True,
+            timeout=SCRIPT_TIMEOUT_S,
         )
         elapsed = round(time.perf_counter() - started, 1)
         try:

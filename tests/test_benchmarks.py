@@ -1,0 +1,61 @@
+"""Every benchmark script still runs (issue 19): ``benchmarks/run_all.py --smoke`` at tiny sizes.
+
+The figures of a smoke run mean nothing (the real ones come from ``tox -e bench``); what is checked is
+that each script exits 0 and prints the JSON its report promises, so a benchmark broken by a change to
+the code it measures fails the test run instead of rotting unseen. No wall-clock assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+# The keys each script's JSON must hold: a script that prints something else has changed its report.
+EXPECTED_KEYS = {
+    "bench_envs": {"cache_hit_ms", "resolve_uncached_s", "new_numpy_env_uv", "new_numpy_env_virtualenv"},
+    "bench_runner": {"host_rss_streaming", "overhead_warm_runner_vs_in_process", "frame_throughput"},
+    "bench_sandbox": {"benchmark", "results", "host_support"},
+    "catalogue_load": {"benchmark", "models", "results"},
+    "packages_extract": {"safe_extract_s", "tree_sha256_s", "safe_over_plain"},
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
+    if not BENCHMARKS.is_dir():
+        pytest.skip("benchmarks/ is not beside the tests (running from an installed copy)")
+    env = dict(os.environ, MEDIGAN_ISO_HOME=str(tmp_path_factory.mktemp("bench-home")))
+    env.pop("MEDIGAN_ISO_OFFLINE", None)  # a cold uv cache may need the index for numpy
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "run_all.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    report: dict[str, dict[str, object]] = json.loads(proc.stdout)
+    return report
+
+
+def test_every_benchmark_script_is_known_here() -> None:
+    scripts = {p.stem for p in BENCHMARKS.glob("*.py") if p.name not in ("run_all.py", "__init__.py")}
+    assert scripts == set(EXPECTED_KEYS), "a new benchmark needs --smoke and an EXPECTED_KEYS line here"
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED_KEYS))
+def test_benchmark_smoke_run_prints_its_report(
+    smoke_report: dict[str, dict[str, object]], script: str
+) -> None:
+    entry = smoke_report[script]
+    assert entry["returncode"] == 0, entry
+    result = entry["result"]
+    assert isinstance(result, dict) and "unparsed_stdout" not in result, result
+    assert EXPECTED_KEYS[script] <= set(result), sorted(result)
