@@ -39,6 +39,7 @@ from medigan_iso.errors import (
     UnknownModelError,
 )
 from medigan_iso.packages import tree_sha256
+from medigan_iso.sandbox import probe_host
 
 ZOO_ID = "test-zoo"
 TUPLE_ID = "test-zoo-tuples"
@@ -329,20 +330,30 @@ def test_sample_writer_raises_output_exists_error_carrying_the_path(tmp_path: Pa
     assert np.load(tmp_path / "sample_00000.npy").sum() == 0
 
 
-def test_ctrl_c_stops_the_runner_and_keeps_what_was_written(world: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("policy", ["off", "auto"])
+def test_ctrl_c_stops_the_runner_and_keeps_what_was_written(
+    world: dict[str, Path], tmp_path: Path, policy: str
+) -> None:
+    # Issue 19: runners are found as the host's descendants and recorded (pid and start time) before the
+    # signal, because under bubblewrap the runner's environment names pid 1, not the host.
     out = tmp_path / "interrupted"
     script = textwrap.dedent(
         f"""
         import sys
         from medigan_iso.cli import main
         sys.exit(main(["generate", {ZOO_ID!r}, "-n", "100000", "-o", {str(out)!r}, "--batch-size", "1",
-                       "--format", "npy"]))
+                       "--format", "npy", "--sandbox", {policy!r}]))
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(out.glob("*.npy"))) < 5:
+    while time.monotonic() < deadline and len(list(out.glob("*.npy"))) < 5 and proc.poll() is None:
         time.sleep(0.05)
+    tree = _descendants(proc.pid)
+    runners = [pid for pid, (_, cmdline) in tree.items() if _is_runner(cmdline)]
+    assert len(runners) == 1, f"not one runner among the host's descendants: {tree}"
+    if policy == "auto" and probe_host().bwrap is not None:  # the runner inside bwrap, inside bwrap's init
+        assert sum(_argv0(cmdline) == "bwrap" for _, cmdline in tree.values()) == 2, tree
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
@@ -351,32 +362,63 @@ def test_ctrl_c_stops_the_runner_and_keeps_what_was_written(world: dict[str, Pat
     assert len(kept) >= 5
     assert all(np.load(p).shape == (8, 8, 3) for p in kept)  # every kept file is whole
     assert not list(out.glob(".*.part"))
-    assert _wait_until_no_runner_of(proc.pid)
+    left = _wait_until_gone({pid: start for pid, (start, _) in tree.items()})
+    assert not left, f"left behind after Ctrl-C: {[tree[pid][1] for pid in left]}"
 
 
-def _runners_of(host_pid: int) -> list[int]:
-    """Live runner processes started by ``host_pid`` (they carry its pid in their environment)."""
-    marker = f"MEDIGAN_ISO_RUNNER_PARENT_PID={host_pid}".encode()
-    found = []
+def _argv0(cmdline: str) -> str:
+    return Path(cmdline.split(" ", 1)[0]).name
+
+
+def _is_runner(cmdline: str) -> bool:
+    # off: `<env>/bin/python -I -m medigan_iso_runner`; auto: the env's python running the trampoline,
+    # whose argv names the runner module (bwrap's argv names it too: it is not a python).
+    return _argv0(cmdline).startswith("python") and "medigan_iso_runner" in cmdline
+
+
+def _proc_stat(pid: int) -> tuple[str, int, str] | None:
+    """(state, parent pid, start time) of a live process, or None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
+    return fields[0], int(fields[1]), fields[19]
+
+
+def _descendants(root: int) -> dict[int, tuple[str, str]]:
+    """Every live descendant of ``root``: pid -> (start time, command line)."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+        if entry.name.isdigit() and (stat := _proc_stat(int(entry.name))) is not None:
+            children.setdefault(stat[1], []).append(int(entry.name))
+    found: dict[int, tuple[str, str]] = {}
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        stat = _proc_stat(pid)
         try:
-            environ = (entry / "environ").read_bytes()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if marker in environ.split(b"\0"):
-            found.append(int(entry.name))
+        if stat is not None:
+            found[pid] = (stat[2], cmdline)
+            todo.extend(children.get(pid, []))
     return found
 
 
-def _wait_until_no_runner_of(host_pid: int, timeout_s: float = 10.0) -> bool:
+def _wait_until_gone(processes: dict[int, str], timeout_s: float = 30.0) -> list[int]:
+    """Wait for the processes (pid -> start time) to exit; the pids still alive at the end."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _runners_of(host_pid):
-            return True
+    while True:
+        alive = []
+        for pid, start in processes.items():
+            stat = _proc_stat(pid)
+            if stat is not None and stat[2] == start and stat[0] not in ("Z", "X"):
+                alive.append(pid)
+        if not alive or time.monotonic() > deadline:
+            return alive
         time.sleep(0.05)
-    return False
 
 
 @pytest.mark.parametrize("nested", [True, False], ids=["package-folder-layout", "root-layout"])
