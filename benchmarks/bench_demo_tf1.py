@@ -1,6 +1,7 @@
 """demo-tf1 (TensorFlow 1.15.5 on Python 3.7) costs and agreement, printed as JSON.
 
-Run: MEDIGAN_ISO_UV_CACHE=~/.cache/medigan-iso-tests/uv python benchmarks/bench_demo_tf1.py [--cold]
+Run: MEDIGAN_ISO_UV_CACHE=~/.cache/medigan-iso-tests/uv python benchmarks/bench_demo_tf1.py [--cold] [--smoke]
+(``--smoke``: 4 samples instead of 64; proves the script runs, for the tests.)
 Measures, in a fresh medigan_iso home: the env build of the bundled demo-tf1 entry (resolve + install) with
 the given uv cache, or with ``--cold`` an empty one (TensorFlow 1.15.5 and its dependencies come from the
 index); the first generate (runner spawn, TF import, graph load, 64 samples); and the largest absolute
@@ -21,10 +22,12 @@ from pathlib import Path
 import numpy as np
 
 N = 64
+SMOKE_N = 4
 SEED = 11
 
 
 def main(argv: list[str]) -> int:
+    n = SMOKE_N if "--smoke" in argv else N
     root = Path(tempfile.mkdtemp(prefix="bench-demo-tf1-"))
     os.environ["MEDIGAN_ISO_HOME"] = str(root / "home")
     os.environ["MEDIGAN_ISO_CATALOGUE_URL"] = ""
@@ -43,12 +46,12 @@ def main(argv: list[str]) -> int:
         build_s = time.perf_counter() - started
         with Session(offline=False) as session:
             started = time.perf_counter()
-            tf1 = np.stack(session.generate("demo-tf1", N, seed=SEED, output="float"))
+            tf1 = np.stack(session.generate("demo-tf1", n, seed=SEED, output="float"))
             first_generate_s = time.perf_counter() - started
             started = time.perf_counter()
-            np.stack(session.generate("demo-tf1", N, seed=SEED, output="float"))
+            np.stack(session.generate("demo-tf1", n, seed=SEED, output="float"))
             warm_generate_s = time.perf_counter() - started
-            reference = np.stack(session.generate("demo-numpy", N, seed=SEED, output="float"))
+            reference = np.stack(session.generate("demo-numpy", n, seed=SEED, output="float"))
             info = session.runner_info("demo-tf1")
         print(
             json.dumps(
@@ -57,7 +60,7 @@ def main(argv: list[str]) -> int:
                     "env_build_s": round(build_s, 2),
                     "first_generate_s": round(first_generate_s, 2),
                     "warm_generate_s": round(warm_generate_s, 3),
-                    "samples": N,
+                    "samples": n,
                     "max_abs_diff_vs_demo_numpy": float(np.abs(tf1 - reference).max()),
                     "python": info["python"],
                     "tensorflow": info["packages"].get("tensorflow"),
