@@ -85,6 +85,8 @@ def world(tmp_path: Path, shared_home: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("MEDIGAN_ISO_SANDBOX", raising=False)
     monkeypatch.setenv("ZENODO_ACCESS_TOKEN", ZENODO_TOKEN)
     monkeypatch.setenv("GITHUB_TOKEN", GITHUB_TOKEN)
+    # the home is shared for its envs; a model another test stored locally must not make the id taken
+    (cache_layout(shared_home).catalogues / LOCAL_CATALOGUE_NAME).unlink(missing_ok=True)
     package = write_numpy_zoo(tmp_path / "numpy_zoo")
     metadata = tmp_path / "metadata.json"
     metadata.write_text(json.dumps({MODEL_ID: _entry()}), encoding="utf-8")
