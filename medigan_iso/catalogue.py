@@ -143,6 +143,7 @@ class ModelEntry:
     requirements_lock: str | None = None
     is_bundled: bool = False
     sandbox: Mapping[str, Any] = field(default_factory=_empty_mapping, hash=False, repr=False)
+    resources: Mapping[str, Any] = field(default_factory=_empty_mapping, hash=False, repr=False)
 
     @property
     def model_file_name(self) -> str:
@@ -201,6 +202,7 @@ class ModelEntry:
             requirements_lock=execution.get("requirements_lock"),
             is_bundled=is_bundled,
             sandbox=execution.get("sandbox") or _empty_mapping(),
+            resources=execution.get("resources") or _empty_mapping(),
         )
 
 

@@ -20,15 +20,18 @@ from types import TracebackType
 from typing import Any
 
 from medigan_iso.catalogue import Catalogue, ConfigSource, ModelEntry, load_catalogue
+from medigan_iso.cgroups import RunnerCgroup
 from medigan_iso.envs import ModelEnv, ensure_env
 from medigan_iso.errors import (
     EnvError,
     EnvNotBuiltError,
     ProtocolError,
+    ResourceLimitError,
     RunnerCrashedError,
     RunnerError,
     RunnerStartError,
     RunnerTimeoutError,
+    SandboxError,
 )
 from medigan_iso.images import non_regular_entries, prepare_output_dir
 from medigan_iso.logfiles import auto_prune
@@ -42,6 +45,7 @@ from medigan_iso.runner_process import (
     Sample,
 )
 from medigan_iso.sandbox import (
+    CGROUP_REMEDY,
     HostSupport,
     SandboxConfig,
     plan_launch,
@@ -145,6 +149,7 @@ class Session:
         self._sandbox = resolve_policy(sandbox)
         self._strict = strict
         self._support: HostSupport | None = None
+        self._gaps_warned = False
         self._config = None if isinstance(config, Catalogue) else config
         self._home = None if home is None else Path(home)
         self._offline = offline
@@ -303,7 +308,25 @@ class Session:
             output_dir=output_dir,
             support=self._support,
             model_id=prepared.entry.model_id,
+            resources=prepared.entry.resources,
         )
+        if plan.gaps and not self._gaps_warned:
+            self._gaps_warned = True  # once per Session: the first spawn (issue 16)
+            logger.warning(
+                "sandbox (%s) leaves these protections missing on this machine: %s; see `medigan-iso doctor`",
+                plan.policy,
+                "; ".join(plan.gaps),
+            )
+        cgroup = None
+        if plan.cgroup is not None and self._support is not None:
+            try:
+                cgroup = RunnerCgroup.create(self._support.cgroups, plan.cgroup, label="runner")
+            except OSError as exc:
+                if plan.policy == "require":
+                    raise SandboxError(
+                        "rlimits", f"cannot create the runner's cgroup: {exc}", remedy=CGROUP_REMEDY
+                    ) from exc
+                logger.warning("cannot create a cgroup for %s: %s", prepared.entry.model_id, exc)
         layout = cache_layout(self._home).ensure()
         auto_prune(layout.logs)  # issue 16: old logs go, at most once a day per cache
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -317,6 +340,7 @@ class Session:
             model_id=prepared.entry.model_id,
             command_prefix=plan.command_prefix,
             env_overrides=plan.env_overrides,
+            cgroup=cgroup,
         )
         try:
             verify_hello(plan, runner.hello, model_id=prepared.entry.model_id)
@@ -461,7 +485,13 @@ class Session:
                     request.close()
                     raise
                 request.close()
-            except (RunnerCrashedError, RunnerStartError, RunnerTimeoutError, ProtocolError) as exc:
+            except (
+                RunnerCrashedError,
+                RunnerStartError,
+                RunnerTimeoutError,
+                ProtocolError,
+                ResourceLimitError,
+            ) as exc:
                 # The runner is gone, never came up, or cannot be trusted: drop it; the next call
                 # respawns with backoff, and repeated failures stop the respawning.
                 slot.consecutive_crashes += 1

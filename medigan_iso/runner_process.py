@@ -44,9 +44,11 @@ from typing import Any, TypeVar
 
 from medigan_iso_runner import protocol
 
+from medigan_iso.cgroups import RunnerCgroup
 from medigan_iso.errors import (
     ModelError,
     ProtocolError,
+    ResourceLimitError,
     RunnerCrashedError,
     RunnerError,
     RunnerStartError,
@@ -348,6 +350,8 @@ class RunnerProcess:
         self._stop_reason: str | None = None
         self.hello: dict[str, Any] = {}
         self._via_launcher = False
+        self._cgroup: RunnerCgroup | None = None
+        self._pids_refused = 0  # the cgroup's pids.events "max" count already reported
         self.loaded: dict[str, Any] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
@@ -365,9 +369,12 @@ class RunnerProcess:
         env_overrides: Mapping[str, str | None] | None = None,
         model_id: str | None = None,
         max_log_bytes: int = RUNNER_LOG_MAX_BYTES,
+        cgroup: RunnerCgroup | None = None,
     ) -> RunnerProcess:
         """Spawn a runner with ``python`` and wait (``ready_timeout_s``) for its hello.
 
+        With ``cgroup`` the runner joins that group before anything else runs; the runner owns the group
+        from then on (its limits become ResourceLimitError, closing kills everything in it and removes it).
         Raises RunnerStartError (cannot exec, wrong protocol), RunnerCrashedError, RunnerTimeoutError.
         """
         log = Path(log_path)
@@ -382,6 +389,8 @@ class RunnerProcess:
         env = runner_environment(private_dir, overrides=overrides)
         prefix = [part.replace(PRIVATE_DIR_PLACEHOLDER, str(private_dir)) for part in command_prefix]
         argv = [*prefix, os.fspath(python), "-I", "-m", "medigan_iso_runner"]
+        if cgroup is not None:
+            argv = [*cgroup.join_prefix(), *argv]
 
         def spawn() -> subprocess.Popen[bytes]:
             return subprocess.Popen(
@@ -405,6 +414,8 @@ class RunnerProcess:
                 popen = spawn()
         except OSError as exc:
             shutil.rmtree(private_dir, ignore_errors=True)
+            if cgroup is not None:
+                cgroup.remove()
             raise RunnerStartError(
                 f"cannot start the runner {argv[0]}: {exc}",
                 remedy="check that the model env exists (`medigan-iso env list`) and rebuild it if not",
@@ -420,6 +431,7 @@ class RunnerProcess:
             shutdown_grace_s=shutdown_grace_s,
             model_id=model_id,
         )
+        runner._cgroup = cgroup
         runner._via_launcher = bool(command_prefix)
         try:
             runner._handshake()
@@ -511,6 +523,10 @@ class RunnerProcess:
             with contextlib.suppress(OSError):
                 if stream is not None:
                     stream.close()
+        if self._cgroup is not None:
+            # everything the model started, setsid daemons included (issue 16, finding 4)
+            self._cgroup.kill()
+            self._cgroup.remove()
         self._drain.join(1.0)
         with contextlib.suppress(OSError):
             assert self._popen.stderr is not None
@@ -546,9 +562,20 @@ class RunnerProcess:
 
     # --- frames ---------------------------------------------------------------------------------------
 
-    def _crashed(self) -> RunnerCrashedError:
+    def _crashed(self) -> RunnerCrashedError | ResourceLimitError:
         """Reap a dead runner (after killing its group) and describe how it died."""
         self._stop("it crashed")
+        if self._cgroup is not None and self._cgroup.oom_killed():
+            limit = self._cgroup.limits.memory_bytes
+            self._signal_group(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._popen.wait(timeout=1)
+            return ResourceLimitError(
+                "memory",
+                f"the kernel killed it at its cgroup memory limit of {(limit or 0) / 2**30:.2f} GiB "
+                f"(see {self.log_path})",
+                model_id=self.model_id,
+            )
         self._signal_group(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._popen.wait(timeout=1)
@@ -638,7 +665,20 @@ class RunnerProcess:
             self._wait_exit(1.0)
             raise self._crashed() from exc
 
-    def _model_error(self, header: Mapping[str, Any]) -> ModelError:
+    def _model_error(self, header: Mapping[str, Any]) -> ModelError | ResourceLimitError:
+        refused = self._cgroup.pids_refused() if self._cgroup is not None else 0
+        if refused > self._pids_refused:
+            # a fork or thread was refused by pids.max: the group is full of the model's processes, so
+            # this runner cannot be trusted to work again
+            self._pids_refused = refused
+            self._stop("it hit its process limit")
+            limit = self._cgroup.limits.pids if self._cgroup is not None else None
+            return ResourceLimitError(
+                "processes",
+                f"the model started more than {limit} processes/threads and then raised "
+                f"{neutralise(header.get('type', 'Exception'), max_chars=200)}",
+                model_id=self.model_id,
+            )
         return ModelError(
             str(header.get("type", "Exception")),
             str(header.get("message", "")),

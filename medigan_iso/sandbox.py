@@ -44,6 +44,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from medigan_iso.cgroups import CgroupLimits, CgroupSupport, machine_memory_bytes, probe_cgroups
 from medigan_iso.errors import SandboxError, SandboxPolicyError
 from medigan_iso.untrusted import get_logger
 
@@ -57,9 +58,11 @@ __all__ = [
     "LayerSupport",
     "Limits",
     "SandboxConfig",
+    "effective_limits",
     "layers_in_force",
     "plan_launch",
     "probe_host",
+    "protection_gaps",
     "resolve_policy",
     "seccomp_program",
     "stricter",
@@ -89,6 +92,16 @@ SYSTEM_FILES = (
     "/etc/group",
     "/etc/nsswitch.conf",
 )
+PROC_SELF = "/proc/self"
+PROC_MACHINE_FILES = (
+    "/proc/cpuinfo",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/loadavg",
+    "/proc/filesystems",
+    "/proc/sys/kernel",
+    "/proc/sys/vm",
+)
 SANDBOX_TMP = "/tmp"
 SANDBOX_HOME = "/tmp/home"
 # In a command prefix, replaced by runner_process with the runner's private HOME/TMPDIR directory.
@@ -101,6 +114,10 @@ BWRAP_REMEDY = (
     "kernel.apparmor_restrict_unprivileged_userns=0`); or run with sandbox='auto'"
 )
 SECCOMP_REMEDY = "seccomp needs Linux on x86_64 or aarch64 with CONFIG_SECCOMP_FILTER; or use sandbox='auto'"
+CGROUP_REMEDY = (
+    "run as a non-root user, or give this process a writable cgroup (v2 with memory and pids delegated, "
+    "or v1 pids and memory hierarchies); or use sandbox='auto'"
+)
 LANDLOCK_REMEDY = (
     "Landlock needs Linux >= 5.13 with `lsm=...,landlock` on the kernel command line; or use sandbox='auto'"
 )
@@ -119,7 +136,13 @@ class Limits:
     file_size_bytes: int | None = 8 * GIB
     open_files: int | None = 4096
     processes: int | None = 4096  # RLIMIT_NPROC; the kernel exempts uid 0 (real root) from it
-    tmpfs_bytes: int = 2 * GIB  # each of /tmp and /dev/shm inside bubblewrap
+    # Each of /tmp and /dev/shm inside bubblewrap. tmpfs pages are charged to the runner's cgroup, so the
+    # memory limit bounds them too (issue 16: 2 x 2 GiB of RAM held while a runner was warm).
+    tmpfs_bytes: int = 512 * MIB
+    # cgroup limits (they bind for root too): None memory = MEMORY_FRACTION of the machine's RAM
+    memory_bytes: int | None = None
+    pids: int | None = 1024  # tasks (threads count) in the runner's group
+    cpus: float | None = None
 
     def rlimits(self) -> list[tuple[str, int, int]]:
         """(resource name, soft, hard) pairs for the trampoline."""
@@ -136,6 +159,34 @@ class Limits:
         if self.processes is not None:
             out.append(("RLIMIT_NPROC", self.processes, self.processes))
         return out
+
+
+MEMORY_FRACTION = 0.5  # default cgroup memory limit: half of the machine's RAM
+RESOURCE_KEYS = ("memory_mb", "processes", "cpus", "tmpfs_mb")
+
+
+def effective_limits(
+    limits: Limits, resources: Mapping[str, Any] | None = None, *, machine_memory: int | None = None
+) -> Limits:
+    """``limits`` with the default memory derived from the machine and a catalogue entry's
+    ``execution.resources`` applied (memory capped at the machine's RAM; unknown keys ignored here, the
+    schema refuses them)."""
+    ram = machine_memory_bytes() if machine_memory is None else machine_memory
+    out = limits
+    if out.memory_bytes is None and ram:
+        out = replace(out, memory_bytes=int(ram * MEMORY_FRACTION))
+    res = resources or {}
+    if isinstance(res.get("memory_mb"), int) and res["memory_mb"] > 0:
+        wanted = int(res["memory_mb"]) * MIB
+        out = replace(out, memory_bytes=min(wanted, ram) if ram else wanted)
+    if isinstance(res.get("processes"), int) and res["processes"] > 0:
+        out = replace(out, pids=int(res["processes"]))
+    if isinstance(res.get("cpus"), int | float) and res["cpus"] > 0:
+        out = replace(out, cpus=float(res["cpus"]))
+    if isinstance(res.get("tmpfs_mb"), int) and res["tmpfs_mb"] > 0:
+        tmpfs = int(res["tmpfs_mb"]) * MIB
+        out = replace(out, tmpfs_bytes=min(tmpfs, out.memory_bytes) if out.memory_bytes else tmpfs)
+    return out
 
 
 @dataclass(frozen=True)
@@ -212,6 +263,18 @@ class HostSupport:
     bwrap: str | None
     landlock_abi: int
     seccomp_arch: str | None
+    cgroups: CgroupSupport = field(default_factory=lambda: CgroupSupport(None, "not probed"))
+
+    @property
+    def limits_mechanism(self) -> str:
+        """What makes resource limits bind here: a cgroup, rlimits (not for root), or nothing."""
+        if self.cgroups.mechanism:
+            return f"{self.cgroups.mechanism} (memory, pids, cpu; binds for root)"
+        if os.geteuid() == 0:
+            return (
+                f"rlimits only: RLIMIT_NPROC does not bind for root, no memory limit ({self.cgroups.detail})"
+            )
+        return f"rlimits (RLIMIT_AS, RLIMIT_NPROC per user; no cgroup: {self.cgroups.detail})"
 
     def available(self, layer: str) -> bool:
         return layer == "hygiene" or self.layers[layer].available
@@ -260,8 +323,11 @@ def probe_host(*, bwrap: str | os.PathLike[str] | None = None) -> HostSupport:
         if abi >= 1
         else LayerSupport("landlock", False, "landlock_create_ruleset reports no Landlock", LANDLOCK_REMEDY)
     )
-    layers["rlimits"] = LayerSupport("rlimits", True, "setrlimit")
-    return HostSupport(layers=layers, bwrap=working, landlock_abi=abi, seccomp_arch=arch)
+    cgroups = probe_cgroups()
+    layers["rlimits"] = LayerSupport(
+        "rlimits", True, "setrlimit" + (f" + {cgroups.detail}" if cgroups.mechanism else " (no cgroup)")
+    )
+    return HostSupport(layers=layers, bwrap=working, landlock_abi=abi, seccomp_arch=arch, cgroups=cgroups)
 
 
 def _try_bwrap(path: str) -> tuple[bool, str]:
@@ -329,8 +395,12 @@ _RET_KILL_PROCESS, _RET_ALLOW, _RET_ERRNO = 0x80000000, 0x7FFF0000, 0x00050000
 _OFF_NR, _OFF_ARCH, _OFF_ARG0_LOW = 0, 4, 16  # struct seccomp_data; args are little-endian u64 here
 
 
-def seccomp_program(arch: str | None = None) -> bytes:
-    """The seccomp BPF filter (struct sock_filter[]) for ``arch`` (default: this machine)."""
+def seccomp_program(arch: str | None = None, *, allow_unix_sockets: bool = True) -> bytes:
+    """The seccomp BPF filter (struct sock_filter[]) for ``arch`` (default: this machine).
+
+    ``socket`` and ``socketpair`` allow AF_UNIX only; with ``allow_unix_sockets=False`` ``socket`` refuses
+    AF_UNIX too (a connected pair from ``socketpair`` reaches nothing outside the process tree).
+    """
     arch = arch or platform.machine()
     if arch not in _SYSCALL_TABLES:
         raise ValueError(f"no seccomp filter for architecture {arch!r}")
@@ -354,11 +424,12 @@ def seccomp_program(arch: str | None = None) -> bytes:
         prog += [ins(_BPF_JEQ_K, nr[name], 0, 1), errno(_EPERM)]
     prog += [ins(_BPF_JEQ_K, nr["clone3"], 0, 1), errno(_ENOSYS)]
     for name in ("socket", "socketpair"):  # every block below ends in a return, so A stays nr on skips
+        unix_ok = allow_unix_sockets or name == "socketpair"
         prog += [
             ins(_BPF_JEQ_K, nr[name], 0, 4),
             ins(_BPF_LD_W_ABS, _OFF_ARG0_LOW),
             ins(_BPF_JEQ_K, _AF_UNIX, 0, 1),
-            ins(_BPF_RET_K, _RET_ALLOW),
+            ins(_BPF_RET_K, _RET_ALLOW if unix_ok else _RET_ERRNO | _EAFNOSUPPORT),
             errno(_EAFNOSUPPORT),
         ]
     prog += [
@@ -461,6 +532,8 @@ class LaunchPlan:
     missing: Mapping[str, str]  # wanted layers this machine lacks -> reason
     limits: Limits
     landlock_abi: int = 0
+    cgroup: CgroupLimits | None = None  # the runner's cgroup limits, when a cgroup can be made
+    gaps: tuple[str, ...] = ()  # what the applied layers leave open (protection_gaps)
 
 
 _BWRAP_FLAGS = (
@@ -502,38 +575,58 @@ def plan_launch(
     output_dir: str | os.PathLike[str] | None,
     support: HostSupport | None = None,
     model_id: str | None = None,
+    resources: Mapping[str, Any] | None = None,
 ) -> LaunchPlan:
     """Decide the layers for one runner and build its command prefix.
 
-    ``require`` raises SandboxError for the first wanted layer this machine lacks; ``auto`` logs the missing
-    ones once per plan and goes on with the rest; ``off`` applies hygiene only.
+    ``require`` raises SandboxError for the first wanted layer this machine lacks, and when what remains
+    would leave a gap of :func:`protection_gaps`; ``auto`` logs the missing layers once per plan and goes on
+    with the rest (the gaps are on the plan, for the caller's first-spawn warning); ``off`` applies hygiene
+    only. ``resources`` is the catalogue entry's ``execution.resources``.
     """
     if config.policy == "off":
         return LaunchPlan("off", (), {}, ("hygiene",), {}, config.limits)
     support = support or probe_host(bwrap=config.bwrap)
+    limits = effective_limits(config.limits, resources)
     wanted = [layer for layer in CONFINING_LAYERS if layer in config.layers]
     missing = {layer: support.layers[layer].detail for layer in wanted if not support.available(layer)}
     if missing and config.policy == "require":
         layer = next(iter(missing))
         raise SandboxError(layer, missing[layer], remedy=support.layers[layer].remedy)
+    active = [layer for layer in wanted if layer not in missing]
+    gaps = protection_gaps(support, active)
+    if gaps and config.policy == "require":
+        # issue 16: require must not be satisfiable by a configuration that leaks the host
+        raise SandboxError(
+            gaps[0][0],
+            f"the layers in force ({', '.join(active) or 'none'}) leave a gap: {gaps[0][1]}",
+            remedy=gaps[0][2],
+        )
     if missing:
         logger.warning(
             "sandbox (auto) for %s: running without %s",
             model_id or python,
             "; ".join(f"{layer} ({reason})" for layer, reason in missing.items()),
         )
-    active = [layer for layer in wanted if layer not in missing]
+    cgroup = (
+        CgroupLimits(memory_bytes=limits.memory_bytes, pids=limits.pids, cpus=limits.cpus)
+        if "rlimits" in active and support.cgroups.mechanism
+        else None
+    )
     python_path = Path(python)
     roots = interpreter_roots(python_path)
-    reads = [*SYSTEM_DIRS, *SYSTEM_FILES, "/proc", "/sys/devices/system/cpu", *map(str, roots)]
+    bwrapped = "bubblewrap" in active
+    # Without bubblewrap's own /proc, Landlock grants only this process's /proc/<pid> (the trampoline
+    # resolves PROC_SELF) and a few machine-wide files: /proc/<host pid>/environ stays unreadable (issue 16).
+    proc = ["/proc"] if bwrapped else [PROC_SELF, *PROC_MACHINE_FILES]
+    reads = [*SYSTEM_DIRS, *SYSTEM_FILES, *proc, "/sys/devices/system/cpu", *map(str, roots)]
     if package_root is not None:
         reads.append(os.fspath(package_root))
     overrides: dict[str, str | None] = {}
     prefix: list[str] = []
-    bwrapped = "bubblewrap" in active
     if bwrapped:
         assert support.bwrap is not None
-        prefix = [support.bwrap, *_bwrap_args(config.limits, roots, package_root, output_dir)]
+        prefix = [support.bwrap, *_bwrap_args(limits, roots, package_root, output_dir)]
         # The runner is pid 2 under bubblewrap's init (pid 1), which dies with bwrap (--die-with-parent)
         # and takes the whole pid namespace with it; the runner's parent must stay that init.
         overrides.update(
@@ -548,7 +641,7 @@ def plan_launch(
         overrides["MEDIGAN_ISO_RUNNER_PARENT_PID"] = str(os.getpid())  # the trampoline execs in place
     trampoline = [layer for layer in active if layer != "bubblewrap"]
     if trampoline:
-        cfg: dict[str, Any] = {"rlimits": config.limits.rlimits() if "rlimits" in active else []}
+        cfg: dict[str, Any] = {"rlimits": limits.rlimits() if "rlimits" in active else []}
         if "landlock" in active:
             rules = [[p, "r"] for p in reads] + [["/dev", "dev"], ["/dev/null", "w-file"]]
             if output_dir is not None:
@@ -561,7 +654,10 @@ def plan_launch(
                 rules.append([PRIVATE_DIR_PLACEHOLDER, "rw"])
             cfg["landlock"] = rules
         if "seccomp" in active:
-            cfg["seccomp"] = seccomp_program(support.seccomp_arch).hex()
+            # Outside bubblewrap's network namespace a Unix socket reaches the host's (a path-named socket
+            # such as a docker or X11 one was connectable, issue 16): socket(AF_UNIX) is refused too.
+            program = seccomp_program(support.seccomp_arch, allow_unix_sockets=bwrapped)
+            cfg["seccomp"] = program.hex()
         prefix += [os.fspath(python_path), "-I", "-S", "-c", TRAMPOLINE_SOURCE, json.dumps(cfg)]
     return LaunchPlan(
         config.policy,
@@ -569,9 +665,51 @@ def plan_launch(
         overrides,
         ("hygiene", *active),
         missing,
-        config.limits,
+        limits,
         landlock_abi=support.landlock_abi if "landlock" in active else 0,
+        cgroup=cgroup,
+        gaps=tuple(reason for _, reason, _ in gaps),
     )
+
+
+def protection_gaps(support: HostSupport, active: Sequence[str]) -> list[tuple[str, str, str]]:
+    """What the layers in ``active`` leave open on this host: (layer that would close it, gap, remedy).
+
+    Each is a hole a red-team model used (issue 16, finding 4). ``doctor`` prints them for ``auto``; a
+    runner's first spawn warns with them; ``require`` refuses to run with any.
+    """
+    gaps: list[tuple[str, str, str]] = []
+    bwrapped = "bubblewrap" in active
+    if not bwrapped and "landlock" not in active:
+        gaps.append(
+            (
+                "landlock",
+                "/proc of host processes is readable (their environment variables, command lines)",
+                BWRAP_REMEDY,
+            )
+        )
+    if not bwrapped and "seccomp" not in active:
+        gaps.append(
+            ("seccomp", "the network and path-named Unix sockets on the host are reachable", BWRAP_REMEDY)
+        )
+    if not bwrapped and not support.cgroups.mechanism:
+        gaps.append(
+            (
+                "bubblewrap",
+                "a setsid daemon started by the model can outlive the host (no pid namespace, no cgroup)",
+                BWRAP_REMEDY,
+            )
+        )
+    if "rlimits" in active and not support.cgroups.mechanism and os.geteuid() == 0:
+        gaps.append(
+            (
+                "rlimits",
+                "running as root without a cgroup: RLIMIT_NPROC does not bind for root (fork bombs) and "
+                f"there is no memory limit ({support.cgroups.detail})",
+                CGROUP_REMEDY,
+            )
+        )
+    return gaps
 
 
 def _bwrap_args(

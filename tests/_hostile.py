@@ -62,6 +62,37 @@ def generate(model_file, num_samples, output_path, save_images, attack="none", s
         while time.monotonic() < deadline:
             os.write(2, b".")
             time.sleep(0.1)
+    if attack == "daemon":
+        # double fork + setsid: the grandchild leaves the runner's session and process group
+        r, w = os.pipe()
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.write(w, str(os.getpid()).encode())
+                os.close(w)
+                time.sleep(600)
+                os._exit(0)
+            os._exit(0)
+        os.close(w)
+        pid = int(os.read(r, 32) or b"0")
+        return [np.array([pid], dtype=np.int64)]
+    if attack == "proc_read":
+        try:
+            with open("/proc/%d/environ" % int(kwargs["pid"]), "rb") as fh:
+                return [fh.read()]
+        except OSError as exc:
+            return ["denied: " + type(exc).__name__]
+    if attack == "unix_connect":
+        import socket
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(2)
+            s.connect(kwargs["address"])
+            s.sendall(b"leak")
+            s.close()
+            return ["connected"]
+        except OSError as exc:
+            return ["denied: " + type(exc).__name__]
     if attack == "oversized":
         # many more samples than asked, each far larger than declared
         return [np.zeros((2048, 2048), dtype=np.float64) for _ in range(num_samples * 4)]

@@ -13,9 +13,18 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from medigan_iso.cgroups import machine_memory_bytes
 from medigan_iso.envs import uv_version
 from medigan_iso.paths import cache_layout
-from medigan_iso.sandbox import LAYERS, SANDBOX_ENV, probe_host, resolve_policy
+from medigan_iso.sandbox import (
+    LAYERS,
+    SANDBOX_ENV,
+    Limits,
+    effective_limits,
+    probe_host,
+    protection_gaps,
+    resolve_policy,
+)
 
 __all__ = ["register"]
 
@@ -71,6 +80,8 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
     layers: dict[str, Any] = {"hygiene": {"available": True, "detail": "always applied", "remedy": None}}
     for name, layer in support.layers.items():
         layers[name] = {"available": layer.available, "detail": layer.detail, "remedy": layer.remedy}
+    available = [name for name in support.layers if support.available(name)]
+    limits = effective_limits(Limits())
     policy: str
     try:
         policy = resolve_policy(None).policy
@@ -85,7 +96,23 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
         "uv": {"path": None if uv_path is None else str(uv_path), "version": uv_line},
         "cache_root": str(layout.root),
         "caches": caches,
-        "sandbox": {"policy": policy, "policy_source": SANDBOX_ENV, "layers": layers},
+        "sandbox": {
+            "policy": policy,
+            "policy_source": SANDBOX_ENV,
+            "layers": layers,
+            "resource_limits": {
+                "mechanism": support.limits_mechanism,
+                "cgroup": support.cgroups.mechanism,
+                "memory_bytes": limits.memory_bytes,
+                "pids": limits.pids,
+                "machine_memory_bytes": machine_memory_bytes(),
+            },
+            # what `auto` leaves open here (with every layer this machine has); `require` refuses these
+            "auto_gaps": [
+                {"layer": layer, "gap": gap, "remedy": remedy}
+                for layer, gap, remedy in protection_gaps(support, available)
+            ],
+        },
     }
 
 
@@ -107,4 +134,14 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"  {mark} {name:<10} {layer['detail']}")
         if layer["remedy"]:
             print(f"      -> {layer['remedy']}")
+    res = sandbox["resource_limits"]
+    memory = f"{res['memory_bytes'] / 2**30:.1f} GiB" if res["memory_bytes"] else "none"
+    print(f"resource limits: {res['mechanism']}; default memory {memory}, {res['pids']} tasks")
+    if sandbox["auto_gaps"]:
+        print("auto leaves open here (require refuses to run with these):")
+        for gap in sandbox["auto_gaps"]:
+            print(f"  - {gap['gap']}")
+            print(f"      -> {gap['remedy']}")
+    else:
+        print("auto leaves no known gap open here")
     return 0
