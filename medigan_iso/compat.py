@@ -38,6 +38,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
+
 from medigan_iso.catalogue import (
     LOCAL_CATALOGUE_NAME,
     Catalogue,
@@ -50,7 +52,7 @@ from medigan_iso.catalogue import (
 )
 from medigan_iso.contribute import ContributorMethods
 from medigan_iso.errors import CatalogueError, CatalogueValidationError, ConfigKeyError
-from medigan_iso.generation import Session
+from medigan_iso.generation import PreparedModel, Session
 from medigan_iso.paths import cache_layout
 from medigan_iso.sandbox import SandboxConfig
 from medigan_iso.search import (
@@ -68,6 +70,106 @@ __all__ = ["Generators"]
 logger = get_logger(__name__)
 
 _MISSING = object()
+DEFAULT_OUTPUT_FOLDER = "output"  # medigan's: generated files go to output/<model_id>/<timestamp>/
+
+
+class ModelExecutor:
+    """medigan's ``ModelExecutor`` for one model, over a Session's warm runner (no model code on the host).
+
+    Attributes as in medigan (``model_id``, ``execution_config``, ``image_size``, ``dependencies``,
+    ``model_name``, ``model_extension``, ``package_name``, ``package_link``, ``generate_method_name``,
+    ``generate_method_args``, ``generate_method_input_latent_vector_size``, ``serialised_model_file_path``,
+    ``package_path``); ``deserialized_model_as_lib`` is always None: the model is imported only inside its
+    runner. Unlike medigan, ``len()`` and ``[i]`` raise TypeError instead of NotImplementedError.
+    """
+
+    def __init__(self, session: Session, prepared: PreparedModel) -> None:
+        entry, package = prepared.entry, prepared.package
+        self.session = session
+        self.entry = entry
+        self.model_id = entry.model_id
+        self.execution_config: dict[str, Any] = thaw(entry.raw.get("execution") or {})
+        self.download_package = True
+        self.install_dependencies = True
+        self.image_size = self.execution_config.get("image_size")
+        self.dependencies = list(entry.dependencies)
+        self.model_name = entry.model_name
+        self.model_extension = entry.extension
+        self.package_name = entry.package_name
+        self.package_link = entry.package_link
+        self.generate_method_name = entry.generate_function
+        self.generate_method_args: dict[str, Any] = thaw(
+            deep_get(self.execution_config, "generate_method.args", None) or {"base": [], "custom": {}}
+        )
+        self.generate_method_args.setdefault("custom", {})
+        self.generate_method_args["custom"].update(thaw(package.custom_defaults))
+        self.generate_method_input_latent_vector_size = entry.input_latent_vector_size
+        self.serialised_model_file_path = str(package.model_file)
+        self.package_path = str(package.root)
+        self.deserialized_model_as_lib = None
+
+    def generate(
+        self,
+        num_samples: int = 20,
+        output_path: str | os.PathLike[str] | None = None,
+        save_images: bool = True,
+        is_gen_function_returned: bool = False,
+        batch_size: int = 32,
+        **kwargs: Any,
+    ) -> Any:
+        """medigan's ``ModelExecutor.generate``: save files (return None), return samples, or return
+        ``gen(**overrides)``. With an ``input_latent_vector``, its rows decide the number of samples (one
+        model call, as medigan made), here and in ``gen``."""
+        if is_gen_function_returned:
+            defaults = dict(kwargs)
+            session, model_id = self.session, self.model_id
+
+            def gen(**overrides: Any) -> list[Any]:
+                merged = {**defaults, **overrides}
+                n = merged.pop("num_samples", num_samples)
+                out = merged.pop("output_path", output_path)
+                merged.pop("save_images", None)
+                rows = _latent_rows(merged)
+                n = n if rows is None else rows
+                return session.generate(model_id, n, batch_size=rows or None, output_path=out, **merged)
+
+            return gen
+        rows = _latent_rows(kwargs)
+        if rows is not None:
+            num_samples, batch_size = rows, max(rows, 1)
+        if not save_images:
+            return self.session.generate(
+                self.model_id, num_samples, batch_size=batch_size, output_path=output_path, **kwargs
+            )
+        if output_path is None:
+            stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S_%f")
+            output_path = Path(DEFAULT_OUTPUT_FOLDER) / self.model_id / stamp
+        self.session.save(self.model_id, num_samples, output_path, batch_size=batch_size, **kwargs)
+        return None
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelExecutor(model_id={self.model_id}, name={self.model_name}, package={self.package_name}, "
+            f"image_size={self.image_size}, dependencies={self.dependencies}, link={self.package_link}, "
+            f"path={self.serialised_model_file_path}, generate_method={self.generate_method_name}, "
+            f"generate_method_args={self.generate_method_args})"
+        )
+
+
+def _latent_rows(kwargs: Mapping[str, Any]) -> int | None:
+    """The number of samples an ``input_latent_vector`` asks for (its first axis; 1 for one vector)."""
+    latent = kwargs.get("input_latent_vector")
+    if latent is None:
+        return None
+    shape = getattr(latent, "shape", None)
+    if shape is None:
+        try:
+            shape = np.asarray(latent).shape
+        except (TypeError, ValueError):
+            return None
+    if len(shape) == 0:
+        return None
+    return 1 if len(shape) == 1 else int(shape[0])
 
 
 class Generators(ContributorMethods):
@@ -104,6 +206,7 @@ class Generators(ContributorMethods):
         self.model_executors: list[Any] = list(model_executors or [])
         self.model_contributors: list[Any] = list(model_contributors or [])
         self.initialize_all_models = initialize_all_models
+        self._config = config
         self._offline = offline
         self._sandbox = sandbox
         self._strict = strict
@@ -112,8 +215,7 @@ class Generators(ContributorMethods):
         if initialize_all_models:
             # medigan imported every model up front; here that means fetching every package and
             # building (or reusing) every env, without starting runners.
-            for model_id in self.catalogue.ids():
-                self.session.prepare(model_id)
+            self.add_all_model_executors()
 
     @property
     def session(self) -> Session:
@@ -145,7 +247,10 @@ class Generators(ContributorMethods):
         self.close()
 
     def __repr__(self) -> str:
-        return f"Generators(model_ids={list(self.catalogue.ids())})"
+        return (
+            f"Generators(model_ids={list(self.catalogue.ids())}, model_executors={self.model_executors}, "
+            f"model_selector: {self.model_selector})"
+        )
 
     # --- catalogue -------------------------------------------------------------------------------
 
@@ -328,23 +433,17 @@ class Generators(ContributorMethods):
         **kwargs: Any,
     ) -> Any:
         """medigan's generate: with ``save_images`` write files into ``output_path`` (default
-        ``output/<model_id>/<timestamp>/``) and return None; else return the model's samples."""
-        if is_gen_function_returned:
-            return self.get_generate_function(
-                model_id,
-                num_samples=num_samples,
-                output_path=output_path,
-                install_dependencies=install_dependencies,
-                **kwargs,
-            )
-        entry = self.session.prepare(model_id).entry
-        if not save_images:
-            return self.session.generate(entry.model_id, num_samples, output_path=output_path, **kwargs)
-        if output_path is None:
-            stamp = datetime.datetime.now().strftime("%Y%m%d_%H%M%S_%f")
-            output_path = Path("output") / entry.model_id / stamp
-        self.session.save(entry.model_id, num_samples, output_path, **kwargs)
-        return None
+        ``output/<model_id>/<timestamp>/``) and return None; else return the model's samples.
+
+        The model's executor is added to ``self.model_executors`` on first use, as in medigan.
+        """
+        return self.get_model_executor(model_id, install_dependencies=install_dependencies).generate(
+            num_samples=num_samples,
+            output_path=output_path,
+            save_images=save_images,
+            is_gen_function_returned=is_gen_function_returned,
+            **kwargs,
+        )
 
     def get_generate_function(
         self,
@@ -355,16 +454,14 @@ class Generators(ContributorMethods):
         **kwargs: Any,
     ) -> Callable[..., list[Any]]:
         """A callable ``gen(**overrides)`` returning samples; its runner stays warm between calls."""
-        entry = self.session.prepare(model_id).entry
-        session = self.session
-        defaults = dict(kwargs)
-
-        def gen(**overrides: Any) -> list[Any]:
-            merged = {**defaults, **overrides}
-            n = merged.pop("num_samples", num_samples)
-            out = merged.pop("output_path", output_path)
-            return session.generate(entry.model_id, n, output_path=out, **merged)
-
+        gen: Callable[..., list[Any]] = self.generate(
+            model_id,
+            num_samples=num_samples,
+            output_path=output_path,
+            is_gen_function_returned=True,
+            install_dependencies=install_dependencies,
+            **kwargs,
+        )
         return gen
 
     def find_models_rank_and_generate(
@@ -444,6 +541,185 @@ class Generators(ContributorMethods):
             install_dependencies=install_dependencies,
             **kwargs,
         )
+
+    # --- executors -------------------------------------------------------------------------------
+
+    def add_all_model_executors(self) -> None:
+        """Add an executor for every catalogue model (fetch each package and build or reuse each env;
+        no runner starts until a model generates)."""
+        for model_id in self.catalogue.ids():
+            self.add_model_executor(model_id)
+
+    def add_model_executor(self, model_id: str | int, install_dependencies: bool = False) -> None:
+        """Add the executor of ``model_id`` unless it is already there. ``install_dependencies`` is
+        accepted for medigan's sake: envs build on first use unless ``MEDIGAN_ISO_BUILD=never``."""
+        if self.is_model_executor_already_added(model_id):
+            return
+        self.model_executors.append(ModelExecutor(self.session, self.session.prepare(model_id)))
+
+    def is_model_executor_already_added(self, model_id: str | int) -> bool:
+        """Whether ``self.model_executors`` holds the executor of ``model_id``."""
+        return self.find_model_executor_by_id(model_id) is not None
+
+    def find_model_executor_by_id(self, model_id: str | int) -> ModelExecutor | None:
+        """The executor of ``model_id`` in ``self.model_executors``, or None."""
+        full_id = self.catalogue.resolve_id(model_id)
+        for executor in self.model_executors:
+            if getattr(executor, "model_id", None) == full_id:
+                return executor  # type: ignore[no-any-return]
+        return None
+
+    def get_model_executor(self, model_id: str | int, install_dependencies: bool = False) -> ModelExecutor:
+        """The executor of ``model_id``, added first when needed."""
+        self.add_model_executor(model_id, install_dependencies=install_dependencies)
+        executor = self.find_model_executor_by_id(model_id)
+        assert executor is not None  # added just above
+        return executor
+
+    # --- torch and visualisation ----------------------------------------------------------------
+
+    def get_as_torch_dataset(
+        self,
+        model_id: str | int,
+        num_samples: int = 100,
+        install_dependencies: bool = False,
+        transform: Any = None,
+        *,
+        seed: int | None = None,
+        chunk_size: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A map-style torch Dataset of ``num_samples`` items (``{"sample", "mask"?, "label"?, ...}``),
+        generated lazily in chunks from this facade's warm runner (extra ``medigan-iso[torch]``).
+
+        Item ``i`` is the same on every read given ``seed`` (drawn when None; see ``dataset.seed``) and
+        ``chunk_size`` (samples per runner request, default 32). ``kwargs`` go to the model.
+        See :mod:`medigan_iso.torch`.
+        """
+        from medigan_iso import torch as medigan_torch
+
+        executor = self.get_model_executor(model_id, install_dependencies=install_dependencies)
+        return medigan_torch.SyntheticDataset(
+            executor.model_id,
+            num_samples,
+            spec=self._session_spec(),
+            session=self.session,
+            transform=transform,
+            seed=seed,
+            chunk_size=chunk_size or medigan_torch.DEFAULT_CHUNK_SIZE,
+            model_kwargs=kwargs,
+        )
+
+    def get_as_torch_dataloader(
+        self,
+        dataset: Any = None,
+        model_id: str | int | None = None,
+        num_samples: int = 1000,
+        install_dependencies: bool = False,
+        transform: Any = None,
+        batch_size: int | None = 1,
+        shuffle: bool | None = False,
+        sampler: Any = None,
+        batch_sampler: Any = None,
+        num_workers: int = 0,
+        collate_fn: Any = None,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+        timeout: float = 0,
+        worker_init_fn: Any = None,
+        prefetch_factor: int | None = 2,
+        persistent_workers: bool = False,
+        *,
+        seed: int | None = None,
+        chunk_size: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A torch DataLoader over ``dataset``, or over :meth:`get_as_torch_dataset` of ``model_id``.
+
+        Only the DataLoader arguments that differ from medigan's defaults are passed to torch (medigan
+        passed ``prefetch_factor=2`` always, which torch refuses with ``num_workers=0``). With
+        ``num_workers > 0`` each worker process runs its own runner; no two workers produce one sample.
+        """
+        if dataset is None:
+            if model_id is None:
+                raise ValueError(
+                    "get_as_torch_dataloader needs a dataset or a model_id: pass model_id='...' (or a "
+                    "dataset from get_as_torch_dataset)"
+                )
+            dataset = self.get_as_torch_dataset(
+                model_id,
+                num_samples=num_samples,
+                install_dependencies=install_dependencies,
+                transform=transform,
+                seed=seed,
+                chunk_size=chunk_size,
+                **kwargs,
+            )
+        from torch.utils.data import DataLoader
+
+        from medigan_iso import torch as medigan_torch
+
+        loader_args = medigan_torch.dataloader_kwargs(
+            {
+                "batch_size": batch_size,
+                "shuffle": shuffle,
+                "sampler": sampler,
+                "batch_sampler": batch_sampler,
+                "num_workers": num_workers,
+                "collate_fn": collate_fn,
+                "pin_memory": pin_memory,
+                "drop_last": drop_last,
+                "timeout": timeout,
+                "worker_init_fn": worker_init_fn,
+                "prefetch_factor": prefetch_factor,
+                "persistent_workers": persistent_workers,
+            }
+        )
+        return DataLoader(dataset, **loader_args)
+
+    def visualize(
+        self,
+        model_id: str | int,
+        slider_grouper: int = 10,
+        auto_close: bool = False,
+        install_dependencies: bool = False,
+    ) -> None:
+        """medigan's latent-vector explorer for ``model_id`` (extra ``medigan-iso[viz]``): sliders over
+        groups of ``slider_grouper`` latent values, a new-seed and a reset button, and a condition slider
+        when the entry declares ``condition``; every change asks the warm runner for one sample. With a
+        non-interactive matplotlib backend (``MPLBACKEND=Agg``) or ``auto_close`` it renders once and
+        returns. See :mod:`medigan_iso.visualize`."""
+        from medigan_iso import visualize as medigan_visualize
+
+        executor = self.get_model_executor(model_id, install_dependencies=install_dependencies)
+        medigan_visualize.show(
+            self.session,
+            executor.model_id,
+            slider_grouper=slider_grouper,
+            auto_close=auto_close,
+        )
+
+    def _session_spec(self) -> Any:
+        from medigan_iso import torch as medigan_torch
+
+        return medigan_torch.SessionSpec(
+            config=self._config,
+            home=self.home,
+            offline=self._offline,
+            sandbox=self._sandbox,
+            strict=self._strict,
+            catalogue=self.catalogue,
+        )
+
+    # --- medigan's container protocol ------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """How many model executors were added (as in medigan)."""
+        return len(self.model_executors)
+
+    def __getitem__(self, idx: int) -> Any:
+        """The ``idx``-th added model executor (as in medigan)."""
+        return self.model_executors[idx]
 
 
 def _entry_of(model_id: str, metadata: Any) -> Any:

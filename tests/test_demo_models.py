@@ -218,6 +218,10 @@ def test_input_latent_vector_rows_decide_the_samples(
     one = session.generate(model_id, 1, input_latent_vector=LATENT[2], output="float")
     assert len(one) == 1
     assert np.abs(one[0] - first[2]).max() <= MAX_ABS_DIFF
+    # medigan's visualiser sends (n, size, 1, 1), a DCGAN's NCHW latent
+    nchw = session.generate(model_id, 1, input_latent_vector=LATENT[2:3, :, None, None], output="float")
+    assert len(nchw) == 1
+    assert np.abs(nchw[0] - first[2]).max() <= MAX_ABS_DIFF
 
 
 @slow
@@ -256,8 +260,8 @@ def test_bad_arguments_raise_model_errors_with_a_remedy(
         session.generate(model_id, 3, input_latent_vector=LATENT[:, :99])
     assert bad_latent.value.remote_type == "ValueError"
     assert bad_latent.value.remote_message == (
-        "input_latent_vector must have shape (n, 100) or (100,), got (6, 99): pass one row of 100"
-        " floats per sample"
+        "input_latent_vector must have shape (n, 100), (n, 100, 1, 1) or (100,), got (6, 99): pass one"
+        " row of 100 floats per sample"
     )
     with pytest.raises(ModelError) as bad_kwarg:
         session.generate(model_id, 1, temperature=2)

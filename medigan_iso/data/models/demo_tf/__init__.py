@@ -7,9 +7,9 @@ demo_numpy (.npz, numpy forward pass) and demo_torch (torch state_dict); for equ
 give the same float images to within 1e-4.
 
 - Latents: ``numpy.random.standard_normal((n, 100)).astype(float32)`` from numpy's global RNG (not TF's), so
-  seeding numpy gives the same images in all three packages; or ``input_latent_vector=`` (shape (n, 100) or
-  (100,)), whose rows then decide the number of samples (as in upstream medigan models, num_samples is
-  ignored).
+  seeding numpy gives the same images in all three packages; or ``input_latent_vector=`` (shape (n, 100),
+  (n, 100, 1, 1) as medigan's visualiser passes, or (100,)), whose rows then decide the number of samples
+  (as in upstream medigan models, num_samples is ignored).
 - Return (save_images=False): a list of 64x64x1 arrays, uint8 0-255 by default, or float32 in [-1, 1] (the
   raw tanh output) with ``output="float"``.
 - save_images=True writes ``demo_<i>.png`` (8-bit greyscale PNG, written with zlib: the env has no Pillow)
@@ -48,10 +48,12 @@ def _latents(num_samples, input_latent_vector):
     z = np.asarray(input_latent_vector, dtype=np.float32)
     if z.ndim == 1:
         z = z[None, :]
+    if z.ndim == 4 and z.shape[2:] == (1, 1):
+        z = z[:, :, 0, 0]  # medigan's visualiser passes (n, size, 1, 1), a DCGAN's NCHW input
     if z.ndim != 2 or z.shape[1] != LATENT_SIZE:
         raise ValueError(
-            f"input_latent_vector must have shape (n, {LATENT_SIZE}) or ({LATENT_SIZE},), got {z.shape}:"
-            f" pass one row of {LATENT_SIZE} floats per sample"
+            f"input_latent_vector must have shape (n, {LATENT_SIZE}), (n, {LATENT_SIZE}, 1, 1) or"
+            f" ({LATENT_SIZE},), got {z.shape}: pass one row of {LATENT_SIZE} floats per sample"
         )
     return z
 
