@@ -15,21 +15,28 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _facade_world import PLAIN_ID, TUPLE4_ID, facade_world
 
-# tox installs torch (the medigan-iso[torch] extra); in CI its absence is a failure, not a skip
-torch = (
-    importlib.import_module("torch")
-    if os.environ.get("CI")
-    else pytest.importorskip("torch", reason="torch is the medigan-iso[torch] extra; tox installs it")
-)
+from medigan_iso import Generators
+from medigan_iso.errors import RunnerError
 
-from _facade_world import PLAIN_ID, TUPLE4_ID, facade_world  # noqa: E402
-
-from medigan_iso import Generators  # noqa: E402
-from medigan_iso import torch as medigan_torch  # noqa: E402
-from medigan_iso.errors import RunnerError  # noqa: E402
+# torch is imported when a test runs, not when this module is collected: other modules check that the host
+# process never imported torch while generating.
 
 DEMO = "demo-numpy"
+
+
+@pytest.fixture(scope="module")
+def torch() -> Any:
+    # tox installs torch (the medigan-iso[torch] extra); in CI its absence is a failure, not a skip
+    if os.environ.get("CI"):
+        return importlib.import_module("torch")
+    return pytest.importorskip("torch", reason="torch is the medigan-iso[torch] extra; tox installs it")
+
+
+@pytest.fixture(scope="module")
+def medigan_torch(torch: Any) -> Any:
+    return importlib.import_module("medigan_iso.torch")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +50,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def generators(world: Path) -> Iterator[Generators]:
+def generators(world: Path, torch: Any) -> Iterator[Generators]:
     with Generators() as g:
         yield g
 
@@ -114,7 +121,7 @@ def test_dataloader_needs_a_dataset_or_a_model_id(generators: Generators) -> Non
         generators.get_as_torch_dataloader()
 
 
-def test_dataloader_passes_only_the_arguments_the_caller_set() -> None:
+def test_dataloader_passes_only_the_arguments_the_caller_set(medigan_torch: Any) -> None:
     defaults = dict(medigan_torch.MEDIGAN_DATALOADER_DEFAULTS)
     assert medigan_torch.dataloader_kwargs(defaults) == {}
     assert medigan_torch.dataloader_kwargs({**defaults, "num_workers": 2, "prefetch_factor": 4}) == {
@@ -157,7 +164,9 @@ def test_persistent_workers_keep_their_runners_across_epochs(world: Path, genera
     assert len(_runner_logs(world, PLAIN_ID)) - before == 6  # two new workers (and runners) per epoch
 
 
-def test_stream_dataset_splits_chunks_between_workers(generators: Generators) -> None:
+def test_stream_dataset_splits_chunks_between_workers(
+    generators: Generators, torch: Any, medigan_torch: Any
+) -> None:
     stream = medigan_torch.stream_dataset(PLAIN_ID, 30, seed=8, chunk_size=4, session=generators.session)
     assert isinstance(stream, torch.utils.data.IterableDataset)
     alone = [_key(item["sample"]) for item in stream]
@@ -169,14 +178,14 @@ def test_stream_dataset_splits_chunks_between_workers(generators: Generators) ->
     assert sorted(together) == sorted(alone)  # every sample once, none twice
 
 
-def test_an_endless_stream_keeps_producing_fresh_samples(generators: Generators) -> None:
+def test_an_endless_stream_keeps_producing_fresh_samples(generators: Generators, medigan_torch: Any) -> None:
     stream = medigan_torch.stream_dataset(DEMO, seed=9, chunk_size=16, session=generators.session)
     assert stream.num_samples is None
     items = list(itertools.islice(iter(stream), 50))
     assert len({_key(item["sample"]) for item in items}) == 50
 
 
-def test_a_standalone_dataset_opens_and_closes_its_own_session(world: Path) -> None:
+def test_a_standalone_dataset_opens_and_closes_its_own_session(world: Path, medigan_torch: Any) -> None:
     dataset = medigan_torch.synthetic_dataset(PLAIN_ID, 3, seed=2)
     try:
         assert dataset[1]["sample"].shape == (4, 4, 3)
