@@ -478,6 +478,7 @@ class Session:
                     kwargs=kwargs,
                     save_images=save_images,
                     output_path=output_path,
+                    max_sample_bytes=max_sample_bytes(slot.prepared.entry),
                 )
                 try:
                     yield request
@@ -510,6 +511,28 @@ class Session:
         if slot.runner is not None:
             slot.runner.close()
             slot.runner = None
+
+
+SAMPLE_BYTES_MARGIN = 32  # x (channels <= 4) x float64 x parts of a tuple sample: generous on purpose
+MIN_SAMPLE_BYTES = 64 * 1024**2
+UNKNOWN_SAMPLE_BYTES = 512 * 1024**2
+
+
+def max_sample_bytes(entry: ModelEntry) -> int:
+    """What one sample of ``entry`` may weigh on the pipe: its declared ``image_size`` with a wide margin.
+
+    Issue 16: frames and total bytes per request are capped by what the request can legitimately produce.
+    An entry without a usable ``image_size`` gets ``UNKNOWN_SAMPLE_BYTES``.
+    """
+    execution = entry.raw.get("execution") or {}
+    size = execution.get("image_size") if isinstance(execution, Mapping) else None
+    dims = [d for d in size if isinstance(d, int) and not isinstance(d, bool) and d > 0] if size else []
+    if not dims or len(dims) != len(size or ()):
+        return UNKNOWN_SAMPLE_BYTES
+    pixels = 1
+    for d in dims:
+        pixels *= d
+    return max(MIN_SAMPLE_BYTES, pixels * 4 * 8 * SAMPLE_BYTES_MARGIN)
 
 
 def _check_counts(num_samples: int, batch_size: int | None) -> None:

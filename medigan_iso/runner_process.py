@@ -78,6 +78,12 @@ DEATH_CHECK_INTERVAL_S = 0.2  # how often a blocked read checks that the runner 
 STDERR_RING_BYTES = 64 * 1024
 RUNNER_LOG_MAX_BYTES = 10 * 1024 * 1024  # per runner log: the first and the last half are kept
 STDERR_TAIL_LINES = 40
+# Frames: only batch frames carry a payload; outside a generate request none may. A request's frames are
+# capped by what it can legitimately produce (issue 16: a 4 GiB frame was accepted whatever was asked).
+NO_PAYLOAD_LIMITS = protocol.Limits(max_payload_bytes=0)
+DEFAULT_MAX_FRAME_BYTES = 1024**3  # per batch frame when the caller declares no sample size
+MAX_LOGGED_FRAMES = 100  # log frames logged per runner; the rest are counted
+MAX_KEPT_WARNINGS = 100  # log frames kept on a stream's ``warnings``
 PARENT_PID_ENV = "MEDIGAN_ISO_RUNNER_PARENT_PID"
 PDEATHSIG_ENV = "MEDIGAN_ISO_RUNNER_PDEATHSIG"
 
@@ -343,6 +349,9 @@ class RunnerProcess:
         self._poller.register(self._out_fd, select.POLLIN | select.POLLHUP | select.POLLERR)
         self._read_timeout_s = ready_timeout_s
         self._read_phase = "ready"
+        self._read_deadline = time.monotonic() + ready_timeout_s
+        self._frame_limits = NO_PAYLOAD_LIMITS
+        self._log_frames = 0
         self._request = 0
         # A weak reference: a stream the caller drops must be collectable so its __del__ can mark the runner.
         self._active_ref: weakref.ref[GenerateStream] | None = None
@@ -605,7 +614,6 @@ class RunnerProcess:
         The fd is non-blocking: a read is tried first and poll() only runs when the pipe is empty, which
         saves a syscall per chunk on MiB-sized frames.
         """
-        deadline = None
         while True:
             try:
                 n = os.readv(self._out_fd, [view])
@@ -617,9 +625,9 @@ class RunnerProcess:
                     raise self._crashed()
                 return n
             now = time.monotonic()
-            if deadline is None:
-                deadline = now + self._read_timeout_s
-            remaining = deadline - now
+            # The clock runs per frame, not per read: a model trickling one byte at a time used to restart
+            # it forever (issue 16). A whole frame must arrive within the timeout.
+            remaining = self._read_deadline - now
             if remaining <= 0:
                 self._stop("a clock ran out")
                 raise RunnerTimeoutError(
@@ -634,8 +642,9 @@ class RunnerProcess:
             raise self._stopped_error()
         self._read_timeout_s = timeout_s
         self._read_phase = phase
+        self._read_deadline = time.monotonic() + timeout_s
         try:
-            frame = protocol.read_frame(self._readinto)
+            frame = protocol.read_frame(self._readinto, self._frame_limits)
         except protocol.ProtocolError as exc:
             if exc.eof or self._exit_status() is not None:
                 self._wait_exit(1.0)
@@ -652,8 +661,14 @@ class RunnerProcess:
             self._stop("it sent a malformed frame")
             raise ProtocolError(f"runner sent a host-only {frame.kind!r} frame")
         if frame.kind == "log":
-            level = logging.WARNING if frame.header.get("level") == "warning" else logging.INFO
-            logger.log(level, "runner %s: %s", self.pid, frame.header.get("message"))
+            self._log_frames += 1
+            if self._log_frames <= MAX_LOGGED_FRAMES:
+                level = logging.WARNING if frame.header.get("level") == "warning" else logging.INFO
+                logger.log(level, "runner %s: %s", self.pid, frame.header.get("message"))
+            elif self._log_frames == MAX_LOGGED_FRAMES + 1:
+                logger.warning(
+                    "runner %s: more log frames than %d; not logging the rest", self.pid, MAX_LOGGED_FRAMES
+                )
         return frame
 
     def _send(self, header: dict[str, Any], arrays: Sequence[Any] = ()) -> None:
@@ -733,11 +748,15 @@ class RunnerProcess:
         kwargs: Mapping[str, Any] | None = None,
         save_images: bool = False,
         output_path: str | os.PathLike[str] | None = None,
+        max_sample_bytes: int | None = None,
     ) -> GenerateStream:
         """Start generating ``n`` samples in batches; iterate the stream for one list of samples per batch.
 
         With ``save_images`` the model writes files into ``output_path`` (medigan naming) and the stream
         yields nothing; read ``stream.files`` afterwards. Closing the stream early cancels the request.
+        ``max_sample_bytes`` bounds the array bytes of one sample: a batch frame may carry at most
+        ``batch_size`` times that and the request ``n`` times that (ResourceLimitError / ProtocolError
+        beyond); without it a batch frame is capped at ``DEFAULT_MAX_FRAME_BYTES``.
         """
         if n < 0 or batch_size < 1:
             raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n} batch_size={batch_size}")
@@ -766,7 +785,13 @@ class RunnerProcess:
             },
             kwargs_arrays,
         )
-        stream = GenerateStream(self, self._request, n)
+        if max_sample_bytes is not None and max_sample_bytes > 0:
+            frame_cap = min(batch_size * max_sample_bytes, protocol.MAX_PAYLOAD_BYTES)
+            total_cap: int | None = n * max_sample_bytes
+        else:
+            frame_cap, total_cap = DEFAULT_MAX_FRAME_BYTES, None
+        stream = GenerateStream(self, self._request, n, batch_size=batch_size, total_bytes_cap=total_cap)
+        self._frame_limits = protocol.Limits(max_payload_bytes=frame_cap)
         self._active = stream
         return stream
 
@@ -812,10 +837,23 @@ class GenerateStream(Iterator[list[Sample]]):
     ``cancelled``, ``files`` (files written with save_images), ``warnings`` (the runner's log frames).
     """
 
-    def __init__(self, runner: RunnerProcess, request: int, requested: int) -> None:
+    def __init__(
+        self,
+        runner: RunnerProcess,
+        request: int,
+        requested: int,
+        *,
+        batch_size: int | None = None,
+        total_bytes_cap: int | None = None,
+    ) -> None:
         self._runner = runner
         self.request = request
         self.requested = requested
+        self.max_batches = -(-requested // batch_size) if batch_size else None
+        self.total_bytes_cap = total_bytes_cap
+        self.bytes_received = 0
+        self.batches = 0
+        self.dropped_warnings = 0
         self.produced = 0
         self.shortfall = 0
         self.files = 0
@@ -841,6 +879,9 @@ class GenerateStream(Iterator[list[Sample]]):
                 runner._stop("it sent a malformed frame")
                 raise ProtocolError(f"runner answered request {header.get('request')!r}, not {self.request}")
             if frame.kind == "batch":
+                self.batches += 1
+                self.bytes_received += sum(a.nbytes for a in frame.arrays)
+                self._check_caps()
                 try:
                     samples = protocol.unpack_samples(header.get("samples"), frame.arrays)
                 except protocol.ProtocolError as exc:
@@ -852,13 +893,22 @@ class GenerateStream(Iterator[list[Sample]]):
                     runner._stop("it sent a malformed frame")
                     raise ProtocolError("a batch frame must carry a list of samples")
                 self.produced += len(samples)
+                if self.produced > self.requested:
+                    self._finish()
+                    runner._stop("it sent a malformed frame")
+                    raise ProtocolError(
+                        f"the runner sent {self.produced} samples for a request of {self.requested}"
+                    )
                 if self._cancel_sent:
                     continue
                 return samples
             if frame.kind == "progress":
                 self.files += int(header.get("files", 0))
             elif frame.kind == "log":
-                self.warnings.append(neutralise(header.get("message", "")))
+                if len(self.warnings) < MAX_KEPT_WARNINGS:
+                    self.warnings.append(neutralise(header.get("message", "")))
+                else:
+                    self.dropped_warnings += 1
             elif frame.kind == "done":
                 self.shortfall = int(header.get("shortfall", 0))
                 self.cancelled = bool(header.get("cancelled"))
@@ -872,10 +922,31 @@ class GenerateStream(Iterator[list[Sample]]):
                 raise ProtocolError(f"runner sent {frame.kind!r} during generate")
         raise StopIteration
 
+    def _check_caps(self) -> None:
+        runner = self._runner
+        if self.max_batches is not None and self.batches > self.max_batches:
+            self._finish()
+            runner._stop("it sent a malformed frame")
+            raise ProtocolError(
+                f"the runner sent {self.batches} batch frames for a request of at most {self.max_batches}"
+            )
+        if self.total_bytes_cap is not None and self.bytes_received > self.total_bytes_cap:
+            self._finish()
+            runner._stop("it sent more output than the request allows")
+            raise ResourceLimitError(
+                "output",
+                f"the model sent {self.bytes_received} bytes for {self.requested} samples, more than the "
+                f"{self.total_bytes_cap} bytes its declared image size allows",
+                model_id=runner.model_id,
+                remedy="check the model's image_size in the catalogue; a model that returns larger samples "
+                "than it declares is refused",
+            )
+
     def _finish(self) -> None:
         self.finished = True
         if self._runner._active is self:
             self._runner._active = None
+            self._runner._frame_limits = NO_PAYLOAD_LIMITS
 
     def cancel(self) -> None:
         """Ask the runner to stop; batches still in flight are read and dropped by the next iteration."""

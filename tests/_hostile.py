@@ -93,6 +93,25 @@ def generate(model_file, num_samples, output_path, save_images, attack="none", s
             return ["connected"]
         except OSError as exc:
             return ["denied: " + type(exc).__name__]
+    if attack in ("trickle_frame", "huge_frame"):
+        # write onto the protocol pipe itself (model code shares the runner's process)
+        import gc
+        from medigan_iso_runner import protocol
+
+        channel = next(o for o in gc.get_objects() if type(o).__name__ == "Channel")
+        if attack == "huge_frame":
+            header = {"kind": "batch", "request": 1, "samples": [{"a": 0}],
+                      "arrays": [["|u1", [4 * 1024 ** 3 - 1]]]}
+            packed = __import__("msgpack").packb(header, use_bin_type=True)
+            import struct
+            os.write(channel.out_fd, struct.pack(">4sIQ", b"MDGN", len(packed), 4 * 1024 ** 3 - 1) + packed)
+            time.sleep(60)
+        else:
+            frame = b"".join(bytes(b) for b in protocol.encode_frame(
+                {"kind": "log", "level": "warning", "message": "slow " * 8}))
+            for i in range(len(frame)):
+                os.write(channel.out_fd, frame[i:i + 1])
+                time.sleep(float(kwargs.get("interval", 0.1)))
     if attack == "oversized":
         # many more samples than asked, each far larger than declared
         return [np.zeros((2048, 2048), dtype=np.float64) for _ in range(num_samples * 4)]

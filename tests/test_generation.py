@@ -478,3 +478,28 @@ def test_a_runner_that_cannot_start_is_retried_with_backoff_then_given_up(
             session.generate(ZOO_ID, 1)
         assert not isinstance(gave_up.value, RunnerStartError)
         assert "failed 2 times in a row" in str(gave_up.value)
+
+
+def test_cli_generate_timeout_gives_up_on_a_silent_model_with_one_clear_error(
+    world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # issue 16: the inactivity clock was 600 s with no flag to change it
+    out = tmp_path / "silent"
+    argv = ["generate", ZOO_ID, "-n", "1", "-o", str(out), "--set", 'behaviour="hangs"', "--timeout", "2"]
+    code = main(argv)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "medigan-iso: error: runner timed out waiting for inactivity after 2 s" in err
+
+
+def test_max_sample_bytes_follows_the_declared_image_size(world: dict[str, Path]) -> None:
+    from medigan_iso.catalogue import ModelEntry
+    from medigan_iso.generation import MIN_SAMPLE_BYTES, UNKNOWN_SAMPLE_BYTES, max_sample_bytes
+
+    def entry(size: object) -> ModelEntry:
+        return ModelEntry.from_raw("x", {"execution": {"image_size": size}}, source="t")
+
+    assert max_sample_bytes(entry([128, 128])) == MIN_SAMPLE_BYTES
+    assert max_sample_bytes(entry([512, 512, 3])) == 512 * 512 * 3 * 4 * 8 * 32
+    assert max_sample_bytes(entry(None)) == UNKNOWN_SAMPLE_BYTES
+    assert max_sample_bytes(entry(["big"])) == UNKNOWN_SAMPLE_BYTES

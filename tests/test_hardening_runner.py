@@ -13,7 +13,7 @@ import pytest
 from _envs_for_tests import build_runner_env
 from _hostile import write_hostile
 
-from medigan_iso.errors import ModelError, RunnerCrashedError
+from medigan_iso.errors import ModelError, ProtocolError, RunnerCrashedError, RunnerTimeoutError
 from medigan_iso.runner_process import RunnerProcess
 
 
@@ -84,3 +84,35 @@ def test_a_5_mib_error_message_becomes_a_capped_model_error_and_the_runner_lives
     assert info.value.remote_message.endswith(f"...[+{5 * 1024 * 1024 - 64 * 1024} chars]")
     assert len(str(info.value)) < 40_000
     assert len(_generate(runner, "none", n=2)) == 2
+
+
+def test_a_model_trickling_a_frame_byte_by_byte_hits_the_inactivity_clock(
+    numpy_env: Path, hostile: Path, tmp_path: Path
+) -> None:
+    # issue 16: the clock restarted on every byte, so a trickling model held the host forever. Here the
+    # frame takes ~6 s at one byte per 0.1 s; the clock is 1 s per frame.
+    with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log", inactivity_timeout_s=1.0) as proc:
+        proc.load(hostile, model_file=hostile / "weights.npy", package_name="hostile")
+        with pytest.raises(RunnerTimeoutError) as info:
+            _generate(proc, "trickle_frame")
+        assert info.value.phase == "inactivity"
+
+
+def test_a_4_gib_frame_is_refused_at_its_prefix(runner: RunnerProcess) -> None:
+    with pytest.raises(ProtocolError) as info:
+        _generate(runner, "huge_frame")
+    assert "exceeds" in str(info.value)
+
+
+def test_samples_larger_than_declared_are_refused(runner: RunnerProcess) -> None:
+    # 2048 x 2048 float64 samples (32 MiB) from a model declared at 1 MiB per sample
+    stream = runner.generate(2, batch_size=2, kwargs={"attack": "oversized"}, max_sample_bytes=1024**2)
+    with pytest.raises(ProtocolError) as info:
+        list(stream)
+    assert "exceeds 2097152" in str(info.value)
+
+
+def test_within_the_declared_size_the_same_request_streams(runner: RunnerProcess) -> None:
+    stream = runner.generate(2, batch_size=2, kwargs={"attack": "none"}, max_sample_bytes=1024**2)
+    assert [len(batch) for batch in stream] == [2]
+    assert stream.bytes_received == 2 * 8 * 8 and stream.batches == 1

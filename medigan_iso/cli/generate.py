@@ -61,6 +61,13 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="strict supply chain: pinned package_sha256 and wheels-only envs",
     )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="give up when the model sends no batch for SECONDS (default 600; never a total limit)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -112,8 +119,14 @@ def _run(args: argparse.Namespace) -> int:
     grid_samples: list[Any] = []
     done = 0
     interrupted = False
+    if args.timeout is not None and not args.timeout > 0:
+        raise SystemExit("medigan-iso generate: error: --timeout must be > 0 seconds")
+    timeouts = {} if args.timeout is None else {"inactivity_timeout_s": args.timeout}
     with Session(
-        install_dependencies=False if args.no_build else None, sandbox=args.sandbox, strict=args.strict
+        install_dependencies=False if args.no_build else None,
+        sandbox=args.sandbox,
+        strict=args.strict,
+        **timeouts,
     ) as session:
         entry = session.resolve(args.model)
         try:
