@@ -24,7 +24,23 @@ medigan 1.0, all deliberate fixes:
   then gets EnvNotBuiltError naming the command that builds the env;
 - ``generate(save_images=True)`` saves in batches of 32 named ``batch_<n>_<file>`` without medigan's
   zero-sample last batch when ``num_samples`` is a multiple of 32;
-- ``find_models_rank_and_generate`` raises CatalogueError when nothing matches (medigan raised IndexError).
+- ``find_models_rank_and_generate`` raises CatalogueError when nothing matches (medigan raised IndexError);
+- with an ``input_latent_vector``, its rows decide the number of samples in ``generate`` and in the
+  function ``get_generate_function`` returns (one model call, as in medigan; without this the runner's
+  batches of 32 would each get the whole vector);
+- executors (``add_model_executor``, ``get_model_executor``...) hold a prepared package and env and run the
+  model in its warm runner; ``len(generators)`` / ``generators[i]`` count and index them as in medigan;
+  ``ModelExecutor`` has no ``len()`` / ``[i]`` (TypeError; medigan raised NotImplementedError);
+- ``get_as_torch_dataset`` generates lazily in chunks instead of all samples up front, errs when a model
+  returns fewer samples than asked (medigan built an empty dataset) and calls ``transform`` once per item
+  (medigan called it twice when a model returned a mask and another output);
+- ``get_as_torch_dataloader`` passes torch only the DataLoader arguments that differ from medigan's
+  defaults (medigan always passed ``prefetch_factor=2``, which torch refuses with ``num_workers=0``, the
+  default) and raises ValueError without a dataset and a model id (medigan: ``DataLoader(dataset=None)``);
+- ``visualize`` is :mod:`medigan_iso.visualize` (its docstring lists the differences).
+
+The contribution methods (``add_model_contributor``, ``test_model``, ``push_to_zenodo``, ``contribute``...)
+come from :class:`~medigan_iso.contribute.ContributorMethods`.
 """
 
 from __future__ import annotations

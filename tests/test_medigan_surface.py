@@ -20,21 +20,6 @@ from medigan_iso.compat import ModelExecutor
 
 RECORDING = Path(__file__).resolve().parent / "data" / "medigan_1_0_0_signatures.json"
 
-# The contribution methods belong to issue 12 (engineer `contribute`). While one is absent it is reported
-# as pending; once it exists it is checked like every other method. Delete names here as they land.
-OWNED_BY_ISSUE_12 = frozenset(
-    {
-        "add_model_contributor",
-        "get_model_contributor_by_id",
-        "add_metadata_from_file",
-        "add_metadata_from_input",
-        "test_model",
-        "push_to_zenodo",
-        "push_to_github",
-        "contribute",
-    }
-)
-
 _EMPTY = inspect.Parameter.empty
 
 
@@ -99,22 +84,13 @@ def test_the_recording_holds_medigans_whole_public_surface() -> None:
     names = set(recording["Generators"])
     assert {"__init__", "__len__", "__getitem__", "__repr__"} <= names
     assert len(names - {"__init__", "__len__", "__getitem__", "__repr__"}) == 32
-    assert names >= OWNED_BY_ISSUE_12
-
-
-def test_only_issue_12_methods_may_be_missing() -> None:
-    missing = {name for name in _recording()["Generators"] if not hasattr(Generators, name)}
-    assert missing <= OWNED_BY_ISSUE_12, sorted(missing - OWNED_BY_ISSUE_12)
 
 
 @pytest.mark.parametrize("method", sorted(_recording()["Generators"]))
 def test_generators_method_matches_medigan_1_0_0(method: str) -> None:
     recorded = _recording()["Generators"][method]
     function = getattr(Generators, method, None)
-    if function is None:
-        # pending (test_only_issue_12_methods_may_be_missing fails for any other absent method)
-        assert method in OWNED_BY_ISSUE_12
-        return
+    assert function is not None, f"Generators.{method} is missing"
     assert surface_differences(recorded, function) == [], method
 
 
