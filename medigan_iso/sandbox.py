@@ -59,6 +59,8 @@ __all__ = [
     "Limits",
     "SandboxConfig",
     "effective_limits",
+    "env_uses_cuda",
+    "gpu_devices",
     "layers_in_force",
     "plan_launch",
     "probe_host",
@@ -475,7 +477,8 @@ if ll:
     if abi >= 3: fs |= 1 << 14
     if abi >= 5: fs |= 1 << 15
     files = 1 | 2 | 4 | (1 << 14) | (1 << 15)
-    rights = {"r": 1 | 4 | 8, "rw": fs, "dev": 4 | 8 | (1 << 15), "w-file": 2 | 4 | (1 << 14) | (1 << 15)}
+    rights = {"r": 1 | 4 | 8, "rw": fs, "dev": 4 | 8 | (1 << 15), "w-file": 2 | 4 | (1 << 14) | (1 << 15),
+              "gpu": 2 | 4 | (1 << 15)}
     attr = struct.pack("=QQQ", fs, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)
     attr = attr[: 8 if abi < 4 else 16 if abi < 6 else 24]
     buf = ctypes.create_string_buffer(attr, len(attr))
@@ -534,6 +537,7 @@ class LaunchPlan:
     landlock_abi: int = 0
     cgroup: CgroupLimits | None = None  # the runner's cgroup limits, when a cgroup can be made
     gaps: tuple[str, ...] = ()  # what the applied layers leave open (protection_gaps)
+    gpus: tuple[str, ...] = ()  # NVIDIA device nodes passed in
 
 
 _BWRAP_FLAGS = (
@@ -567,6 +571,40 @@ def interpreter_roots(python: str | os.PathLike[str]) -> list[Path]:
     return unique
 
 
+# NVIDIA device nodes a CUDA runner needs (the per-GPU /dev/nvidiaN plus the control and UVM nodes).
+NVIDIA_DEVICE_GLOBS = ("nvidia[0-9]*", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
+# Read-only driver state CUDA reads besides the user-space libraries (those live under /usr or /lib, which
+# the sandbox binds read-only already).
+NVIDIA_READ_PATHS = (
+    "/proc/driver/nvidia",
+    "/sys/module/nvidia",
+    "/sys/bus/pci/devices",
+    "/sys/devices/pci0000:00",
+)
+_CUDA_MARKERS = ("nvidia", "torch/lib/libc10_cuda.so", "torch/lib/libtorch_cuda.so", "jaxlib/cuda")
+
+
+def gpu_devices(dev: str | os.PathLike[str] = "/dev") -> list[str]:
+    """The NVIDIA device nodes present under ``dev`` (sorted), or an empty list."""
+    root = Path(dev)
+    found: set[str] = set()
+    for pattern in NVIDIA_DEVICE_GLOBS:
+        found.update(str(p) for p in root.glob(pattern) if not p.is_dir())
+    return sorted(found)
+
+
+def env_uses_cuda(python: str | os.PathLike[str]) -> bool:
+    """Whether the env of ``python`` holds a CUDA build (NVIDIA wheels, CUDA torch, TensorFlow's CUDA)."""
+    env_dir = Path(python).parent.parent
+    for site in env_dir.glob("lib/python*/site-packages"):
+        for marker in _CUDA_MARKERS:
+            if (site / marker).exists():
+                return True
+        if any(site.glob("tensorflow/**/libcudart*")) or any(site.glob("tensorflow/python/_pywrap_gpu*")):
+            return True
+    return False
+
+
 def plan_launch(
     config: SandboxConfig,
     *,
@@ -576,13 +614,15 @@ def plan_launch(
     support: HostSupport | None = None,
     model_id: str | None = None,
     resources: Mapping[str, Any] | None = None,
+    gpus: Sequence[str] | None = None,
 ) -> LaunchPlan:
     """Decide the layers for one runner and build its command prefix.
 
     ``require`` raises SandboxError for the first wanted layer this machine lacks, and when what remains
     would leave a gap of :func:`protection_gaps`; ``auto`` logs the missing layers once per plan and goes on
     with the rest (the gaps are on the plan, for the caller's first-spawn warning); ``off`` applies hygiene
-    only. ``resources`` is the catalogue entry's ``execution.resources``.
+    only. ``resources`` is the catalogue entry's ``execution.resources``. ``gpus`` are the device nodes to
+    pass in (None: every NVIDIA node of this machine when the env holds a CUDA build, else none).
     """
     if config.policy == "off":
         return LaunchPlan("off", (), {}, ("hygiene",), {}, config.limits)
@@ -620,13 +660,16 @@ def plan_launch(
     # resolves PROC_SELF) and a few machine-wide files: /proc/<host pid>/environ stays unreadable (issue 16).
     proc = ["/proc"] if bwrapped else [PROC_SELF, *PROC_MACHINE_FILES]
     reads = [*SYSTEM_DIRS, *SYSTEM_FILES, *proc, "/sys/devices/system/cpu", *map(str, roots)]
+    devices = list(gpus) if gpus is not None else (gpu_devices() if env_uses_cuda(python) else [])
+    if devices:
+        reads += list(NVIDIA_READ_PATHS)
     if package_root is not None:
         reads.append(os.fspath(package_root))
     overrides: dict[str, str | None] = {}
     prefix: list[str] = []
     if bwrapped:
         assert support.bwrap is not None
-        prefix = [support.bwrap, *_bwrap_args(limits, roots, package_root, output_dir)]
+        prefix = [support.bwrap, *_bwrap_args(limits, roots, package_root, output_dir, gpus=devices)]
         # The runner is pid 2 under bubblewrap's init (pid 1), which dies with bwrap (--die-with-parent)
         # and takes the whole pid namespace with it; the runner's parent must stay that init.
         overrides.update(
@@ -644,6 +687,7 @@ def plan_launch(
         cfg: dict[str, Any] = {"rlimits": limits.rlimits() if "rlimits" in active else []}
         if "landlock" in active:
             rules = [[p, "r"] for p in reads] + [["/dev", "dev"], ["/dev/null", "w-file"]]
+            rules += [[device, "gpu"] for device in devices]
             if output_dir is not None:
                 rules.append([os.fspath(output_dir), "rw"])
             # the private HOME/TMPDIR: a tmpfs inside bubblewrap; without it the runner's temp dir, whose
@@ -668,6 +712,7 @@ def plan_launch(
         limits,
         landlock_abi=support.landlock_abi if "landlock" in active else 0,
         cgroup=cgroup,
+        gpus=tuple(devices),
         gaps=tuple(reason for _, reason, _ in gaps),
     )
 
@@ -717,6 +762,8 @@ def _bwrap_args(
     roots: Sequence[Path],
     package_root: str | os.PathLike[str] | None,
     output_dir: str | os.PathLike[str] | None,
+    *,
+    gpus: Sequence[str] = (),
 ) -> list[str]:
     args = list(_BWRAP_FLAGS)
     for path in SYSTEM_DIRS:
@@ -728,6 +775,13 @@ def _bwrap_args(
         args += ["--ro-bind-try", path, path]
     args += ["--proc", "/proc", "--dev", "/dev"]
     args += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
+    # GPUs: exactly the NVIDIA nodes (``--dev`` gives a minimal /dev without them) and the driver's state
+    for device in gpus:
+        args += ["--dev-bind", device, device]
+    if gpus:
+        for path in NVIDIA_READ_PATHS:
+            if not path.startswith("/proc/"):  # bwrap's own /proc shows /proc/driver already
+                args += ["--ro-bind-try", path, path]
     size = str(limits.tmpfs_bytes)
     args += ["--size", size, "--tmpfs", SANDBOX_TMP, "--size", size, "--tmpfs", "/dev/shm"]
     args += ["--dir", SANDBOX_HOME]

@@ -544,6 +544,8 @@ def test_public_surface_is_pinned() -> None:
         "Limits",
         "SandboxConfig",
         "effective_limits",
+        "env_uses_cuda",
+        "gpu_devices",
         "layers_in_force",
         "plan_launch",
         "probe_host",

@@ -21,6 +21,7 @@ from medigan_iso.sandbox import (
     SANDBOX_ENV,
     Limits,
     effective_limits,
+    gpu_devices,
     probe_host,
     protection_gaps,
     resolve_policy,
@@ -107,6 +108,8 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
                 "pids": limits.pids,
                 "machine_memory_bytes": machine_memory_bytes(),
             },
+            # the device nodes a runner of a CUDA env would get (bound exactly, nothing else of /dev)
+            "gpus": gpu_devices(),
             # what `auto` leaves open here (with every layer this machine has); `require` refuses these
             "auto_gaps": [
                 {"layer": layer, "gap": gap, "remedy": remedy}
@@ -137,6 +140,8 @@ def _doctor(args: argparse.Namespace) -> int:
     res = sandbox["resource_limits"]
     memory = f"{res['memory_bytes'] / 2**30:.1f} GiB" if res["memory_bytes"] else "none"
     print(f"resource limits: {res['mechanism']}; default memory {memory}, {res['pids']} tasks")
+    gpus = sandbox["gpus"]
+    print(f"GPUs a CUDA runner would see: {', '.join(gpus) if gpus else 'none (no /dev/nvidia*)'}")
     if sandbox["auto_gaps"]:
         print("auto leaves open here (require refuses to run with these):")
         for gap in sandbox["auto_gaps"]:
