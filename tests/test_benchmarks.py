@@ -22,6 +22,13 @@ EXPECTED_KEYS = {
     "bench_envs": {"cache_hit_ms", "resolve_uncached_s", "new_numpy_env_uv", "new_numpy_env_virtualenv"},
     "bench_runner": {"host_rss_streaming", "overhead_warm_runner_vs_in_process", "frame_throughput"},
     "bench_sandbox": {"benchmark", "results", "host_support"},
+    "bench_torch": {
+        "session_generate",
+        "dataloader_map_w2",
+        "dataloader_stream_w2",
+        "first_batch_100k",
+        "rss",
+    },
     "catalogue_load": {"benchmark", "models", "results"},
     "packages_extract": {"safe_extract_s", "tree_sha256_s", "safe_over_plain"},
 }
