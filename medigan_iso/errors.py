@@ -33,9 +33,12 @@ boundary that sees them, with ``raise ... from exc``.
     ├── OutputExistsError                a file to be written already exists in the output folder
     ├── SandboxError                     a required confinement layer is unavailable
     │   └── SandboxPolicyError           a sandbox policy value is not off, auto or require
-    └── ContributionError                a model contribution cannot go ahead (entry, folder, confirmation)
-        ├── ModelTestError               the contributed package failed its test in its own env
-        └── RemoteServiceError           Zenodo or GitHub answered with an error or could not be reached
+    ├── ContributionError                a model contribution cannot go ahead (entry, folder, confirmation)
+    │   ├── ModelTestError               the contributed package failed its test in its own env
+    │   └── RemoteServiceError           Zenodo or GitHub answered with an error or could not be reached
+    └── ExploreError                     the web explorer cannot start or refused a request
+        ├── ExploreRequestError          a request's parameters are malformed or out of range (HTTP 400)
+        └── ModelBusyError               a model already has its maximum of waiting requests (HTTP 429)
 
 Never shadow builtins: there is no ``TimeoutError`` or ``EnvironmentError`` here.
 """
@@ -63,8 +66,11 @@ __all__ = [
     "EnvBuildError",
     "EnvError",
     "EnvNotBuiltError",
+    "ExploreError",
+    "ExploreRequestError",
     "InterpreterNotFoundError",
     "MediganIsoError",
+    "ModelBusyError",
     "ModelError",
     "ModelTestError",
     "OutputExistsError",
@@ -513,3 +519,31 @@ class RemoteServiceError(ContributionError):
         self.body = body
         what = f"HTTP {status}" if status is not None else "no answer"
         super().__init__(model_id, f"{service}: {step} failed ({what}): {body}", remedy=remedy)
+
+
+# --- explorer --------------------------------------------------------------------------------------
+
+
+class ExploreError(MediganIsoError):
+    """Raised when the web explorer cannot start (address, flags) or refuses a request."""
+
+
+class ExploreRequestError(ExploreError, ValueError):
+    """Raised when an explorer request names a bad parameter; ``parameter`` is its name."""
+
+    def __init__(self, parameter: str, problem: str, *, remedy: str) -> None:
+        self.parameter = parameter
+        self.problem = problem
+        super().__init__(f"{parameter}: {problem}", remedy=remedy)
+
+
+class ModelBusyError(ExploreError):
+    """Raised when a model already has ``limit`` requests waiting for its runner."""
+
+    def __init__(self, model_id: str, limit: int) -> None:
+        self.model_id = model_id
+        self.limit = limit
+        super().__init__(
+            f"model {model_id} already has {limit} requests waiting for its runner",
+            remedy="wait for them to finish, then retry",
+        )

@@ -350,6 +350,43 @@ class Session:
         runner.hello["sandbox_layers"] = list(plan.layers)
         return runner
 
+    def status(self, model_id: str | int) -> dict[str, Any]:
+        """What this Session knows of ``model_id`` now, without preparing or starting anything.
+
+        ``state`` is ``"not started"`` (nothing prepared in this Session), ``"prepared"`` (package and env
+        ready, no runner), ``"warm"`` (a live runner), ``"stopped"`` (its runner died or was dropped) or
+        ``"given up"`` (too many consecutive failures). ``last_failure`` is the last failure's text, raw:
+        it may hold model output, so neutralise it before showing it.
+        """
+        entry = self.resolve(model_id)
+        with self._lock:
+            slot = self._slots.get(entry.model_id)
+        if slot is None:
+            return {"model_id": entry.model_id, "state": "not started", "env": None, "runner": None}
+        runner = slot.runner
+        alive = runner is not None and runner.is_alive()
+        if slot.consecutive_crashes >= self._max_consecutive_crashes:
+            state = "given up"
+        elif alive:
+            state = "warm"
+        else:
+            state = "stopped" if slot.consecutive_crashes else "prepared"
+        env = slot.prepared.env
+        return {
+            "model_id": entry.model_id,
+            "state": state,
+            "env": {
+                "key": env.key,
+                "python_version": env.python_version,
+                "builder": env.builder,
+                "path": str(env.path),
+            },
+            "package_root": str(slot.prepared.package.root),
+            "runner": dict(runner.hello) if alive and runner is not None else None,
+            "consecutive_crashes": slot.consecutive_crashes,
+            "last_failure": None if slot.last_failure is None else str(slot.last_failure),
+        }
+
     def runner_info(self, model_id: str | int) -> dict[str, Any]:
         """The warm runner's hello (python, package versions, pid), starting the runner if needed."""
         slot = self._slot(model_id)

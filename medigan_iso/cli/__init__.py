@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command_groups() -> list[Callable[[Any], None]]:
     """The ``register`` function of every command group, in help order (one import per group)."""
-    from medigan_iso.cli import catalogue, contribute, doctor, env, generate, logs, packages
+    from medigan_iso.cli import catalogue, contribute, doctor, env, explore, generate, logs, packages
 
     return [
         catalogue.register,
@@ -71,6 +71,7 @@ def _command_groups() -> list[Callable[[Any], None]]:
         logs.register,
         doctor.register,
         contribute.register,
+        explore.register,
     ]
 
 
