@@ -3,8 +3,7 @@
 Loads the index with the token URL, searches, opens a model page, waits for the live grid, moves a latent
 slider, and screenshots the page; the grid must have rendered (its pixels are not blank) and changed with
 the slider. Then the crashing fixture model's page must show its error as text. Skips with the reason
-when no browser is installed, except in CI (``$CI`` set), where .ci/run installs chromium and a skip
-would hide a broken install.
+when no browser is installed (a failure in CI, where .ci/run installs chromium and chromedriver).
 """
 
 from __future__ import annotations
@@ -44,9 +43,7 @@ def _missing() -> str | None:
 def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     reason = _missing()
     if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI installs the browser, yet {reason}")
-        pytest.skip(reason)
+        pytest.skip(reason)  # tests/conftest.py turns this into a failure in CI, where .ci/run installs it
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
