@@ -79,13 +79,14 @@ from medigan_iso.search import (
     rank_models,
 )
 from medigan_iso.search import find_models_and_rank as _find_models_and_rank
-from medigan_iso.untrusted import get_logger
+from medigan_iso.untrusted import get_logger, neutralise
 
 __all__ = ["Generators"]
 
 logger = get_logger(__name__)
 
 _MISSING = object()
+REPR_MAX_CHARS = 200_000  # reprs list every model id; cap only what no terminal should receive
 DEFAULT_OUTPUT_FOLDER = "output"  # medigan's: generated files go to output/<model_id>/<timestamp>/
 
 
@@ -164,11 +165,13 @@ class ModelExecutor:
         return None
 
     def __repr__(self) -> str:
-        return (
+        # medigan's layout; every value is catalogue text, so neutralised (reprs end up on terminals)
+        return neutralise(
             f"ModelExecutor(model_id={self.model_id}, name={self.model_name}, package={self.package_name}, "
             f"image_size={self.image_size}, dependencies={self.dependencies}, link={self.package_link}, "
             f"path={self.serialised_model_file_path}, generate_method={self.generate_method_name}, "
-            f"generate_method_args={self.generate_method_args})"
+            f"generate_method_args={self.generate_method_args})",
+            max_chars=REPR_MAX_CHARS,
         )
 
 
@@ -263,9 +266,11 @@ class Generators(ContributorMethods):
         self.close()
 
     def __repr__(self) -> str:
-        return (
+        # medigan's layout; model ids are catalogue text, so neutralised (reprs end up on terminals)
+        return neutralise(
             f"Generators(model_ids={list(self.catalogue.ids())}, model_executors={self.model_executors}, "
-            f"model_selector: {self.model_selector})"
+            f"model_selector: {self.model_selector})",
+            max_chars=REPR_MAX_CHARS,
         )
 
     # --- catalogue -------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from medigan_iso.catalogue import Catalogue, ConfigSource
 from medigan_iso.errors import RunnerError
 from medigan_iso.generation import DEFAULT_BATCH_SIZE, Session
 from medigan_iso.sandbox import SandboxConfig
+from medigan_iso.untrusted import neutralise
 
 __all__ = [
     "DEFAULT_CACHED_CHUNKS",
@@ -197,7 +198,8 @@ class _Source:
         )
         if len(samples) != count:
             raise RunnerError(
-                f"model {self.model_id} returned {len(samples)} of {count} samples for chunk {index}",
+                f"model {neutralise(self.model_id)} returned {len(samples)} of {count} samples for "
+                f"chunk {index}",
                 remedy="check the model's kwargs (an input_latent_vector decides the count for some models)",
             )
         return samples

@@ -35,6 +35,7 @@ from matplotlib.widgets import Button, Slider
 
 from medigan_iso.errors import CatalogueError, RunnerError
 from medigan_iso.generation import Session
+from medigan_iso.untrusted import neutralise
 
 __all__ = ["MAX_INPUT_VALUE", "Visualizer", "is_interactive_backend", "show"]
 
@@ -95,10 +96,10 @@ class Visualizer:
         size = entry.input_latent_vector_size
         if not size:
             raise CatalogueError(
-                f"model {entry.model_id} has no input_latent_vector_size in its catalogue entry, so its "
-                "latent vector cannot be explored",
-                remedy="visualize a model whose entry sets execution.generate_method.args.custom"
-                ".input_latent_vector_size",
+                f"model {neutralise(entry.model_id)} has no input_latent_vector_size in its catalogue "
+                "entry, so its latent vector cannot be explored",
+                remedy="visualize a model whose entry sets "
+                "execution.generate_method.input_latent_vector_size",
             )
         self.session = session
         self.model_id = entry.model_id
@@ -137,7 +138,8 @@ class Visualizer:
         samples = self.session.generate(self.model_id, 1, batch_size=1, **kwargs)
         if not samples:
             raise RunnerError(
-                f"model {self.model_id} returned no sample for a latent vector of shape {self.z.shape}",
+                f"model {neutralise(self.model_id)} returned no sample for a latent vector of shape "
+                f"{self.z.shape}",
                 remedy="check that the model accepts input_latent_vector shaped (n, size, 1, 1)",
             )
         return samples[0]

@@ -5,6 +5,7 @@ Real parts: the bundled demo-numpy model and a numpy zoo, real envs (built on fi
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +137,16 @@ def test_add_all_model_executors_adds_one_per_model(
         assert [e.model_id for e in generators] == generators.list_models()
     with Generators(initialize_all_models=True) as generators:
         assert len(generators) == len(generators.list_models()) == 3
+
+
+def test_reprs_neutralise_catalogue_text(fresh_world: Path) -> None:
+    catalogue = json.loads((fresh_world / "catalogue" / "catalogue.json").read_text(encoding="utf-8"))
+    entry = catalogue[PLAIN_ID]
+    entry["execution"]["generate_method"]["args"]["custom"]["behaviour"] = "plain\x1b]52;c;AAAA\x07\x1b[2J"
+    path = fresh_world / "catalogue" / "hostile.json"
+    path.write_text(json.dumps({"hostile-zoo": entry}), encoding="utf-8")
+    with Generators(config=str(path)) as generators:
+        executor = generators.get_model_executor("hostile-zoo")
+        for text in (repr(executor), repr(generators)):
+            assert "\x1b" not in text and "\x07" not in text
+            assert "\\x1b]52;c;AAAA\\x07\\x1b[2J" in text
