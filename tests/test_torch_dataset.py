@@ -212,3 +212,15 @@ def test_datasets_pickle_without_their_session(generators: Generators) -> None:
     finally:
         copy.close()
     assert os.getpid() == copy._source._session_pid
+
+
+def test_spawned_workers_rebuild_their_session_from_the_pickled_dataset(
+    generators: Generators, torch: Any
+) -> None:
+    # Python 3.14 makes forkserver the default; spawn is the strictest case: nothing but the pickle crosses.
+    dataset = generators.get_as_torch_dataset(PLAIN_ID, num_samples=12, seed=13, chunk_size=3)
+    expected = [_key(dataset[i]["sample"]) for i in range(12)]
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=3, num_workers=2, multiprocessing_context="spawn"
+    )
+    assert [_key(s) for batch in loader for s in batch["sample"].numpy()] == expected
