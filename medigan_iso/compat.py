@@ -81,7 +81,7 @@ from medigan_iso.search import (
 from medigan_iso.search import find_models_and_rank as _find_models_and_rank
 from medigan_iso.untrusted import get_logger, neutralise
 
-__all__ = ["Generators"]
+__all__ = ["DEFAULT_OUTPUT_FOLDER", "REPR_MAX_CHARS", "Generators", "ModelExecutor"]
 
 logger = get_logger(__name__)
 

@@ -150,3 +150,15 @@ def test_reprs_neutralise_catalogue_text(fresh_world: Path) -> None:
         for text in (repr(executor), repr(generators)):
             assert "\x1b" not in text and "\x07" not in text
             assert "\\x1b]52;c;AAAA\\x07\\x1b[2J" in text
+
+
+def test_compat_surface_is_pinned() -> None:
+    from medigan_iso import compat
+
+    assert sorted(compat.__all__) == [
+        "DEFAULT_OUTPUT_FOLDER",
+        "Generators",
+        "ModelExecutor",
+        "REPR_MAX_CHARS",
+    ]
+    assert all(hasattr(compat, name) for name in compat.__all__)

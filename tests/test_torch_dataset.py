@@ -224,3 +224,20 @@ def test_spawned_workers_rebuild_their_session_from_the_pickled_dataset(
         dataset, batch_size=3, num_workers=2, multiprocessing_context="spawn"
     )
     assert [_key(s) for batch in loader for s in batch["sample"].numpy()] == expected
+
+
+def test_torch_surface_is_pinned(medigan_torch: Any) -> None:
+    assert sorted(medigan_torch.__all__) == [
+        "DEFAULT_CACHED_CHUNKS",
+        "DEFAULT_CHUNK_SIZE",
+        "MEDIGAN_DATALOADER_DEFAULTS",
+        "SessionSpec",
+        "SyntheticDataset",
+        "SyntheticStream",
+        "chunk_seed",
+        "dataloader_kwargs",
+        "sample_to_item",
+        "stream_dataset",
+        "synthetic_dataset",
+    ]
+    assert all(hasattr(medigan_torch, name) for name in medigan_torch.__all__)

@@ -117,3 +117,13 @@ def test_demo_models_accept_the_visualisers_latent_shape(generators: Generators,
         DEMO, num_samples=2, save_images=False, input_latent_vector=z[:, :, 0, 0], output="float"
     )
     assert len(nchw) == 2 and np.array_equal(np.stack(nchw), np.stack(flat))
+
+
+def test_visualize_surface_is_pinned() -> None:
+    assert sorted(medigan_visualize.__all__) == [
+        "MAX_INPUT_VALUE",
+        "Visualizer",
+        "is_interactive_backend",
+        "show",
+    ]
+    assert all(hasattr(medigan_visualize, name) for name in medigan_visualize.__all__)
