@@ -212,6 +212,19 @@ def test_model_entry_and_unknown_ids(server: ExploreServer) -> None:
     assert page.status_code == 404 and "/models/demo-numpy" in page.text
 
 
+def test_compare_page_takes_two_to_four_models(server: ExploreServer) -> None:
+    page = get(server, "/compare?ids=demo-numpy,test-cond", headers={**AUTH, "Accept": "text/html"})
+    assert page.status_code == 200
+    assert page.text.count('<figure data-model-id="') == 2
+    assert '<figure data-model-id="test-cond">' in page.text
+    for ids in ("demo-numpy", "demo-numpy,test-cond,test-crash,test-slow,demo-numpy"):
+        refused = get(server, f"/compare?ids={ids}", headers={**AUTH, "Accept": "text/html"})
+        assert refused.status_code == 400
+        assert "pick 2 to 4 models" in refused.text
+    unknown = get(server, "/compare?ids=demo-numpy,nope-nope", headers={**AUTH, "Accept": "text/html"})
+    assert unknown.status_code == 404
+
+
 def test_catalogue_text_is_escaped_and_neutralised(server: ExploreServer) -> None:
     for path in ("/", "/models/test-crash"):
         html = get(server, path, headers=AUTH).text

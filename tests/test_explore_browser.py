@@ -104,6 +104,12 @@ def test_index_search_model_page_slider_and_screenshot(
     rows = d.find_elements(By.CSS_SELECTOR, "#models tbody tr")  # type: ignore[attr-defined]
     assert len(rows) >= 4
 
+    from selenium.webdriver.support.ui import Select
+
+    Select(d.find_element(By.CSS_SELECTOR, "select.facet[data-facet='type']")).select_by_value("fixture")  # type: ignore[attr-defined]
+    wait.until(lambda _: d.find_element(By.ID, "count").text == "3 models")  # type: ignore[attr-defined]
+    Select(d.find_element(By.CSS_SELECTOR, "select.facet[data-facet='type']")).select_by_value("")  # type: ignore[attr-defined]
+
     search = d.find_element(By.ID, "q")  # type: ignore[attr-defined]
     search.send_keys("numpy")
     d.find_element(By.CSS_SELECTOR, "#search button").click()  # type: ignore[attr-defined]
