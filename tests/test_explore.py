@@ -409,3 +409,16 @@ def _env(world: dict[str, Path]) -> dict[str, str]:
         }
     )
     return env
+
+
+def test_the_browser_is_sent_through_a_private_file_not_argv(tmp_path: Path) -> None:
+    from medigan_iso.explore.server import redirect_file
+
+    url = f"http://127.0.0.1:8765/?token={TOKEN}&a=<b>"
+    opener = redirect_file(url)
+    try:
+        assert opener.stat().st_mode & 0o777 == 0o600  # other users cannot read the token
+        text = opener.read_text(encoding="utf-8")
+        assert 'content="0;url=http://127.0.0.1:8765/?token=' + TOKEN + '&amp;a=&lt;b&gt;"' in text
+    finally:
+        opener.unlink()

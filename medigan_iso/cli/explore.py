@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 __all__ = ["register"]
@@ -67,9 +68,11 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     from medigan_iso.explore import AccessPolicy, Explorer, bind, create_app, run
     from medigan_iso.explore.security import is_loopback
+    from medigan_iso.explore.server import redirect_file
     from medigan_iso.generation import Session
 
     sock = bind(args.host, args.port, allow_remote=args.allow_remote)
+    opener: Path | None = None
     try:
         port = sock.getsockname()[1]
         policy = AccessPolicy.create(host=args.host, port=port, extra_hosts=args.allow_host)
@@ -90,8 +93,11 @@ def _run(args: argparse.Namespace) -> int:
             if not args.no_browser:
                 import webbrowser
 
-                threading.Timer(0.5, webbrowser.open, args=(url,)).start()
+                opener = redirect_file(url)
+                threading.Timer(0.5, webbrowser.open, args=(opener.as_uri(),)).start()
             run(app, sock)
     finally:
         sock.close()
+        if opener is not None:
+            opener.unlink(missing_ok=True)
     return 0

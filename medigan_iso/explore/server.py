@@ -7,13 +7,17 @@ unless the caller allows it explicitly; it never prints (the CLI says what happe
 
 from __future__ import annotations
 
+import html
+import os
 import socket
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from medigan_iso.errors import ExploreError
 from medigan_iso.explore.security import is_loopback
 
-__all__ = ["bind", "run"]
+__all__ = ["bind", "redirect_file", "run"]
 
 MAX_HEADER_BYTES = 64 * 1024  # h11's cap on a request's header block
 MAX_CONNECTIONS = 64  # uvicorn answers 503 beyond this many concurrent connections
@@ -51,6 +55,23 @@ def bind(host: str, port: int, *, allow_remote: bool = False) -> socket.socket:
         ) from exc
     sock.set_inheritable(True)
     return sock
+
+
+def redirect_file(url: str) -> Path:
+    """A private (0600) HTML file that sends a browser to ``url``: what to open instead of the URL itself.
+
+    A browser started with the token URL in its argv shows the token to every user of the machine in
+    ``ps``; a file only its owner can read does not (Jupyter opens such a file for the same reason).
+    The caller deletes it when the server stops.
+    """
+    fd, name = tempfile.mkstemp(prefix="medigan-iso-explore-", suffix=".html")
+    target = html.escape(url, quote=True)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(
+            f'<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={target}">'
+            f'<title>medigan-iso explore</title><p><a href="{target}">open medigan-iso explore</a></p>\n'
+        )
+    return Path(name)
 
 
 def run(app: Any, sock: socket.socket) -> None:
