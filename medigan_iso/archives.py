@@ -270,6 +270,12 @@ def _check_layout_on_disk(
     spans: list[tuple[int, int, str]] = []
     for info in infos:
         name = info.orig_filename
+        # zipfile derives header_offset from the record minus any prefix: it can come out negative, and
+        # seek() then raises a bare OSError (found by tests/fuzz_atheris.py)
+        if not 0 <= info.header_offset < cd_start:
+            raise UnsafeArchiveError(
+                archive, "local header offset outside the archive's entries", member=name
+            )
         fh.seek(info.header_offset)
         header = fh.read(_LOCAL_HEADER.size)
         if len(header) != _LOCAL_HEADER.size:
@@ -405,7 +411,15 @@ def safe_extract(
         declared_count = _check_end_record(fh, label, limits)
         try:
             zf = zipfile.ZipFile(fh)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            ValueError,
+            EOFError,
+            NotImplementedError,  # found by tests/test_fuzz.py: an entry claiming zip version 23.5
+            struct.error,
+            UnicodeDecodeError,
+        ) as exc:
             raise UnsafeArchiveError(label, f"not a readable zip archive ({exc})") from exc
         with zf:
             if len(zf.infolist()) != declared_count:

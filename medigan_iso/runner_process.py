@@ -830,6 +830,15 @@ class RunnerProcess:
             )
 
 
+def _count_field(runner: RunnerProcess, header: Mapping[str, Any], key: str) -> int:
+    """A non-negative int field of a runner frame; anything else is a protocol error, not a TypeError."""
+    value = header.get(key, 0)
+    if type(value) is not int or value < 0:
+        runner._stop("it sent a malformed frame")
+        raise ProtocolError(f"runner frame field {key!r} must be a non-negative int, got {value!r:.80}")
+    return value
+
+
 class GenerateStream(Iterator[list[Sample]]):
     """The batches of one generate request, read lazily (one batch in host memory at a time).
 
@@ -903,14 +912,14 @@ class GenerateStream(Iterator[list[Sample]]):
                     continue
                 return samples
             if frame.kind == "progress":
-                self.files += int(header.get("files", 0))
+                self.files += _count_field(runner, header, "files")
             elif frame.kind == "log":
                 if len(self.warnings) < MAX_KEPT_WARNINGS:
                     self.warnings.append(neutralise(header.get("message", "")))
                 else:
                     self.dropped_warnings += 1
             elif frame.kind == "done":
-                self.shortfall = int(header.get("shortfall", 0))
+                self.shortfall = _count_field(runner, header, "shortfall")
                 self.cancelled = bool(header.get("cancelled"))
                 self._finish()
             elif frame.kind == "error":

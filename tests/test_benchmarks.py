@@ -23,6 +23,7 @@ EXPECTED_KEYS = {
     "bench_envs": {"cache_hit_ms", "resolve_uncached_s", "new_numpy_env_uv", "new_numpy_env_virtualenv"},
     "bench_runner": {"host_rss_streaming", "overhead_warm_runner_vs_in_process", "frame_throughput"},
     "bench_sandbox": {"benchmark", "results", "host_support"},
+    "bench_soak": {"requests", "crashes", "after_warmup", "end", "end_minus_warmup", "after_close"},
     "bench_torch": {
         "session_generate",
         "dataloader_map_w2",

@@ -268,7 +268,9 @@ def _unpack_header(data: bytes, limits: Limits) -> Dict[str, Any]:
         raise ProtocolError(f"header is a {type(header).__name__}, not a map")
     _check_plain(header, 0, limits)
     kind = header.get("kind")
-    if kind not in _KINDS:
+    # isinstance first: a list or map "kind" is unhashable, and `in` on a frozenset raised TypeError
+    # (found by tests/fuzz_atheris.py)
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise ProtocolError(f"unknown frame kind {kind!r}")
     return header
 
