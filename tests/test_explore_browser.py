@@ -161,3 +161,24 @@ def test_a_crashing_model_page_shows_the_error(driver: object, server: ExploreSe
     assert not d.find_elements(By.CSS_SELECTOR, "#error img")  # type: ignore[attr-defined]
     title = d.find_element(By.CSS_SELECTOR, "p.subtitle").text  # type: ignore[attr-defined]
     assert "<script>alert('title')</script>" in title and "\\x1b[31mred" in title
+
+
+def test_compare_shows_two_grids_side_by_side(driver: object, server: ExploreServer) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    d = driver
+    d.get(server.url)  # type: ignore[attr-defined]
+    d.get(server.base + "/compare?ids=demo-numpy,test-cond")  # type: ignore[attr-defined]
+    images = d.find_elements(By.CSS_SELECTOR, "img.compare-grid")  # type: ignore[attr-defined]
+    assert len(images) == 2
+
+    def loaded(_: object) -> bool:
+        return all(
+            d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) for i in images
+        )  # type: ignore[attr-defined]
+
+    WebDriverWait(d, WAIT_S).until(loaded)
+    for image in images:
+        pixels = np.asarray(Image.open(io.BytesIO(image.screenshot_as_png)).convert("L"))
+        assert pixels.std() > 10, "a compare grid is blank"
