@@ -422,3 +422,15 @@ def test_the_browser_is_sent_through_a_private_file_not_argv(tmp_path: Path) -> 
         assert 'content="0;url=http://127.0.0.1:8765/?token=' + TOKEN + '&amp;a=&lt;b&gt;"' in text
     finally:
         opener.unlink()
+
+
+def test_without_the_extra_the_command_names_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medigan_iso.cli import main
+
+    monkeypatch.setitem(sys.modules, "starlette", None)  # what an install without [explore] looks like
+    assert main(["explore", "--no-browser", "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "starlette is not installed" in err
+    assert "pip install 'medigan-iso[explore]'" in err
