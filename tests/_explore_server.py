@@ -90,6 +90,7 @@ def _entry(link: str, digest: str, *, title: str, custom: dict[str, object] | No
             # demo-numpy's requirements and interpreter: the fixtures reuse its env
             "dependencies": ["numpy>=1.21"],
             "python_requires": ">=3.8",
+            "dependencies_as_of": "2024-05-31",
             "generate_method": {
                 "name": "generate",
                 "args": {

@@ -201,7 +201,10 @@ def test_model_entry_and_unknown_ids(server: ExploreServer) -> None:
     assert card["dependencies"] == ["numpy>=1.21"]
     assert re.fullmatch(r"[0-9a-f]{64}", card["package_sha256"])
     assert card["status"]["state"] in ("not started", "prepared", "warm")
-    assert get(server, "/api/models/test-cond", headers=AUTH).json()["conditions"] == {
+    cond = get(server, "/api/models/test-cond", headers=AUTH).json()
+    assert cond["dependencies_as_of"] == "2024-05-31"
+    assert "2024-05-31" in get(server, "/models/test-cond", headers=AUTH).text
+    assert cond["conditions"] == {
         "condition": 1,
         "flip": False,
     }

@@ -223,6 +223,7 @@ class Explorer:
         info = self.info(model_id)
         entry = self.session.resolve(info.model_id)
         description = entry.description
+        execution = entry.raw.get("execution") or {}
         status = self.session.status(info.model_id)
         return {
             "model_id": text(info.model_id, max_chars=200),
@@ -242,7 +243,9 @@ class Explorer:
             "image_size": list(info.image_size),
             "latent_size": info.input_latent_vector_size,
             "dependencies": [text(d, max_chars=300) for d in info.dependencies],
-            # The date the model was provided: what its dependency list is as of (DESIGN.md section 10).
+            # execution.dependencies_as_of (written by `medigan-iso contribute`); else the date the model
+            # was provided is the best hint of what its dependency list is as of.
+            "dependencies_as_of": text(execution.get("dependencies_as_of") or ""),
             "provided_date": text(description.get("provided_date") or ""),
             "package_link": text(info.package_link, max_chars=500),
             "package_sha256": text(info.package_sha256 or ""),
