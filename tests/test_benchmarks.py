@@ -68,4 +68,6 @@ def test_benchmark_smoke_run_prints_its_report(
     assert entry["returncode"] == 0, entry
     result = entry["result"]
     assert isinstance(result, dict) and "unparsed_stdout" not in result, result
+    if "skipped" in result and not os.environ.get("CI"):  # bench_demo_tf1 on a machine without Python 3.7
+        pytest.skip(f"{script}: {result['skipped']}")
     assert EXPECTED_KEYS[script] <= set(result), sorted(result)
