@@ -91,6 +91,13 @@ def test_query_token_sets_a_cookie_and_leaves_the_url(server: ExploreServer) -> 
     cookie = first.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert TOKEN not in cookie  # the cookie holds a value derived from the token, not the token
+    for path, location in [
+        ("//evil.example/x", "/evil.example/x"),  # never a redirect to another host
+        ("/models/a%0D%0ASet-Cookie:%20x=1", "/models/a%0D%0ASet-Cookie:%20x=1"),  # stays encoded
+    ]:
+        redirect = get(server, f"{path}?token={TOKEN}", allow_redirects=False)
+        assert redirect.status_code == 303
+        assert redirect.headers["location"] == location
     browser = requests.Session()
     assert browser.get(server.url, timeout=HTTP_TIMEOUT_S).status_code == 200  # follows the redirect
     assert browser.get(server.base + "/api/models", timeout=HTTP_TIMEOUT_S).status_code == 200

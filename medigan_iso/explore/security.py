@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from medigan_iso.errors import ExploreError
 
@@ -271,7 +271,10 @@ class AccessMiddleware:
                 await refuse(403, "wrong token", "use the URL medigan-iso explore printed")
                 return
             rest = urlencode([(k, v) for k, v in query if k != "token"])
-            location = path + (f"?{rest}" if rest else "")
+            # The raw (still percent-encoded) path: a decoded CR/LF never reaches a header. One leading
+            # slash: "//evil.example" would be a redirect to another host.
+            raw = scope.get("raw_path") or quote(path).encode("ascii")
+            location = "/" + raw.decode("latin-1").lstrip("/") + (f"?{rest}" if rest else "")
             cookie = (
                 f"{self.policy.cookie_name}={self.policy.cookie_value}; Path=/; HttpOnly; SameSite=Strict"
             )
