@@ -152,6 +152,10 @@ def test_request_bodies_and_counts_are_capped(server: ExploreServer) -> None:
         url, data=chunks, headers={**AUTH, "content-type": "application/json"}, timeout=60
     )
     assert response.status_code == 413
+    deep = requests.post(
+        url, data=b"[" * 200_000, headers={**AUTH, "content-type": "application/json"}, timeout=60
+    )
+    assert deep.status_code == 400 and deep.json()["error"].startswith("body: not JSON")
     cases = [
         ({"n": 1000}, "n"),
         ({"n": 0}, "n"),

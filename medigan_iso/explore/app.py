@@ -160,7 +160,7 @@ def create_app(explorer: Explorer, *, policy: AccessPolicy) -> AccessMiddleware:
             raise ExploreRequestError("content-type", "not application/json", remedy="send a JSON body")
         try:
             body = json.loads(await request.body())
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested deeper than json can go
             raise ExploreRequestError("body", "not JSON", remedy='send {"seed": 1, "n": 4}') from None
         sample_request = explorer.parse_sample_request(model_id, body)
         png = await run_in_threadpool(explorer.grid_png, model_id, sample_request)

@@ -322,7 +322,7 @@ class Explorer:
             if raw:
                 try:
                     body[field_name] = json.loads(raw)
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise ExploreRequestError(
                         name, "not JSON", remedy=f'pass {name}={{"key": value}} (URL-encoded JSON)'
                     ) from None
