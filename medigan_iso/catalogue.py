@@ -141,6 +141,7 @@ class ModelEntry:
     package_md5: str | None = None
     python_requires: str | None = None
     requirements_lock: str | None = None
+    dependencies_as_of: str | None = None  # ISO date or "latest" (see medigan_iso.envs.asof)
     is_bundled: bool = False
     sandbox: Mapping[str, Any] = field(default_factory=_empty_mapping, hash=False, repr=False)
     resources: Mapping[str, Any] = field(default_factory=_empty_mapping, hash=False, repr=False)
@@ -200,6 +201,7 @@ class ModelEntry:
             package_md5=str(md5).lower().removeprefix("md5:") if md5 else None,
             python_requires=execution.get("python_requires"),
             requirements_lock=execution.get("requirements_lock"),
+            dependencies_as_of=execution.get("dependencies_as_of"),
             is_bundled=is_bundled,
             sandbox=execution.get("sandbox") or _empty_mapping(),
             resources=execution.get("resources") or _empty_mapping(),

@@ -20,6 +20,7 @@ boundary that sees them, with ``raise ... from exc``.
     │   └── UnpinnedPackageError         a package has no (valid) pinned sha256 and the policy needs one
     ├── EnvError
     │   ├── ResolutionError              uv cannot resolve the model's requirements
+    │   │   └── DirectReferenceError     a catalogue dependency 'name @ url' that is not allowed
     │   ├── InterpreterNotFoundError     no interpreter satisfies the entry's python_requires
     │   ├── EnvBuildError                installing a resolved env failed
     │   └── EnvNotBuiltError             no env exists and building one was not allowed
@@ -63,6 +64,7 @@ __all__ = [
     "CatalogueValidationError",
     "ConfigKeyError",
     "ContributionError",
+    "DirectReferenceError",
     "EnvBuildError",
     "EnvError",
     "EnvNotBuiltError",
@@ -275,6 +277,20 @@ class ResolutionError(EnvError):
         self.offline_may_help = offline_may_help
         who = f"model {model_id}" if model_id else "requirements"
         super().__init__(f"cannot resolve {who}: {explanation.strip()}", remedy=remedy)
+
+
+class DirectReferenceError(ResolutionError):
+    """A catalogue entry's dependency is a direct reference (``name @ url``) that is not allowed."""
+
+    def __init__(self, model_id: str | None, dependency: str, why: str, *, remedy: str) -> None:
+        self.dependency = dependency
+        super().__init__(
+            model_id,
+            [dependency],
+            f"dependency {dependency!r} is a direct reference and {why}; installing it could run or copy "
+            "any file the URL names",
+            remedy=remedy,
+        )
 
 
 class InterpreterNotFoundError(EnvError):

@@ -129,6 +129,9 @@ class Session:
 
     ``strict`` is the strict supply-chain mode: the catalogue is validated strictly, every package must pin
     ``package_sha256`` and envs install hash-pinned wheels only (no sdist build script runs).
+
+    ``as_of`` (``YYYY-MM-DD`` or ``"latest"``) overrides every model's dependencies-as-of date (see
+    :mod:`medigan_iso.envs.asof`); None uses each entry's own.
     """
 
     def __init__(
@@ -145,8 +148,10 @@ class Session:
         max_consecutive_crashes: int = MAX_CONSECUTIVE_CRASHES,
         sandbox: str | SandboxConfig | None = None,
         strict: bool = False,
+        as_of: str | None = None,
     ) -> None:
         self._sandbox = resolve_policy(sandbox)
+        self._as_of = as_of
         self._strict = strict
         self._support: HostSupport | None = None
         self._gaps_warned = False

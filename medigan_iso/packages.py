@@ -41,8 +41,10 @@ import shutil
 import tempfile
 import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -134,6 +136,7 @@ class ModelPackage:
     model_file: Path  # root / (model_name + extension); may not exist for models that ignore it
     sha256: str  # of the archive, or tree_sha256 of the source directory
     custom_defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    newest_file_date: date | None = None  # of the archive's newest member (envs' as-of date source)
 
 
 # --- package layout --------------------------------------------------------------------------------
@@ -217,7 +220,35 @@ def _model_package(entry: PackageEntry, tree: Path, sha256: str) -> ModelPackage
         ),
         sha256=sha256,
         custom_defaults=MappingProxyType(custom),
+        newest_file_date=_read_newest_date(tree),
     )
+
+
+def _newest_date_file(tree: Path) -> Path:
+    return tree.with_name(f"{tree.name}.newest-file-date")
+
+
+def _read_newest_date(tree: Path) -> date | None:
+    with contextlib.suppress(OSError, ValueError):
+        return date.fromisoformat(_newest_date_file(tree).read_text(encoding="ascii").strip())
+    return None
+
+
+def _record_newest_date(archive: Path, tree: Path) -> None:
+    """Keep the date of the archive's newest member beside its tree (extraction does not keep mtimes).
+
+    Zip timestamps are local times without a zone; the day is what counts. 1980-01-01 (zip's epoch, which
+    reproducible-build tools write) is no date at all.
+    """
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            stamps = [info.date_time for info in zf.infolist() if info.date_time[0] > 1980]
+    except (OSError, zipfile.BadZipFile):
+        return
+    if stamps:
+        newest = max(stamps)
+        with contextlib.suppress(OSError):
+            _newest_date_file(tree).write_text(date(*newest[:3]).isoformat(), encoding="ascii")
 
 
 # --- sources ---------------------------------------------------------------------------------------
@@ -354,6 +385,7 @@ def _install_tree(archive: Path, sha: str, layout: CacheLayout, limits: ExtractL
                 logger.info("removing a leftover extraction %s", stale)
                 remove_tree(stale)
             safe_extract(archive, tree, limits=limits, read_only=True)
+            _record_newest_date(archive, tree)
     return tree
 
 

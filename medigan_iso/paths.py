@@ -79,6 +79,10 @@ class CacheLayout:
         """A cached resolution (the lock text) for resolution key ``rkey``."""
         return self.envs / ".resolved" / f"{rkey}.txt"
 
+    def interpreter_choice(self, ckey: str) -> Path:
+        """Which interpreter a dated resolution chose (the first whose compiled packages had wheels)."""
+        return self.envs / ".resolved" / f"{ckey}.python.json"
+
     def resolve_lock(self, rkey: str) -> Path:
         return self.locks / f"resolve-{rkey}.lock"
 

@@ -50,6 +50,7 @@ def _strict_entry() -> dict[str, Any]:
             "dependencies": ["numpy>=1.24", 'pillow; python_version >= "3.8"'],
             "generate_method": {"name": "generate", "args": {"base": [], "custom": {"scale": 2}}},
             "package_sha256": SHA,
+            "dependencies_as_of": "2026-11-30",
         },
         "selection": {"height": 64, "width": 64, "modality": ["MRI"]},
         "description": {"title": "demo"},

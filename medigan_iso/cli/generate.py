@@ -68,6 +68,12 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="give up when the model sends no batch for SECONDS (default 600; never a total limit)",
     )
+    parser.add_argument(
+        "--as-of",
+        metavar="DATE|latest",
+        help="resolve the model's dependencies as the index was on DATE (YYYY-MM-DD), or today's "
+        "with 'latest' (default: the model's own date, see `medigan-iso info MODEL`)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -126,6 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         install_dependencies=False if args.no_build else None,
         sandbox=args.sandbox,
         strict=args.strict,
+        as_of=args.as_of,
         **timeouts,
     ) as session:
         entry = session.resolve(args.model)

@@ -28,7 +28,9 @@ Modules, one job each: :mod:`.spec` (spec and lock inputs, the env key), :mod:`.
 :mod:`.building`, :mod:`.store` (stamps, listing, pruning) and :mod:`.ensure` (reuse or build).
 """
 
+from medigan_iso.envs.asof import AsOf, as_of_for, parse_loose_date
 from medigan_iso.envs.building import runner_sha256
+from medigan_iso.envs.check import ImportCheck, check_env, check_imports, failed_checks
 from medigan_iso.envs.ensure import BUILDERS, ensure_env
 from medigan_iso.envs.index import IndexSettings, index_settings
 from medigan_iso.envs.resolution import Resolution, resolve
@@ -55,8 +57,10 @@ __all__ = [
     "BUILDERS",
     "JUNK_REQUIREMENT_NAMES",
     "RUNNER_REQUIREMENTS",
+    "AsOf",
     "EnvInfo",
     "EnvSpec",
+    "ImportCheck",
     "IndexSettings",
     "Interpreter",
     "ModelEntryLike",
@@ -64,10 +68,15 @@ __all__ = [
     "PruneReport",
     "Resolution",
     "SpecLike",
+    "as_of_for",
+    "check_env",
+    "check_imports",
     "diff_stamps",
     "ensure_env",
+    "failed_checks",
     "index_settings",
     "list_envs",
+    "parse_loose_date",
     "prune_envs",
     "remove_env",
     "resolve",

@@ -37,7 +37,7 @@ from medigan_iso.envs._common import (
 )
 from medigan_iso.envs.index import IndexSettings, _redact
 from medigan_iso.envs.resolution import Resolution
-from medigan_iso.envs.spec import Interpreter, _locked_names, _Spec
+from medigan_iso.envs.spec import Interpreter, _date_args, _locked_names, _Spec
 from medigan_iso.envs.store import _site_packages, _valid_stamp
 from medigan_iso.envs.tools import _run_uv, _tool_env, _UvUnusable, python_argv
 from medigan_iso.errors import (
@@ -260,6 +260,9 @@ def _build(
                     "--cache-dir",
                     str(layout.uv_cache),
                     *settings.uv_args(constraints=False),
+                    # sdists in the lock build with build dependencies of the same era (setuptools
+                    # with pkg_resources for a 2021 visdom), as at resolution
+                    *_date_args(spec),
                 ]
                 # The lock pins every file by hash, so uv's cached index pages are as good as fresh ones;
                 # trying offline first skips ~0.25 s of index requests when every wheel is cached.
@@ -341,6 +344,7 @@ def _build(
                 "requirements": list(resolution.requirements),
                 "dropped": list(resolution.dropped),
                 "python_requires": spec.python_requires,
+                "as_of": resolution.as_of.as_json(),
                 "lock_origin": resolution.origin,
                 "lock_sha256": _sha256_text(resolution.lock),
                 "interpreter": interp.as_json(),

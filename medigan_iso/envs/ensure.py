@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,7 @@ from medigan_iso_runner.protocol import PROTOCOL_VERSION
 from medigan_iso.envs._common import STAMP_NAME, ProgressFn, _read_json, _sha256_text, _write_atomic
 from medigan_iso.envs.building import _build, _clear_stale, _refresh_runner, runner_sha256
 from medigan_iso.envs.index import IndexSettings, index_settings
-from medigan_iso.envs.interpreters import _find_interpreter
-from medigan_iso.envs.resolution import Resolution, _resolution_cache, _resolve
+from medigan_iso.envs.resolution import _resolve, cached_resolution
 from medigan_iso.envs.spec import SpecLike, _env_key, _normalise_spec, _Spec
 from medigan_iso.envs.store import ModelEnv, _model_env, _names_file, _record_use, _valid_stamp, diff_stamps
 from medigan_iso.envs.tools import _find_uv, _UvUnusable
@@ -52,6 +52,8 @@ def ensure_env(
     builder: str | None = None,
     progress: ProgressFn | None = None,
     strict: bool = False,
+    as_of: str | date | None = None,
+    package_date: date | None = None,
 ) -> ModelEnv:
     """Return a ready env for ``spec`` (a catalogue ModelEntry, an :class:`EnvSpec` or requirement strings).
 
@@ -64,7 +66,7 @@ def ensure_env(
     """
     if builder is not None and builder not in BUILDERS:
         raise ValueError(f"builder must be one of {BUILDERS}, not {builder!r}")
-    normalised = _normalise_spec(spec)
+    normalised = _normalise_spec(spec, as_of=as_of, package_date=package_date)
     layout = cache_layout(home).ensure()
     settings = index_settings(index_url=index_url, find_links=find_links, offline=offline)
     if strict:
@@ -125,7 +127,7 @@ def _ensure(
 ) -> ModelEnv:
     label = spec.name or ", ".join(spec.requirements)
     if not build:
-        cached = _cached_resolution_only(spec, layout=layout, settings=settings, uv=uv)
+        cached = cached_resolution(spec, layout=layout, settings=settings, uv=uv)
         if cached is None:
             raise EnvNotBuiltError(label)
         resolution = cached
@@ -133,7 +135,13 @@ def _ensure(
         if progress is not None:
             progress(f"resolving {label}")
         resolution = _resolve(spec, layout=layout, settings=settings, uv=uv, refresh=rebuild)
-    key = _env_key(resolution.lock, resolution.interpreter, builder, wheels_only=settings.wheels_only)
+    key = _env_key(
+        resolution.lock,
+        resolution.interpreter,
+        builder,
+        wheels_only=settings.wheels_only,
+        as_of=resolution.as_of,
+    )
     env_dir = layout.env_dir(key)
     current_runner = runner_sha256()
     stamp = None if rebuild else _valid_stamp(env_dir, key)
@@ -150,6 +158,7 @@ def _ensure(
                     "interpreter": resolution.interpreter.as_json(),
                     "protocol_version": PROTOCOL_VERSION,
                     "builder": builder,
+                    "as_of": resolution.as_of.as_json(),
                 }
                 reason = _build_reason(spec, preview, env_dir, key, layout, rebuild)
                 if reason != "new env":
@@ -176,21 +185,6 @@ def _ensure(
             _write_atomic(names, json.dumps({"name": spec.name, "key": key}))
     _record_use(env_dir, key, spec.name, layout)
     return _model_env(env_dir, key, stamp, layout)
-
-
-def _cached_resolution_only(
-    spec: _Spec, *, layout: CacheLayout, settings: IndexSettings, uv: Path | None
-) -> Resolution | None:
-    """The lock ``_resolve`` would return, without resolving: None when nothing is cached."""
-    if spec.given_lock is not None:
-        return _resolve(spec, layout=layout, settings=settings, uv=uv, refresh=False)
-    interp = _find_interpreter(spec.python_requires, name=spec.name, layout=layout)
-    cache = _resolution_cache(spec, interp, settings, uv, layout)
-    if not cache.is_file():
-        return None
-    return Resolution(
-        cache.read_text(encoding="utf-8"), interp, spec.requirements, spec.dropped, "resolved", True
-    )
 
 
 def _build_reason(

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 from pathlib import Path
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -35,12 +36,9 @@ def _pyenv_free_path() -> str:
     return os.pathsep.join(parts)
 
 
-def _find_interpreter(python_requires: str | None, *, name: str | None, layout: CacheLayout) -> Interpreter:
-    current = _current_interpreter()
-    if python_requires is None:
-        return current
+def _specifier(python_requires: str, name: str | None) -> SpecifierSet:
     try:
-        specifier = SpecifierSet(python_requires)
+        return SpecifierSet(python_requires)
     except InvalidSpecifier:
         specifier = SpecifierSet(
             f"=={python_requires}.*" if re.fullmatch(r"\d+(\.\d+)*", python_requires) else ""
@@ -49,6 +47,14 @@ def _find_interpreter(python_requires: str | None, *, name: str | None, layout: 
             raise InterpreterNotFoundError(
                 name, python_requires, detail="not a valid version specifier (e.g. '>=3.8,<3.12')"
             ) from None
+        return specifier
+
+
+def _find_interpreter(python_requires: str | None, *, name: str | None, layout: CacheLayout) -> Interpreter:
+    current = _current_interpreter()
+    if python_requires is None:
+        return current
+    specifier = _specifier(python_requires, name)
     if current.version in specifier:
         return current
     cache_file = layout.interpreters_file
@@ -83,3 +89,102 @@ def _find_interpreter(python_requires: str | None, *, name: str | None, layout: 
 
 
 # --- resolution ------------------------------------------------------------------------------------
+
+
+# --- interpreters of a model's era -----------------------------------------------------------------
+
+MIN_RUNNER_PYTHON = (3, 7)  # the runner's oldest supported Python
+CONDA_ROOTS = ("~/miniconda3", "~/anaconda3", "~/miniforge3", "~/mambaforge", "/opt/conda")
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", version)[:3])
+
+
+def _candidate_paths(uv: Path | None) -> list[Path]:
+    """Every interpreter executable this machine offers: PATH, pyenv, uv-managed, conda."""
+    found: list[Path] = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        if not directory or directory.endswith("shims"):
+            continue
+        with contextlib.suppress(OSError):
+            found += sorted(
+                p for p in Path(directory).glob("python3*") if re.fullmatch(r"python3(\.\d+)?", p.name)
+            )
+    pyenv = Path(os.environ.get("PYENV_ROOT", "~/.pyenv")).expanduser() / "versions"
+    with contextlib.suppress(OSError):
+        found += sorted(pyenv.glob("*/bin/python3"))
+    if uv is not None:
+        with contextlib.suppress(_UvUnusable, OSError):
+            out = _run_uv(uv, ["python", "dir"], capture_output=True, env=_tool_env(), timeout=30)
+            if out.returncode == 0 and out.stdout.strip():
+                found += sorted(Path(out.stdout.strip()).glob("*/bin/python3"))
+    conda_roots = [Path(r).expanduser() for r in CONDA_ROOTS]
+    if os.environ.get("CONDA_EXE"):
+        conda_roots.append(Path(os.environ["CONDA_EXE"]).parent.parent)
+    listed = Path("~/.conda/environments.txt").expanduser()
+    with contextlib.suppress(OSError):
+        conda_roots += [Path(line.strip()) for line in listed.read_text().splitlines() if line.strip()]
+    for root in conda_roots:
+        found.append(root / "bin" / "python3")
+        with contextlib.suppress(OSError):
+            found += sorted(root.glob("envs/*/bin/python3"))
+    unique: list[Path] = []
+    for path in found:
+        if path not in unique and path.is_file() and os.access(path, os.X_OK):
+            unique.append(path)
+    return unique
+
+
+def discover_interpreters(layout: CacheLayout) -> list[Interpreter]:
+    """CPython interpreters the runner supports (>= 3.7), one per version, newest first.
+
+    Probing starts each candidate with ``-I -S``; results are cached by path and modification time.
+    """
+    cache = _read_json(layout.interpreters_file) or {}
+    probed = cache.get("probed") if isinstance(cache.get("probed"), dict) else {}
+    assert isinstance(probed, dict)
+    by_version: dict[str, Interpreter] = {}
+    changed = False
+    current = _current_interpreter()
+    for path in [current.path, *_candidate_paths(_find_uv())]:
+        try:
+            real = path.resolve(strict=True)
+            stamp = f"{real}:{real.stat().st_mtime_ns}"
+        except OSError:
+            continue
+        hit = probed.get(str(path))
+        if isinstance(hit, dict) and hit.get("stamp") == stamp:
+            interp = Interpreter(path, hit["version"], hit["implementation"], hit["platform"])
+        else:
+            try:
+                interp = _probe(path)
+            except (OSError, ValueError, subprocess.CalledProcessError):
+                continue
+            probed[str(path)] = {**interp.as_json(), "stamp": stamp}
+            changed = True
+        if interp.implementation != "cpython" or _version_tuple(interp.version)[:2] < MIN_RUNNER_PYTHON:
+            continue
+        by_version.setdefault(interp.minor, interp)
+    if changed:
+        with contextlib.suppress(OSError):
+            layout.interpreters_file.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(layout.interpreters_file, json.dumps({**cache, "probed": probed}, indent=2))
+    return sorted(by_version.values(), key=lambda i: _version_tuple(i.version), reverse=True)
+
+
+def era_candidates(
+    python_requires: str | None, *, name: str | None, layout: CacheLayout
+) -> list[Interpreter]:
+    """Interpreters to try for a dated resolution, in order: the host's own (when it fits), then the
+    others newest first. Raises InterpreterNotFoundError when none fits ``python_requires``."""
+    specifier = _specifier(python_requires, name) if python_requires else SpecifierSet()
+    found = [i for i in discover_interpreters(layout) if i.version in specifier]
+    current = _current_interpreter()
+    host = [i for i in found if i.minor == current.minor]
+    ordered = host + [i for i in found if i.minor != current.minor]
+    if not ordered:
+        raise InterpreterNotFoundError(
+            name, python_requires or ">=3.7", detail="no interpreter on this machine"
+        )
+    return ordered

@@ -21,22 +21,21 @@ import filelock
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from medigan_iso.envs._common import KEY_LENGTH_HEX, TMP_PREFIX, _sha256_text, _write_atomic
+from medigan_iso.envs._common import KEY_LENGTH_HEX, TMP_PREFIX, _read_json, _sha256_text, _write_atomic
+from medigan_iso.envs.asof import NO_DATE, AsOf
 from medigan_iso.envs.index import IndexSettings, index_settings
-from medigan_iso.envs.interpreters import _find_interpreter
+from medigan_iso.envs.interpreters import MIN_RUNNER_PYTHON, _find_interpreter, _version_tuple, era_candidates
 from medigan_iso.envs.spec import (
     RUNNER_REQUIREMENTS,
     Interpreter,
     SpecLike,
+    _date_args,
     _locked_names,
     _normalise_spec,
     _Spec,
 )
 from medigan_iso.envs.tools import _find_uv, _run_uv, _tool_env, _UvUnusable
-from medigan_iso.errors import (
-    EnvBuildError,
-    ResolutionError,
-)
+from medigan_iso.errors import EnvBuildError, InterpreterNotFoundError, ResolutionError
 from medigan_iso.paths import CacheLayout, cache_layout
 
 logger = logging.getLogger(__name__)
@@ -65,6 +64,7 @@ class Resolution:
     dropped: tuple[str, ...]
     origin: str  # "resolved" | "given"
     from_cache: bool
+    as_of: AsOf = NO_DATE
 
 
 def _looks_like_network_error(text: str) -> bool:
@@ -81,12 +81,43 @@ def _clean_uv_message(stderr: str) -> str:
     return "\n".join(lines) or stderr.strip()
 
 
+# Distributions with compiled code: an era resolution must find a wheel of them for the interpreter, never
+# build one from source (numpy 1.21 has no wheel for 3.11: use 3.9 rather than compile it for 20 minutes).
+COMPILED_PACKAGES = (
+    "numpy",
+    "scipy",
+    "torch",
+    "torchvision",
+    "torchaudio",
+    "opencv-python",
+    "opencv-python-headless",
+    "opencv-contrib-python",
+    "opencv-contrib-python-headless",
+    "scikit-image",
+    "scikit-learn",
+    "pandas",
+    "h5py",
+    "grpcio",
+    "matplotlib",
+    "pillow",
+    "lmdb",
+    "kiwisolver",
+    "pywavelets",
+    "contourpy",
+    "tokenizers",
+    "tensorflow",
+    "tensorflow-cpu",
+)
+
+
 def _compile(
     uv: Path,
-    requirements: Sequence[str],
+    spec: _Spec,
     interp: Interpreter,
     settings: IndexSettings,
     layout: CacheLayout,
+    *,
+    only_binary: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     args = [
         "pip",
@@ -101,11 +132,14 @@ def _compile(
         "--cache-dir",
         str(layout.uv_cache),
         *settings.uv_args(),
+        *_date_args(spec),
     ]
+    for name in only_binary:
+        args += ["--only-binary", name]
     return _run_uv(
         uv,
         args,
-        input="\n".join(requirements) + "\n",
+        input="\n".join(spec.requirements) + "\n",
         capture_output=True,
         env=_tool_env(settings),
         cwd=layout.envs,
@@ -172,14 +206,21 @@ def _resolution_error(
 
 
 def _resolve_with_uv(
-    uv: Path, spec: _Spec, interp: Interpreter, settings: IndexSettings, layout: CacheLayout
+    uv: Path,
+    spec: _Spec,
+    interp: Interpreter,
+    settings: IndexSettings,
+    layout: CacheLayout,
+    *,
+    only_binary: Sequence[str] = (),
 ) -> str:
-    out = _compile(uv, spec.requirements, interp, settings, layout)
+    out = _compile(uv, spec, interp, settings, layout, only_binary=only_binary)
     if out.returncode == 0:
         return out.stdout
 
     def offline_retry() -> bool:
-        retry = _compile(uv, spec.requirements, interp, dataclasses.replace(settings, offline=True), layout)
+        offline = dataclasses.replace(settings, offline=True)
+        retry = _compile(uv, spec, interp, offline, layout, only_binary=only_binary)
         return retry.returncode == 0
 
     raise _resolution_error(spec, out, offline_retry, settings)
@@ -274,11 +315,112 @@ def _resolution_cache(
                 "interpreter": [interp.implementation, interp.version, interp.platform],
                 "index": settings.fingerprint(),
                 "resolver": "uv" if uv else "pip",
-            },
+            }
+            | ({"as_of": spec.as_of.label, "undated": spec.undated} if spec.as_of.date else {}),
             sort_keys=True,
         )
     )[: KEY_LENGTH_HEX * 2]
     return layout.resolved_lock(rkey)
+
+
+def _given(spec: _Spec, interp: Interpreter) -> Resolution:
+    assert spec.given_lock is not None
+    missing = {canonicalize_name(Requirement(r).name) for r in RUNNER_REQUIREMENTS} - _locked_names(
+        spec.given_lock
+    )
+    if missing:
+        raise ResolutionError(
+            spec.name,
+            spec.requirements,
+            f"the requirements_lock ({spec.lock_origin}) lacks the runner's {', '.join(sorted(missing))}",
+            remedy="add them to the lock (`uv pip compile --generate-hashes` with msgpack and numpy)",
+        )
+    return Resolution(spec.given_lock, interp, spec.requirements, spec.dropped, "given", from_cache=False)
+
+
+def _resolution(spec: _Spec, lock: str, interp: Interpreter, *, from_cache: bool) -> Resolution:
+    return Resolution(lock, interp, spec.requirements, spec.dropped, "resolved", from_cache, spec.as_of)
+
+
+def _resolve_on(
+    spec: _Spec,
+    interp: Interpreter,
+    *,
+    layout: CacheLayout,
+    settings: IndexSettings,
+    uv: Path | None,
+    refresh: bool,
+    only_binary: Sequence[str] = (),
+) -> Resolution:
+    """Resolve ``spec`` for ``interp`` (cached by requirements, interpreter, index, date, resolver)."""
+    cache = _resolution_cache(spec, interp, settings, uv, layout)
+    rkey = cache.stem
+    if not refresh and cache.is_file():
+        return _resolution(spec, cache.read_text(encoding="utf-8"), interp, from_cache=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(layout.resolve_lock(rkey))):
+        if not refresh and cache.is_file():
+            return _resolution(spec, cache.read_text(encoding="utf-8"), interp, from_cache=True)
+        started = time.monotonic()
+        if uv is not None:
+            lock = _resolve_with_uv(uv, spec, interp, settings, layout, only_binary=only_binary)
+        else:
+            if spec.as_of.date is not None:
+                logger.warning(
+                    "%s: resolving without uv, so the as-of date %s cannot hold versions back",
+                    spec.name or "env",
+                    spec.as_of.label,
+                )
+            lock = _resolve_with_pip(spec, interp, settings, layout)
+        logger.info("resolved %s in %.1f s", spec.name or "env", time.monotonic() - started)
+        _write_atomic(cache, lock)
+    return _resolution(spec, lock, interp, from_cache=False)
+
+
+def _choice_key(spec: _Spec, settings: IndexSettings, uv: Path | None) -> str:
+    return _sha256_text(
+        json.dumps(
+            {
+                "requirements": spec.requirements,
+                "python_requires": spec.python_requires,
+                "as_of": spec.as_of.label,
+                "undated": spec.undated,
+                "index": settings.fingerprint(),
+                "resolver": "uv" if uv else "pip",
+            },
+            sort_keys=True,
+        )
+    )[: KEY_LENGTH_HEX * 2]
+
+
+def _cached_dated(
+    spec: _Spec, *, layout: CacheLayout, settings: IndexSettings, uv: Path | None
+) -> Resolution | None:
+    known = _read_json(layout.interpreter_choice(_choice_key(spec, settings, uv)))
+    if known is None or not Path(str(known.get("path"))).exists():
+        return None
+    interp = Interpreter(Path(known["path"]), known["version"], known["implementation"], known["platform"])
+    cached = _resolution_cache(spec, interp, settings, uv, layout)
+    if not cached.is_file():
+        return None
+    return _resolution(spec, cached.read_text(encoding="utf-8"), interp, from_cache=True)
+
+
+def cached_resolution(
+    spec: _Spec, *, layout: CacheLayout, settings: IndexSettings, uv: Path | None
+) -> Resolution | None:
+    """The lock ``_resolve`` would return, without resolving: None when nothing is cached."""
+    if spec.given_lock is not None or spec.as_of.date is None or uv is None:
+        interp = _find_interpreter(spec.python_requires, name=spec.name, layout=layout)
+        if spec.given_lock is not None:
+            return _given(spec, interp)
+        cache = _resolution_cache(spec, interp, settings, uv, layout)
+        return (
+            _resolution(spec, cache.read_text(encoding="utf-8"), interp, from_cache=True)
+            if cache.is_file()
+            else None
+        )
+    return _cached_dated(spec, layout=layout, settings=settings, uv=uv)
 
 
 def _resolve(
@@ -289,40 +431,63 @@ def _resolve(
     uv: Path | None,
     refresh: bool,
 ) -> Resolution:
-    interp = _find_interpreter(spec.python_requires, name=spec.name, layout=layout)
-    if spec.given_lock is not None:
-        missing = {canonicalize_name(Requirement(r).name) for r in RUNNER_REQUIREMENTS} - _locked_names(
-            spec.given_lock
-        )
-        if missing:
-            raise ResolutionError(
-                spec.name,
-                spec.requirements,
-                f"the requirements_lock ({spec.lock_origin}) lacks the runner's {', '.join(sorted(missing))}",
-                remedy="add them to the lock (`uv pip compile --generate-hashes` with msgpack and numpy)",
+    if spec.given_lock is not None or spec.as_of.date is None or uv is None:
+        interp = _find_interpreter(spec.python_requires, name=spec.name, layout=layout)
+        if spec.given_lock is not None:
+            return _given(spec, interp)
+        return _resolve_on(spec, interp, layout=layout, settings=settings, uv=uv, refresh=refresh)
+    # A dated resolution: the first interpreter (the host's, then the newest) for which every compiled
+    # package has a wheel of that era.
+    choice = layout.interpreter_choice(_choice_key(spec, settings, uv))
+    if not refresh:
+        known = _cached_dated(spec, layout=layout, settings=settings, uv=uv)
+        if known is not None:
+            return known
+    tried: list[str] = []
+    first_error: ResolutionError | None = None
+    candidates = era_candidates(spec.python_requires, name=spec.name, layout=layout)
+    for interp in candidates:
+        try:
+            resolution = _resolve_on(
+                spec,
+                interp,
+                layout=layout,
+                settings=settings,
+                uv=uv,
+                refresh=refresh,
+                only_binary=COMPILED_PACKAGES,
             )
-        return Resolution(spec.given_lock, interp, spec.requirements, spec.dropped, "given", from_cache=False)
-    cache = _resolution_cache(spec, interp, settings, uv, layout)
-    rkey = cache.stem
-    if not refresh and cache.is_file():
-        return Resolution(
-            cache.read_text(encoding="utf-8"), interp, spec.requirements, spec.dropped, "resolved", True
-        )
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with filelock.FileLock(str(layout.resolve_lock(rkey))):
-        if not refresh and cache.is_file():
-            return Resolution(
-                cache.read_text(encoding="utf-8"), interp, spec.requirements, spec.dropped, "resolved", True
+        except ResolutionError as exc:
+            if exc.offline_may_help is not None:  # a network failure: another interpreter will not help
+                raise
+            first_error = first_error or exc
+            reason = next((ln for ln in exc.explanation.splitlines() if "hint" not in ln), "").strip()
+            tried.append(f"Python {interp.minor}: {reason[:200]}")
+            logger.info("%s as of %s: not on Python %s", spec.name or "env", spec.as_of.label, interp.minor)
+            continue
+        choice.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(choice, json.dumps(interp.as_json()))
+        if interp.minor != candidates[0].minor:
+            logger.info(
+                "%s: dependencies as of %s need Python %s (%s)",
+                spec.name or "env",
+                spec.as_of.label,
+                interp.minor,
+                "; ".join(tried),
             )
-        started = time.monotonic()
-        lock = (
-            _resolve_with_uv(uv, spec, interp, settings, layout)
-            if uv is not None
-            else _resolve_with_pip(spec, interp, settings, layout)
+        return resolution
+    assert first_error is not None
+    oldest = min(candidates, key=lambda i: _version_tuple(i.version))
+    major, minor = _version_tuple(oldest.version)[:2]
+    if (major, minor - 1) >= MIN_RUNNER_PYTHON:
+        raise InterpreterNotFoundError(
+            spec.name,
+            f"{major}.{minor - 1}",
+            detail=f"the dependencies as of {spec.as_of.describe()} resolve with wheels on none of the "
+            "interpreters here (an older one may work; `--as-of latest` resolves today's versions):\n  "
+            + "\n  ".join(tried),
         )
-        logger.info("resolved %s in %.1f s", spec.name or "env", time.monotonic() - started)
-        _write_atomic(cache, lock)
-    return Resolution(lock, interp, spec.requirements, spec.dropped, "resolved", from_cache=False)
+    raise first_error
 
 
 def resolve(

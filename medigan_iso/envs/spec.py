@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -16,9 +17,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from medigan_iso.envs._common import KEY_LENGTH_HEX, _sha256_text
-from medigan_iso.errors import (
-    ResolutionError,
-)
+from medigan_iso.envs.asof import NO_DATE, SETUPTOOLS_WITHOUT_PKG_RESOURCES, AsOf, as_of_for
+from medigan_iso.errors import DirectReferenceError, ResolutionError
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,10 @@ RUNNER_REQUIREMENTS = ("msgpack>=1.0", "numpy")
 # Names that appear in upstream medigan dependency lists but are stdlib/typing names, not distributions
 # (`Path`, `Union`), or a Python-2-era backport that breaks Python 3 (`pathlib`).
 JUNK_REQUIREMENT_NAMES = frozenset({"path", "union", "pathlib"})
+# Resolution never holds these back to a model's as-of date: the runner needs msgpack>=1.0 (2020) even in
+# a 2019 env. numpy, the runner's other need, is the model's too and follows the model's era.
+RUNNER_UNDATED = ("msgpack",)
+_HASH_FRAGMENT = re.compile(r"[#&]sha256=[0-9a-fA-F]{64}\b")
 
 
 @runtime_checkable
@@ -51,6 +55,7 @@ class EnvSpec:
     python_requires: str | None = None
     requirements_lock: str | None = None
     name: str | None = None
+    as_of: str | None = None  # ISO date or "latest"; None: no cut-off (requirement lists have no date)
 
 
 SpecLike = ModelEntryLike | EnvSpec | Sequence[str]
@@ -64,6 +69,8 @@ class _Spec:
     python_requires: str | None
     given_lock: str | None
     lock_origin: str | None  # for messages: where a given lock came from
+    as_of: AsOf = NO_DATE
+    undated: tuple[str, ...] = ()  # distributions resolution does not hold back to ``as_of``
 
 
 @dataclass(frozen=True)
@@ -92,13 +99,18 @@ class Interpreter:
         }
 
 
-def _normalise_spec(spec: SpecLike) -> _Spec:
+def _normalise_spec(
+    spec: SpecLike, *, as_of: str | date | None = None, package_date: date | None = None
+) -> _Spec:
+    """Validate and canonicalise ``spec``; ``as_of`` overrides its date, ``package_date`` is the newest
+    file of its fetched package (a date source after ``execution.dependencies_as_of``)."""
     if isinstance(spec, str | bytes):
         raise TypeError(
             f"ensure_env got the string {spec!r}; pass a list of requirement strings, an EnvSpec "
             "or a catalogue ModelEntry"
         )
     catalogue_dir: Path | None = None
+    is_entry = False
     if isinstance(spec, EnvSpec):
         name, raw, python_requires, lock = (
             spec.name,
@@ -116,6 +128,7 @@ def _normalise_spec(spec: SpecLike) -> _Spec:
             spec.requirements_lock,
         )
         catalogue_dir = getattr(spec, "catalogue_dir", None)
+        is_entry = True
     else:
         name, raw, python_requires, lock = None, spec, None, None
     kept: dict[str, str] = {}
@@ -135,6 +148,8 @@ def _normalise_spec(spec: SpecLike) -> _Spec:
         if canonicalize_name(req.name) in JUNK_REQUIREMENT_NAMES:
             dropped.append(text)
             continue
+        if req.url and is_entry:
+            _check_direct_reference(name, text, req.url, catalogue_dir)
         kept.setdefault(str(req), str(req))
     if dropped:
         logger.warning(
@@ -144,6 +159,32 @@ def _normalise_spec(spec: SpecLike) -> _Spec:
             ", ".join(repr(d) for d in dropped),
         )
     given, origin = _load_given_lock(lock, catalogue_dir) if lock else (None, None)
+    if is_entry or isinstance(spec, EnvSpec):
+        try:
+            dated = as_of_for(spec, override=as_of, package_date=package_date)
+        except ValueError as exc:
+            raise ResolutionError(
+                name, list(raw), str(exc), remedy="write the date as YYYY-MM-DD, or 'latest'"
+            ) from exc
+    else:
+        dated = as_of_for(None, override=as_of)
+    if dated.date is None and is_entry and as_of is None:
+        logger.warning(
+            "%s: the entry has no date (execution.dependencies_as_of, description.provided_date or "
+            "selection.year); resolving against the index as it is today",
+            name,
+        )
+    if dated.date is not None and dated.date < SETUPTOOLS_WITHOUT_PKG_RESOURCES:
+        # pip-made envs of that era always had setuptools, and their packages import pkg_resources
+        kept.setdefault("setuptools", "setuptools")
+    # An exact pin names its version itself; the cut-off only chooses among the open ones. (It also keeps
+    # a pinned local wheel usable: files in find-links folders have no upload date, and uv excludes
+    # undated files under a cut-off.)
+    undated = set(RUNNER_UNDATED)
+    for text in kept:
+        req = Requirement(text)
+        if any(s.operator in {"==", "==="} and "*" not in s.version for s in req.specifier):
+            undated.add(canonicalize_name(req.name))
     return _Spec(
         name=name,
         requirements=tuple(sorted(kept)),
@@ -151,7 +192,42 @@ def _normalise_spec(spec: SpecLike) -> _Spec:
         python_requires=python_requires or None,
         given_lock=given,
         lock_origin=origin,
+        as_of=dated,
+        undated=tuple(sorted(undated)) if dated.date is not None else (),
     )
+
+
+UNDATED_CUTOFF = "2100-01-01T00:00:00Z"  # "no cut-off" for one package under a global cut-off
+
+
+def _date_args(spec: _Spec) -> list[str]:
+    """uv flags that hold resolution back to the spec's as-of date (none without a date)."""
+    if spec.as_of.cutoff is None:
+        return []
+    args = ["--exclude-newer", spec.as_of.cutoff]
+    for name in spec.undated:
+        args += ["--exclude-newer-package", f"{name}={UNDATED_CUTOFF}"]
+    return args
+
+
+def _check_direct_reference(name: str | None, text: str, url: str, catalogue_dir: Path | None) -> None:
+    """A catalogue entry's ``name @ url`` dependency installs whatever the URL names (a local file, a
+    repository): allowed only from a local catalogue file and only when pinned by sha256."""
+    if catalogue_dir is None:
+        raise DirectReferenceError(
+            name,
+            text,
+            "the catalogue is not a local file",
+            remedy="ask the catalogue's maintainer for a requirement by name and version (e.g. 'pkg==1.2'),"
+            " or copy the entry into a local catalogue file and pin the URL with '#sha256=...'",
+        )
+    if not _HASH_FRAGMENT.search(url):
+        raise DirectReferenceError(
+            name,
+            text,
+            "the URL is not pinned by hash",
+            remedy="append '#sha256=<the file's sha256>' to the URL in the local catalogue",
+        )
 
 
 def _load_given_lock(lock: str, catalogue_dir: Path | None) -> tuple[str, str]:
@@ -187,7 +263,9 @@ def _locked_names(lock: str) -> set[str]:
 # --- uv and interpreters ---------------------------------------------------------------------------
 
 
-def _env_key(lock: str, interp: Interpreter, builder: str, *, wheels_only: bool = False) -> str:
+def _env_key(
+    lock: str, interp: Interpreter, builder: str, *, wheels_only: bool = False, as_of: AsOf | None = None
+) -> str:
     canonical = "\n".join(line.rstrip() for line in lock.strip().splitlines())
     fields: dict[str, Any] = {
         "lock": canonical,
@@ -198,6 +276,8 @@ def _env_key(lock: str, interp: Interpreter, builder: str, *, wheels_only: bool 
     }
     if wheels_only:  # only then: keys of envs built before strict mode existed stay the same
         fields["wheels_only"] = True
+    if as_of is not None and as_of.date is not None:  # likewise: undated envs keep their keys
+        fields["as_of"] = as_of.label
     material = json.dumps(fields, sort_keys=True)
     return _sha256_text(material)[:KEY_LENGTH_HEX]
 

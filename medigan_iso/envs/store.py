@@ -47,6 +47,8 @@ class ModelEnv:
     log_path: Path
     python_version: str
     builder: str  # "uv" | "virtualenv"
+    as_of: str = "latest"  # the dependencies' as-of date (ISO) or "latest"
+    as_of_source: str = ""  # where that date came from
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class EnvInfo:
     models: tuple[str, ...]
     builder: str | None
     python_version: str | None
+    as_of: str | None = None  # ISO date or "latest"; None for envs stamped before as-of dates existed
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,10 @@ def diff_stamps(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
         changes.append(f"runner protocol {old.get('protocol_version')} -> {new.get('protocol_version')}")
     if old.get("builder") != new.get("builder"):
         changes.append(f"builder {old.get('builder')} -> {new.get('builder')}")
+    old_date = (old.get("as_of") or {}).get("date", "latest")
+    new_date = (new.get("as_of") or {}).get("date", "latest")
+    if old_date != new_date:
+        changes.append(f"dependencies as of {old_date} -> {new_date}")
     return changes
 
 
@@ -147,6 +154,8 @@ def _model_env(env_dir: Path, key: str, stamp: Mapping[str, Any], layout: CacheL
         log_path=layout.env_log(key),
         python_version=str(stamp["interpreter"]["version"]),
         builder=str(stamp["builder"]),
+        as_of=str((stamp.get("as_of") or {}).get("date", "latest")),
+        as_of_source=str((stamp.get("as_of") or {}).get("source", "")),
     )
 
 
@@ -177,6 +186,7 @@ def list_envs(*, home: str | os.PathLike[str] | None = None) -> list[EnvInfo]:
                 models=tuple(sorted(models)),
                 builder=stamp.get("builder") if stamp else None,
                 python_version=stamp["interpreter"]["version"] if stamp else None,
+                as_of=(stamp.get("as_of") or {}).get("date", "latest") if stamp else None,
             )
         )
     return infos
