@@ -15,6 +15,7 @@ from typing import Any
 
 from medigan_iso.api import ModelInfo, SearchResult, search
 from medigan_iso.catalogue import Catalogue, load_catalogue, read_catalogue_source, validate_catalogue
+from medigan_iso.envs.asof import as_of_for
 from medigan_iso.errors import CatalogueValidationError
 from medigan_iso.search import OPERATORS, ORDERS
 from medigan_iso.untrusted import neutralise
@@ -146,9 +147,14 @@ def _search_rows(results: Sequence[SearchResult], metric: str | None) -> tuple[l
 
 
 def _info(args: argparse.Namespace) -> int:
-    model = ModelInfo.from_entry(_catalogue(args).resolve(args.model))
+    entry = _catalogue(args).resolve(args.model)
+    model = ModelInfo.from_entry(entry)
+    try:
+        as_of = as_of_for(entry).describe()
+    except ValueError as exc:
+        as_of = f"invalid: {exc}"
     if args.json:
-        _print_json(model.to_dict())
+        _print_json({**model.to_dict(), "dependencies_as_of": as_of})
         return EXIT_OK
     size = "x".join(str(s) for s in model.image_size)
     fields = [
@@ -169,6 +175,7 @@ def _info(args: argparse.Namespace) -> int:
         ("package", model.package_link),
         ("sha256", model.package_sha256 or "(not pinned)"),
         ("dependencies", ", ".join(model.dependencies)),
+        ("dependencies as of", as_of),
         ("publication", model.publication or ""),
         ("doi", ", ".join(model.doi)),
         ("source", model.source),

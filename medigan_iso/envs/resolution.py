@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -461,7 +462,8 @@ def _resolve(
             if exc.offline_may_help is not None:  # a network failure: another interpreter will not help
                 raise
             first_error = first_error or exc
-            reason = next((ln for ln in exc.explanation.splitlines() if "hint" not in ln), "").strip()
+            lines = [ln.strip(" ╰─▶│") for ln in exc.explanation.splitlines() if ln.strip()]
+            reason = next((ln for ln in lines if "because" in ln.lower()), lines[0] if lines else "")
             tried.append(f"Python {interp.minor}: {reason[:200]}")
             logger.info("%s as of %s: not on Python %s", spec.name or "env", spec.as_of.label, interp.minor)
             continue
@@ -498,13 +500,14 @@ def resolve(
     find_links: Sequence[str | os.PathLike[str]] = (),
     offline: bool | None = None,
     refresh: bool = False,
+    as_of: str | date | None = None,
+    package_date: date | None = None,
 ) -> Resolution:
     """The lock ``ensure_env`` would build for ``spec`` (cached; ``refresh=True`` resolves again)."""
     layout = cache_layout(home).ensure()
     settings = index_settings(index_url=index_url, find_links=find_links, offline=offline)
+    normalised = _normalise_spec(spec, as_of=as_of, package_date=package_date)
     try:
-        return _resolve(
-            _normalise_spec(spec), layout=layout, settings=settings, uv=_find_uv(), refresh=refresh
-        )
+        return _resolve(normalised, layout=layout, settings=settings, uv=_find_uv(), refresh=refresh)
     except _UvUnusable:
-        return _resolve(_normalise_spec(spec), layout=layout, settings=settings, uv=None, refresh=refresh)
+        return _resolve(normalised, layout=layout, settings=settings, uv=None, refresh=refresh)
