@@ -16,7 +16,11 @@ import sys
 import traceback
 
 _DIST_INFO = re.compile(r"^(.+?)-([^-]+)\.dist-info$")
-_SKIP_TOP = re.compile(r"^(_+pycache_+|.*\.dist-info|.*\.data|.*\.egg-info|\.\.|bin|tests?|docs?|examples?)$")
+# Top-level names that are not the library: test suites, docs and examples some wheels ship by mistake
+# (pytorch-lightning 1.2's pl_examples even writes into site-packages when imported).
+_SKIP_TOP = re.compile(
+    r"^(_+pycache_+|.*\.dist-info|.*\.data|.*\.egg-info|\.\.|bin|tests?|docs?|(.*_)?examples?|benchmarks?)$"
+)
 
 
 def canonical(name):
@@ -50,6 +54,7 @@ def import_names(dist_info):
     names = []
     if text:
         names = [line.strip().replace("/", ".") for line in text.splitlines() if line.strip()]
+        names = [n for n in names if not _SKIP_TOP.match(n)]
     else:
         record = _read(os.path.join(dist_info, "RECORD")) or ""  # noqa: PTH118
         for line in record.splitlines():
