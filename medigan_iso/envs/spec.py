@@ -177,9 +177,8 @@ def _normalise_spec(
     if dated.date is not None and dated.date < SETUPTOOLS_WITHOUT_PKG_RESOURCES:
         # pip-made envs of that era always had setuptools, and their packages import pkg_resources
         kept.setdefault("setuptools", "setuptools")
-    # An exact pin names its version itself; the cut-off only chooses among the open ones. (It also keeps
-    # a pinned local wheel usable: files in find-links folders have no upload date, and uv excludes
-    # undated files under a cut-off.)
+    # An exact pin names its version itself (pytorch-lightning==1.4.7, a demo's torch==2.13.0); the cut-off
+    # only chooses among the open ones, and resolving an exact pin uploaded after it is not an error.
     undated = set(RUNNER_UNDATED)
     for text in kept:
         req = Requirement(text)
