@@ -225,7 +225,8 @@ def _model_package(entry: PackageEntry, tree: Path, sha256: str) -> ModelPackage
 
 
 def _newest_date_file(tree: Path) -> Path:
-    return tree.with_name(f"{tree.name}.newest-file-date")
+    """``packages/dates/<sha256>``: the newest member date of the archive extracted to ``trees/<sha256>``."""
+    return tree.parent.parent / "dates" / tree.name
 
 
 def _read_newest_date(tree: Path) -> date | None:
@@ -248,7 +249,9 @@ def _record_newest_date(archive: Path, tree: Path) -> None:
     if stamps:
         newest = max(stamps)
         with contextlib.suppress(OSError):
-            _newest_date_file(tree).write_text(date(*newest[:3]).isoformat(), encoding="ascii")
+            target = _newest_date_file(tree)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(date(*newest[:3]).isoformat(), encoding="ascii")
 
 
 # --- sources ---------------------------------------------------------------------------------------

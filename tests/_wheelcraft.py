@@ -23,7 +23,9 @@ def make_wheel(
     info = f"{dist}-{version}.dist-info"
     contents = {path: text.encode() for path, text in files.items()}
     contents[f"{info}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
-    contents[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: medigan-iso-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    contents[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: medigan-iso-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
     if top_level is not None:
         contents[f"{info}/top_level.txt"] = top_level.encode()
     record = "".join(f"{path},{_record_hash(data)}\n" for path, data in contents.items())

@@ -33,7 +33,7 @@ from medigan_iso.envs import (
     parse_loose_date,
     resolve,
 )
-from medigan_iso.errors import DirectReferenceError, ResolutionError
+from medigan_iso.errors import DirectReferenceError
 
 
 def _pins(lock: str) -> dict[str, str]:
@@ -209,8 +209,10 @@ def test_env_check_imports_every_declared_dependency_and_names_the_failing_line(
     assert "broken on purpose" in (broken.error or "")
     assert [r.distribution for r in failed_checks(list(rows.values()))] == ["broken-mod"]
     code = main(
-        ["env", "build", "--with", "fine-mod==1.0", "--with", "broken-mod==1.0", "--name", "check-me"]
-        + ["--find-links", str(links), "--check"]
+        [
+            *("env", "build", "--with", "fine-mod==1.0", "--with", "broken-mod==1.0", "--name", "check-me"),
+            *("--find-links", str(links), "--check"),
+        ]
     )
     out = capsys.readouterr()
     assert code == 1
@@ -331,3 +333,79 @@ def test_a_local_catalogue_may_use_a_direct_reference_only_when_pinned_by_hash(
     entry = load_catalogue([path], official_url="").resolve("00101_LOCAL")
     lock = resolve(entry, as_of="latest").lock
     assert "localref @ file://" in lock
+
+
+# --- confined builds (16: env builds run confined where bubblewrap works) ----------------------------------
+
+HOSTILE_SETUP = """
+import json, os
+from setuptools import setup
+evidence = {{"home": os.environ.get("HOME")}}
+try:
+    with open({marker!r}, "w") as handle:
+        handle.write("the build script wrote to the host")
+    evidence["wrote_host"] = True
+except Exception as exc:
+    evidence["wrote_host"] = repr(exc)
+try:
+    with open({secret!r}) as handle:
+        evidence["secret"] = handle.read()
+except Exception as exc:
+    evidence["secret"] = None
+try:
+    evidence["root_home"] = os.listdir("/root")
+except Exception as exc:
+    evidence["root_home"] = None
+with open("canary_evidence.py", "w") as handle:
+    handle.write("EVIDENCE = %r\\n" % json.dumps(evidence))
+setup(name="hostile-sdist", version="1.0", py_modules=["canary_evidence"])
+"""
+
+
+def _hostile_sdist(directory: Path, marker: Path, secret: Path) -> Path:
+    import io
+    import tarfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "hostile_sdist-1.0.tar.gz"
+    files = {
+        "hostile_sdist-1.0/setup.py": HOSTILE_SETUP.format(marker=str(marker), secret=str(secret)),
+        "hostile_sdist-1.0/PKG-INFO": "Metadata-Version: 2.1\nName: hostile-sdist\nVersion: 1.0\n",
+    }
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.bwrap
+def test_an_sdist_build_script_runs_confined_no_host_writes_no_home(
+    online: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medigan_iso.sandbox import probe_host
+
+    if probe_host().bwrap is None:
+        pytest.skip("bubblewrap cannot create namespaces here")
+    monkeypatch.setenv("MEDIGAN_ISO_SANDBOX", "auto")
+    marker = tmp_path / "host-marker"
+    secret = tmp_path / "fake-home" / ".netrc"
+    secret.parent.mkdir()
+    secret.write_text("machine index login me password hunter2")
+    links = _hostile_sdist(tmp_path / "links", marker, secret).parent
+    env = ensure_env(EnvSpec(["hostile-sdist==1.0"], name="hostile-sdist"), find_links=[links])
+    module = next(env.path.glob("lib/python*/site-packages/canary_evidence.py"))
+    evidence = json.loads(re.search(r"EVIDENCE = '(.*)'", module.read_text())[1])  # type: ignore[index]
+    assert not marker.exists()
+    assert evidence["wrote_host"] is not True
+    assert evidence["secret"] is None
+    assert evidence["root_home"] is None
+    assert evidence["home"] == "/tmp/home"
+    # control: with the sandbox off the same build script writes to the host and reads the secret
+    monkeypatch.setenv("MEDIGAN_ISO_SANDBOX", "off")
+    ensure_env(
+        EnvSpec(["hostile-sdist==1.0"], name="hostile-sdist-open"), home=tmp_path / "h2", find_links=[links]
+    )
+    assert marker.exists()

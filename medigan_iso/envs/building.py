@@ -39,7 +39,16 @@ from medigan_iso.envs.index import IndexSettings, _redact
 from medigan_iso.envs.resolution import Resolution
 from medigan_iso.envs.spec import Interpreter, _date_args, _locked_names, _Spec
 from medigan_iso.envs.store import _site_packages, _valid_stamp
-from medigan_iso.envs.tools import _run_uv, _tool_env, _UvUnusable, python_argv
+from medigan_iso.envs.tools import (
+    _run_uv,
+    _tool_env,
+    _UvUnusable,
+    build_confinement,
+    build_readables,
+    confined_run,
+    interpreter_root,
+    python_argv,
+)
 from medigan_iso.errors import (
     EnvBuildError,
 )
@@ -176,10 +185,18 @@ def _build(
     tmp = Path(tempfile.mkdtemp(dir=layout.envs, prefix=f"{TMP_PREFIX}{key}-{os.getpid()}-"))
     tmp.chmod(0o755)  # mkdtemp makes it 0700; runners in a sandbox may run as another user
     started = time.monotonic()
+    # Installing runs third-party code (an sdist's build backend): confined where bubblewrap works, with
+    # only this env, the uv cache and a private /tmp writable, and no home folder.
+    confinement = build_confinement()
+    readable = [
+        *build_readables(uv, interp.path, settings),
+        str(tmp.parent / f"{tmp.name}.lock.txt"),
+        os.fspath(interpreter_root(sys.executable)),  # virtualenv and pip, for the fallback builder
+    ]
     with log_path.open("a", encoding="utf-8") as log:
         log.write(
             f"=== medigan-iso env build {key} started {_now_iso()} pid {os.getpid()} builder {builder} "
-            f"python {interp.version} ({interp.path}) reason: {reason}\n"
+            f"python {interp.version} ({interp.path}) reason: {reason}; build {confinement.detail}\n"
         )
         log.flush()
 
@@ -191,13 +208,15 @@ def _build(
             )
             log.flush()
             try:
-                done = subprocess.run(
+                done = confined_run(
+                    confinement,
                     list(args),
+                    env=_tool_env(settings),
+                    writable=[tmp, layout.uv_cache],
+                    readable=readable,
+                    cwd=layout.envs,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    check=False,
-                    env=_tool_env(settings),
-                    cwd=layout.envs,
                 )
             except OSError as exc:
                 if builder == "uv":

@@ -35,7 +35,14 @@ from medigan_iso.envs.spec import (
     _normalise_spec,
     _Spec,
 )
-from medigan_iso.envs.tools import _find_uv, _run_uv, _tool_env, _UvUnusable
+from medigan_iso.envs.tools import (
+    _find_uv,
+    _tool_env,
+    _UvUnusable,
+    build_confinement,
+    build_readables,
+    confined_run,
+)
 from medigan_iso.errors import EnvBuildError, InterpreterNotFoundError, ResolutionError
 from medigan_iso.paths import CacheLayout, cache_layout
 
@@ -111,6 +118,21 @@ COMPILED_PACKAGES = (
 )
 
 
+# Distributions uv cannot install, kept out of every resolution (a constraint: nothing is added).
+# websocket-client 1.2.1's wheel has a directory under .data/scripts; uv refuses it as invalid (pip accepts
+# it). visdom of late 2021 depends on websocket-client and would get exactly that version.
+KNOWN_BROKEN = ("websocket-client!=1.2.1",)
+
+
+def _known_broken_file(layout: CacheLayout) -> Path:
+    path = layout.envs / ".constraints" / "known-broken.txt"
+    text = "".join(f"{line}\n" for line in KNOWN_BROKEN)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, text)
+    return path
+
+
 def _compile(
     uv: Path,
     spec: _Spec,
@@ -135,16 +157,26 @@ def _compile(
         *settings.uv_args(),
         *_date_args(spec),
     ]
+    known_broken = _known_broken_file(layout)
+    args += ["--constraint", str(known_broken)]
     for name in only_binary:
         args += ["--only-binary", name]
-    return _run_uv(
-        uv,
-        args,
-        input="\n".join(spec.requirements) + "\n",
-        capture_output=True,
-        env=_tool_env(settings),
-        cwd=layout.envs,
-    )
+    # resolving may build an sdist to read its metadata: its build backend runs confined
+    confinement = build_confinement()
+    try:
+        return confined_run(
+            confinement,
+            [str(uv), *args],
+            env=_tool_env(settings),
+            writable=[layout.uv_cache],
+            readable=[*build_readables(uv, interp.path, settings), str(known_broken)],
+            cwd=layout.envs,
+            input="\n".join(spec.requirements) + "\n",
+            capture_output=True,
+            text=True,
+        )
+    except OSError as exc:
+        raise _UvUnusable(f"{uv}: {exc}") from exc
 
 
 def _resolution_error(
@@ -316,6 +348,7 @@ def _resolution_cache(
                 "interpreter": [interp.implementation, interp.version, interp.platform],
                 "index": settings.fingerprint(),
                 "resolver": "uv" if uv else "pip",
+                "known_broken": KNOWN_BROKEN,
             }
             | ({"as_of": spec.as_of.label, "undated": spec.undated} if spec.as_of.date else {}),
             sort_keys=True,

@@ -4,6 +4,7 @@ directory, so no ``.pth`` file or ``sitecustomize`` of a dependency runs on the 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -12,12 +13,16 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from medigan_iso.envs.index import IndexSettings
 from medigan_iso.envs.spec import Interpreter
+from medigan_iso.errors import SandboxError
+from medigan_iso.sandbox import BWRAP_REMEDY, SYSTEM_DIRS, SYSTEM_FILES, probe_host, resolve_policy
 
 logger = logging.getLogger(__name__)
 
@@ -104,3 +109,172 @@ def _probe(path: Path) -> Interpreter:
     out = subprocess.run(python_argv(path, "-c", _PROBE), capture_output=True, text=True, check=True)
     impl, version, plat = json.loads(out.stdout)
     return Interpreter(path=path, version=version, implementation=impl, platform=plat)
+
+
+# --- confined builds -------------------------------------------------------------------------------
+
+# What a build may read besides the system dirs: name resolution and TLS roots. /etc is not bound whole
+# (netrc, pip.conf with index tokens, cloud credentials, /etc/shadow).
+BUILD_ETC_FILES = (
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/host.conf",
+    "/etc/gai.conf",
+    "/etc/services",
+    "/etc/protocols",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/pki",
+)
+BUILD_HOME = "/tmp/home"
+_BUILD_BWRAP_FLAGS = (
+    "--unshare-all",
+    "--share-net",  # the index: uv downloads, sdists fetch their build dependencies
+    "--unshare-user",
+    "--disable-userns",
+    "--die-with-parent",
+    "--new-session",
+    "--cap-drop",
+    "ALL",
+)
+_HOME_VARIABLES = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR")
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """How env builds run: inside bubblewrap (``bwrap`` set) or, where it cannot work, as they are."""
+
+    bwrap: str | None
+    detail: str
+
+    def wrap(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        writable: Iterable[Path | str],
+        readable: Iterable[Path | str] = (),
+    ) -> tuple[list[str], dict[str, str], str | None]:
+        """(argv, environment, cwd) that run ``argv`` confined: read-only system, writable only
+        ``writable`` (the env being built, the uv cache) and a private /tmp; no home folder."""
+        if self.bwrap is None:
+            return list(argv), dict(env), None
+        args = [self.bwrap, *_BUILD_BWRAP_FLAGS]
+        for path in SYSTEM_DIRS:
+            if os.path.islink(path):  # noqa: PTH114 - merged /usr: /lib -> usr/lib
+                args += ["--symlink", os.readlink(path), path]
+            elif os.path.isdir(path):  # noqa: PTH112
+                args += ["--ro-bind", path, path]
+        for path in (*SYSTEM_FILES, *BUILD_ETC_FILES):
+            real = os.path.realpath(path)
+            args += ["--ro-bind-try", real, path]
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", BUILD_HOME]
+        bound: list[str] = []
+        for path in _outermost([os.fspath(p) for p in readable]):
+            if os.path.exists(path):  # noqa: PTH110
+                args += ["--ro-bind", path, path]
+                bound.append(path)
+        for path in _outermost([os.fspath(p) for p in writable]):
+            Path(path).mkdir(parents=True, exist_ok=True)
+            args += ["--bind", path, path]
+        args += ["--chdir", "/tmp", "--"]
+        inner = dict(env)
+        for var in _HOME_VARIABLES:
+            inner.pop(var, None)
+        inner.update({"HOME": BUILD_HOME, "TMPDIR": "/tmp"})
+        return [*args, *argv], inner, None
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    """Absolute, real, deduplicated paths, dropping any inside another (bwrap binds in order)."""
+    real = sorted({os.path.realpath(p) for p in paths if p})
+    out: list[str] = []
+    for path in real:
+        if not any(path == o or path.startswith(o.rstrip("/") + "/") for o in out) and path != "/":
+            out.append(path)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_bwrap() -> tuple[str | None, str]:
+    support = probe_host()
+    layer = support.layers["bubblewrap"]
+    return support.bwrap, layer.detail
+
+
+def build_confinement() -> Confinement:
+    """The confinement of env builds under the sandbox policy in force (``$MEDIGAN_ISO_SANDBOX``).
+
+    ``off``: none. ``auto``: bubblewrap where it works, else none with one warning. ``require``: bubblewrap
+    or :class:`~medigan_iso.errors.SandboxError`.
+    """
+    policy = resolve_policy(None).policy
+    if policy == "off":
+        return Confinement(None, "sandbox policy off")
+    bwrap, detail = _probe_bwrap()
+    if bwrap is not None:
+        return Confinement(bwrap, "bubblewrap")
+    if policy == "require":
+        raise SandboxError("bubblewrap", f"env builds cannot be confined: {detail}", remedy=BWRAP_REMEDY)
+    _warn_unconfined(detail)
+    return Confinement(None, f"unconfined: {detail}")
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_unconfined(detail: str) -> None:
+    logger.warning(
+        "env builds run unconfined (bubblewrap: %s): an sdist's build script runs with your user's rights",
+        detail,
+    )
+
+
+def interpreter_root(python: Path | str) -> Path:
+    """The installation folder of an interpreter (``<root>/bin/python3``), for binding it read-only."""
+    real = Path(os.path.realpath(python))
+    return real.parent.parent
+
+
+def confined_run(
+    confinement: Confinement,
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    writable: Iterable[Path | str],
+    readable: Iterable[Path | str] = (),
+    cwd: Path | None = None,
+    **kwargs: Any,
+) -> subprocess.CompletedProcess[str]:
+    """subprocess.run of ``argv``, confined by ``confinement`` (cwd applies only unconfined)."""
+    full, inner_env, _ = confinement.wrap(argv, env, writable=writable, readable=readable)
+    return subprocess.run(
+        full,
+        env=inner_env,
+        cwd=cwd if confinement.bwrap is None else None,
+        check=False,
+        **kwargs,
+    )
+
+
+def _local_path(location: str) -> str | None:
+    if location.startswith("file://"):
+        return unquote(urlsplit(location).path)
+    if "://" in location:
+        return None
+    return os.path.abspath(os.path.expanduser(location))  # noqa: PTH100, PTH111
+
+
+def build_readables(uv: Path | None, python: Path, settings: IndexSettings) -> list[str]:
+    """What a confined build reads outside the system dirs: uv, the interpreter's installation and
+    local package sources (find-links folders, file:// indexes, constraint files, the CA bundle)."""
+    paths = [os.fspath(interpreter_root(python))]
+    if uv is not None:
+        paths.append(os.path.realpath(uv))
+    paths += [p for p in map(_local_path, settings.find_links) if p]
+    # a file:// simple index links its files relatively, usually beside it (<root>/simple, <root>/files)
+    indexes = [settings.index_url or "", *settings.extra_index_urls]
+    paths += [os.path.dirname(p.rstrip("/")) for p in map(_local_path, indexes) if p]  # noqa: PTH120
+    paths += [os.fspath(p) for p in settings.constraints]
+    for cert in (settings.cert, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")):
+        if cert:
+            paths.append(os.path.expanduser(cert))  # noqa: PTH111
+    return paths
