@@ -10,6 +10,7 @@ This module creates directories and the ``CACHEDIR.TAG`` file; it never deletes 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -96,9 +97,12 @@ class CacheLayout:
         return self.envs / ".interpreters.json"
 
     @property
-    def build_tmp(self) -> Path:
-        """Scratch space of env builds (the only writable place besides the env and the uv cache)."""
-        return self.envs / ".build-tmp"
+    def build_area(self) -> Path:
+        """Where envs are built before they are renamed into ``envs``: inside the uv cache, so a build
+        confined to one writable mount (the uv cache) can still hardlink wheel files into the env. One
+        folder per cache root: several roots may share a uv cache, and each prunes only its own."""
+        root_id = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:16]
+        return self.uv_cache / ".medigan-iso-builds" / root_id
 
     def runner_log(self, label: str) -> Path:
         return self.logs / f"runner-{label}.log"

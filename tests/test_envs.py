@@ -34,6 +34,7 @@ from medigan_iso.envs import (
     resolve,
 )
 from medigan_iso.errors import EnvBuildError, EnvNotBuiltError, InterpreterNotFoundError, ResolutionError
+from medigan_iso.paths import cache_layout
 
 NUMPY1 = EnvSpec(["numpy<2"], name="demo-numpy1")
 BUILD_HEADER = "=== medigan-iso env build"
@@ -258,21 +259,23 @@ def test_sigkill_mid_build_leaves_nothing_a_rebuild_trips_over(home: Path, onlin
         stderr=subprocess.DEVNULL,
     )
     envs = home / "envs"
+    # builds happen in the uv cache's build area (one mount with the cache), then move into envs/
+    area = cache_layout(home).build_area
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if any((p / "pyvenv.cfg").exists() for p in envs.glob(".tmp-*") if p.is_dir()):
+        if any((p / "pyvenv.cfg").exists() for p in area.glob(f".tmp-*-{proc.pid}-*") if p.is_dir()):
             break
         time.sleep(0.005)
     else:
         pytest.fail("the build never reached its temp dir")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    leftovers = [p for p in envs.glob(".tmp-*") if p.is_dir()]
+    leftovers = [p for p in area.glob(f".tmp-*-{proc.pid}-*") if p.is_dir()]
     assert leftovers, "the kill came after the build finished; nothing was tested"
     assert not [p for p in envs.iterdir() if not p.name.startswith(".")]
     env = ensure_env(reqs, home=home)
     assert run_in_env(env, "import six, numpy; print(numpy.__version__[0])") == "1"
-    assert not list(envs.glob(".tmp-*"))
+    assert not list(area.glob(".tmp-*")) and not list(envs.glob(".tmp-*"))
 
 
 def test_prune_removes_a_killed_builds_temp_dir(home: Path) -> None:
@@ -576,6 +579,7 @@ def test_a_failed_install_raises_with_the_log_tail_and_leaves_nothing(
     assert err.log_tail in str(err) and "medigan-iso env build 00010_BAD_HASH --rebuild" in str(err)
     assert [p.name for p in (home / "envs").iterdir() if not p.name.startswith(".")] == []
     assert not list((home / "envs").glob(".tmp-*"))
+    assert not list(cache_layout(home).build_area.glob(".tmp-*"))
 
 
 def test_prune_max_size_removes_least_recently_used_envs_first(home: Path, online: None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib.util
 import json
@@ -37,7 +38,7 @@ from medigan_iso.envs._common import (
 )
 from medigan_iso.envs.index import IndexSettings, _redact
 from medigan_iso.envs.resolution import Resolution
-from medigan_iso.envs.spec import Interpreter, _date_args, _locked_names, _Spec
+from medigan_iso.envs.spec import Interpreter, _date_args, _local_references, _locked_names, _Spec
 from medigan_iso.envs.store import _site_packages, _valid_stamp
 from medigan_iso.envs.tools import (
     _run_uv,
@@ -132,7 +133,14 @@ def _link_shared_bytecode(
         log.write(f"compiling bytecode into the uv cache for {len(cold)} wheel(s)\n")
         log.flush()
         subprocess.run(
-            python_argv(env_dir / "bin" / "python", "-m", "compileall", "-q", "-j", "0", *map(str, cold)),
+            python_argv(
+                env_dir / "bin" / "python",
+                *("-m", "compileall", "-q", "-j", "0"),
+                # never inside <dist>.data/ or .dist-info/: uv checks cached archives against RECORD, and
+                # a .pyc beside networkx's example scripts in .data/ made every later install fail
+                *("-x", r"[/\\][^/\\]+\.(data|dist-info)[/\\]"),
+                *map(str, cold),
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             check=False,
@@ -182,7 +190,8 @@ def _build(
     """Build into a temp dir, stamp it, rename it to ``env_dir``. Caller holds the key lock."""
     interp = resolution.interpreter
     say = progress or (lambda _msg: None)
-    tmp = Path(tempfile.mkdtemp(dir=layout.envs, prefix=f"{TMP_PREFIX}{key}-{os.getpid()}-"))
+    layout.build_area.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=layout.build_area, prefix=f"{TMP_PREFIX}{key}-{os.getpid()}-"))
     tmp.chmod(0o755)  # mkdtemp makes it 0700; runners in a sandbox may run as another user
     started = time.monotonic()
     # Installing runs third-party code (an sdist's build backend): confined where bubblewrap works, with
@@ -192,6 +201,7 @@ def _build(
         *build_readables(uv, interp.path, settings),
         str(tmp.parent / f"{tmp.name}.lock.txt"),
         os.fspath(interpreter_root(sys.executable)),  # virtualenv and pip, for the fallback builder
+        *_local_references(spec.requirements),
     ]
     with log_path.open("a", encoding="utf-8") as log:
         log.write(
@@ -212,7 +222,7 @@ def _build(
                     confinement,
                     list(args),
                     env=_tool_env(settings),
-                    writable=[tmp, layout.uv_cache],
+                    writable=[layout.uv_cache],  # holds ``tmp``: one mount, so hardlinks work
                     readable=readable,
                     cwd=layout.envs,
                     stdout=log,
@@ -382,7 +392,7 @@ def _build(
                 old = env_dir.with_name(f"{OLD_PREFIX}{key}-{os.getpid()}")
                 env_dir.rename(old)
                 _rmtree(old)
-            tmp.rename(env_dir)
+            _move(tmp, env_dir)
             log.write(f"=== done in {time.monotonic() - started:.2f} s\n")
             say(f"env {key} ready in {time.monotonic() - started:.1f} s")
             return stamp
@@ -393,12 +403,26 @@ def _build(
             raise
 
 
+def _move(tmp: Path, env_dir: Path) -> None:
+    """Rename the finished build into place (a copy only when the uv cache is on another filesystem)."""
+    try:
+        tmp.rename(env_dir)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        staging = env_dir.with_name(f"{TMP_PREFIX}{env_dir.name}-{os.getpid()}-copy")
+        shutil.copytree(tmp, staging, symlinks=True)
+        staging.rename(env_dir)
+        _rmtree(tmp)
+
+
 def _clear_stale(layout: CacheLayout, key: str) -> None:
     """Remove temp/old dirs of ``key`` left by killed builds. Caller holds the key lock."""
-    for prefix in (TMP_PREFIX, OLD_PREFIX):
-        for leftover in layout.envs.glob(f"{prefix}{key}-*"):
-            logger.info("removing %s left by an interrupted build", leftover)
-            _rmtree(leftover)
+    for folder in (layout.envs, layout.build_area):
+        for prefix in (TMP_PREFIX, OLD_PREFIX):
+            for leftover in folder.glob(f"{prefix}{key}-*"):
+                logger.info("removing %s left by an interrupted build", leftover)
+                _rmtree(leftover)
 
 
 def _refresh_runner(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit
 
 from medigan_iso_runner.protocol import PROTOCOL_VERSION
 from packaging.requirements import InvalidRequirement, Requirement
@@ -207,6 +208,16 @@ def _date_args(spec: _Spec) -> list[str]:
     for name in spec.undated:
         args += ["--exclude-newer-package", f"{name}={UNDATED_CUTOFF}"]
     return args
+
+
+def _local_references(requirements: Sequence[str]) -> list[str]:
+    """Files named by ``name @ file://...`` requirements (a confined build must be able to read them)."""
+    paths = []
+    for text in requirements:
+        url = Requirement(text).url
+        if url and url.startswith("file://"):
+            paths.append(unquote(urlsplit(url).path))
+    return paths
 
 
 def _check_direct_reference(name: str | None, text: str, url: str, catalogue_dir: Path | None) -> None:

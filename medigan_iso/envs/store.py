@@ -220,7 +220,8 @@ def prune_envs(
     if not layout.envs.is_dir():
         return PruneReport((), 0)
     layout.locks.mkdir(parents=True, exist_ok=True)
-    for leftover in sorted(layout.envs.iterdir()):
+    areas = [layout.envs] + ([layout.build_area] if layout.build_area.is_dir() else [])
+    for leftover in sorted(p for area in areas for p in area.iterdir()):
         if not leftover.name.startswith((TMP_PREFIX, OLD_PREFIX)):
             continue
         if leftover.name.startswith(f"{TMP_PREFIX}resolve-"):

@@ -49,12 +49,26 @@ def _read(path):
         return None
 
 
+def _on_disk(site, name):
+    base = os.path.join(site, *name.split("."))  # noqa: PTH118
+    if os.path.isdir(base) or os.path.isfile(base + ".py"):  # noqa: PTH112, PTH113
+        return True
+    folder, stem = os.path.split(base)
+    try:
+        return any(entry.startswith(stem + ".") for entry in os.listdir(folder))  # noqa: PTH208
+    except OSError:
+        return False
+
+
 def import_names(dist_info):
     text = _read(os.path.join(dist_info, "top_level.txt"))  # noqa: PTH118
     names = []
     if text:
         names = [line.strip().replace("/", ".") for line in text.splitlines() if line.strip()]
         names = [n for n in names if not _SKIP_TOP.match(n)]
+        # top_level.txt can name what the wheel no longer ships (torch 1.13's caffe2): keep names on disk
+        site = os.path.dirname(dist_info)  # noqa: PTH120
+        names = [n for n in names if _on_disk(site, n)]
     else:
         record = _read(os.path.join(dist_info, "RECORD")) or ""  # noqa: PTH118
         for line in record.splitlines():
