@@ -408,3 +408,24 @@ def test_an_sdist_build_script_runs_confined_no_host_writes_no_home(
         EnvSpec(["hostile-sdist==1.0"], name="hostile-sdist-open"), home=tmp_path / "h2", find_links=[links]
     )
     assert marker.exists()
+
+
+def test_shared_bytecode_never_lands_in_a_wheels_data_folder(online: Path, tmp_path: Path) -> None:
+    # uv installs <dist>.data/ from its cached copy of the wheel and refuses files RECORD does not list: a
+    # .pyc compiled there made the next env with this wheel fail to install (seen: websocket-client 1.2.1's
+    # scripts, networkx 2.8's example files)
+    links = tmp_path / "links"
+    make_wheel(
+        links,
+        "datafiles",
+        "1.0",
+        {
+            "datafiles.py": "X = 1\n",
+            "datafiles-1.0.data/scripts/datafiles-tool.py": "print('tool')\n",
+            "datafiles-1.0.data/data/share/doc/datafiles/example.py": "print('example')\n",
+        },
+    )
+    first = ensure_env(EnvSpec(["datafiles==1.0"], name="datafiles-a"), find_links=[links])
+    second = ensure_env(EnvSpec(["datafiles==1.0", "six"], name="datafiles-b"), find_links=[links])
+    assert first.key != second.key
+    assert (second.path / "share" / "doc" / "datafiles" / "example.py").is_file()

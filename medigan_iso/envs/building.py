@@ -136,8 +136,9 @@ def _link_shared_bytecode(
             python_argv(
                 env_dir / "bin" / "python",
                 *("-m", "compileall", "-q", "-j", "0"),
-                # never inside <dist>.data/ or .dist-info/: uv checks cached archives against RECORD, and
-                # a .pyc beside networkx's example scripts in .data/ made every later install fail
+                # never inside <dist>.data/ or .dist-info/: uv installs .data/ from the cached archive and
+                # refuses what RECORD does not list (a __pycache__ beside websocket-client's scripts or
+                # networkx's example files made every later install of those wheels fail)
                 *("-x", r"[/\\][^/\\]+\.(data|dist-info)[/\\]"),
                 *map(str, cold),
             ),

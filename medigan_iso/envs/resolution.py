@@ -119,21 +119,6 @@ COMPILED_PACKAGES = (
 )
 
 
-# Distributions uv cannot install, kept out of every resolution (a constraint: nothing is added).
-# websocket-client 1.2.1's wheel has a directory under .data/scripts; uv refuses it as invalid (pip accepts
-# it). visdom of late 2021 depends on websocket-client and would get exactly that version.
-KNOWN_BROKEN = ("websocket-client!=1.2.1",)
-
-
-def _known_broken_file(layout: CacheLayout) -> Path:
-    path = layout.envs / ".constraints" / "known-broken.txt"
-    text = "".join(f"{line}\n" for line in KNOWN_BROKEN)
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, text)
-    return path
-
-
 def _compile(
     uv: Path,
     spec: _Spec,
@@ -158,8 +143,6 @@ def _compile(
         *settings.uv_args(),
         *_date_args(spec),
     ]
-    known_broken = _known_broken_file(layout)
-    args += ["--constraint", str(known_broken)]
     for name in only_binary:
         args += ["--only-binary", name]
     # resolving may build an sdist to read its metadata: its build backend runs confined
@@ -172,7 +155,6 @@ def _compile(
             writable=[layout.uv_cache],
             readable=[
                 *build_readables(uv, interp.path, settings),
-                str(known_broken),
                 *_local_references(spec.requirements),
             ],
             cwd=layout.envs,
@@ -353,7 +335,6 @@ def _resolution_cache(
                 "interpreter": [interp.implementation, interp.version, interp.platform],
                 "index": settings.fingerprint(),
                 "resolver": "uv" if uv else "pip",
-                "known_broken": KNOWN_BROKEN,
             }
             | ({"as_of": spec.as_of.label, "undated": spec.undated} if spec.as_of.date else {}),
             sort_keys=True,
