@@ -338,10 +338,11 @@ def _build(
                     ],
                     "pip install failed",
                 )
-                pip_v = subprocess.run(
-                    [str(python), "-m", "pip", "--version"], capture_output=True, text=True, check=False
-                ).stdout.split()
-                tool_version = f"virtualenv+pip {pip_v[1] if len(pip_v) > 1 else '?'}"
+                # read, not run: `python -m pip` would start the env's interpreter with its site (and
+                # every installed .pth) on the host
+                pip_dist = sorted(_site_packages(tmp, interp.minor).glob("pip-*.dist-info"))
+                pip_v = pip_dist[-1].name[len("pip-") : -len(".dist-info")] if pip_dist else "?"
+                tool_version = f"virtualenv+pip {pip_v}"
             lock_file = lock_file.replace(tmp / LOCK_NAME)
             site_packages = _site_packages(tmp, interp.minor)
             if not site_packages.is_dir():

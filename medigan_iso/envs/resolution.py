@@ -276,7 +276,9 @@ def _resolve_with_pip(spec: _Spec, interp: Interpreter, settings: IndexSettings,
         report = Path(scratch) / "report.json"
         reqs = Path(scratch) / "requirements.in"
         reqs.write_text("\n".join(spec.requirements) + "\n", encoding="utf-8")
-        out = subprocess.run(
+        # pip builds sdists to read their metadata: confined like uv
+        out = confined_run(
+            build_confinement(),
             [
                 str(venv / "bin" / "python"),
                 "-m",
@@ -294,8 +296,9 @@ def _resolve_with_pip(spec: _Spec, interp: Interpreter, settings: IndexSettings,
             ],
             capture_output=True,
             text=True,
-            check=False,
             env=_tool_env(),
+            writable=[scratch],
+            readable=[*build_readables(None, interp.path, settings), *_local_references(spec.requirements)],
         )
         if out.returncode != 0:
             raise ResolutionError(
