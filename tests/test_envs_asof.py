@@ -406,6 +406,7 @@ def test_an_sdist_build_script_runs_confined_no_host_writes_no_home(
     assert evidence["home"] == "/tmp/home"
     # control: with the sandbox off the same build script writes to the host and reads the secret
     monkeypatch.setenv("MEDIGAN_ISO_SANDBOX", "off")
+    monkeypatch.setenv("MEDIGAN_ISO_UV_CACHE", str(tmp_path / "uv-open"))  # uv cached the built wheel
     ensure_env(
         EnvSpec(["hostile-sdist==1.0"], name="hostile-sdist-open"), home=tmp_path / "h2", find_links=[links]
     )
