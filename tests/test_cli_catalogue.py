@@ -146,11 +146,14 @@ def test_validate_reports_ok_and_violations(
     assert capsys.readouterr().out == f"{path}: OK, 15 model(s) valid (lenient)\n"
     assert main(["validate", str(path), "--strict"]) == 1
     out = capsys.readouterr().out
-    assert out.splitlines()[0] == f"{path}: 15 violation(s) (strict):"
+    # each of the 15 entries lacks package_sha256 and (strict since envs resolve as of a date)
+    # dependencies_as_of
+    assert out.splitlines()[0] == f"{path}: 30 violation(s) (strict):"
     assert "  00001_DCGAN_MMG_CALC_ROI: /execution: 'package_sha256' is a required property" in out
+    assert "  00001_DCGAN_MMG_CALC_ROI: /execution: 'dependencies_as_of' is a required property" in out
     assert main(["validate", str(path), "--strict", "--json"]) == 1
     (report,) = json.loads(capsys.readouterr().out)
-    assert report["mode"] == "strict" and report["models"] == 15 and len(report["violations"]) == 15
+    assert report["mode"] == "strict" and report["models"] == 15 and len(report["violations"]) == 30
 
 
 def test_validate_of_a_missing_file_is_an_error(

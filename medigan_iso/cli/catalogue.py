@@ -175,7 +175,7 @@ def _info(args: argparse.Namespace) -> int:
         ("package", model.package_link),
         ("sha256", model.package_sha256 or "(not pinned)"),
         ("dependencies", ", ".join(model.dependencies)),
-        ("dependencies as of", as_of),
+        ("as of", as_of),
         ("publication", model.publication or ""),
         ("doi", ", ".join(model.doi)),
         ("source", model.source),
