@@ -78,7 +78,9 @@ def _package(root: Path, init: str) -> tuple[str, str]:
     return root.name, tree_sha256(root)
 
 
-def _entry(link: str, digest: str, *, title: str, custom: dict[str, object] | None = None) -> dict:
+def _entry(
+    link: str, digest: str, *, title: str, fid: object, custom: dict[str, object] | None = None
+) -> dict:
     return {
         "execution": {
             "package_name": link.rsplit("/", 1)[-1],
@@ -104,7 +106,7 @@ def _entry(link: str, digest: str, *, title: str, custom: dict[str, object] | No
             "organ": ["none"],
             "type": "fixture",
             "tags": ["explorer"],
-            "performance": {"FID": 12.5},
+            "performance": {"FID": fid, "turing_test": {"AUC": 0.5}},
         },
         "description": {"title": title},
     }
@@ -114,12 +116,15 @@ def explore_world(root: Path) -> Path:
     """Write the fixture packages and their catalogue under ``root``; return the catalogue path."""
     models = root / "models"
     catalogue = {
-        "test-crash": _entry("models/crash", _package(models / "crash", CRASH_INIT)[1], title=HOSTILE_TITLE),
-        "test-slow": _entry("models/slow", _package(models / "slow", SLOW_INIT)[1], title="Sleeps"),
+        "test-crash": _entry(
+            "models/crash", _package(models / "crash", CRASH_INIT)[1], title=HOSTILE_TITLE, fid="30.5"
+        ),
+        "test-slow": _entry("models/slow", _package(models / "slow", SLOW_INIT)[1], title="Sleeps", fid=5),
         "test-cond": _entry(
             "models/cond",
             _package(models / "cond", COND_INIT)[1],
             title="Conditional grey squares",
+            fid="not measured",  # a non-numeric value: ranking skips it, as medigan_iso's search does
             custom={"condition": 1, "flip": False},
         ),
     }

@@ -29,6 +29,7 @@ from PIL import Image
 
 import medigan_iso
 from medigan_iso.explore.security import CSRF_HEADER
+from medigan_iso.search import rank_models
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HTTP_TIMEOUT_S = 600  # generous: a first request builds an env; never a measurement
@@ -203,6 +204,31 @@ def test_search_is_medigans_search(server: ExploreServer, world: dict[str, Path]
     assert {"demo-numpy", "test-crash", "test-cond"} <= {row["model_id"] for row in everything}
     bad = get(server, "/api/models?q=x&operator=NAND", headers=AUTH)
     assert bad.status_code == 400 and bad.json()["error"].startswith("operator:")
+
+
+def test_ranking_is_medigans_ranking(server: ExploreServer, world: dict[str, Path]) -> None:
+    catalogue = medigan_iso.load_catalogue(world["catalogue"])
+    for order in ("asc", "desc"):
+        response = get(server, "/api/models", params={"rank_by": "FID", "order": order}, headers=AUTH)
+        assert response.status_code == 200
+        rows = response.json()["models"]
+        expected = rank_models(catalogue, metric="FID", order=order)
+        assert [(r["model_id"], r["rank_value"]) for r in rows] == [
+            (item["model_id"], item["FID"]) for item in expected
+        ]
+    # "30.5" is cast, "not measured" is skipped, the demos' null FID too
+    assert [r["model_id"] for r in rows] == ["test-crash", "test-slow"]
+    with_terms = get(
+        server, "/api/models", params={"q": "explorer", "rank_by": "turing_test.AUC"}, headers=AUTH
+    ).json()["models"]
+    expected_terms = medigan_iso.search(["explorer"], rank_by="turing_test.AUC", catalogue=catalogue)
+    assert [r["model_id"] for r in with_terms] == [r.model_id for r in expected_terms]
+    assert len(with_terms) == 3
+    page = get(server, "/?rank_by=FID&order=desc", headers=AUTH).text
+    assert page.index('data-id="test-crash"') < page.index('data-id="test-slow"')
+    assert '<option value="turing_test.AUC">' in page
+    bad = get(server, "/api/models?rank_by=FID&order=sideways", headers=AUTH)
+    assert bad.status_code == 400 and bad.json()["error"].startswith("order:")
 
 
 def test_model_entry_and_unknown_ids(server: ExploreServer) -> None:

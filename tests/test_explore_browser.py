@@ -110,6 +110,15 @@ def test_index_search_model_page_slider_and_screenshot(
     wait.until(lambda _: d.find_element(By.ID, "count").text == "3 models")  # type: ignore[attr-defined]
     Select(d.find_element(By.CSS_SELECTOR, "select.facet[data-facet='type']")).select_by_value("")  # type: ignore[attr-defined]
 
+    Select(d.find_element(By.ID, "order")).select_by_value("desc")  # type: ignore[attr-defined]
+    Select(d.find_element(By.ID, "rank_by")).select_by_value("FID")  # type: ignore[attr-defined]
+    wait.until(lambda _: d.find_element(By.ID, "count").text == "2 models")  # type: ignore[attr-defined]
+    ranked = [r for r in d.find_elements(By.CSS_SELECTOR, "#models tbody tr") if r.is_displayed()]  # type: ignore[attr-defined]
+    assert [r.get_attribute("data-id") for r in ranked] == ["test-crash", "test-slow"]
+    assert ranked[0].find_element(By.CSS_SELECTOR, "td.rank").text == "30.5"
+    Select(d.find_element(By.ID, "rank_by")).select_by_value("")  # type: ignore[attr-defined]
+    wait.until(lambda _: d.find_element(By.ID, "count").text == str(len(rows)) + " models")  # type: ignore[attr-defined]
+
     search = d.find_element(By.ID, "q")  # type: ignore[attr-defined]
     search.send_keys("numpy")
     d.find_element(By.CSS_SELECTOR, "#search button").click()  # type: ignore[attr-defined]

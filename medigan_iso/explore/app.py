@@ -11,7 +11,8 @@ Routes::
     GET  /                                   index: the catalogue as a searchable, filterable table
     GET  /models/{model_id}                  a model's card, live grid, sliders and conditions
     GET  /compare?ids=a,b[,c,d]              grids of 2-4 models side by side
-    GET  /api/models?q=TERMS&operator=AND    search (medigan's semantics) -> JSON rows
+    GET  /api/models?q=TERMS&operator=AND    search (medigan's semantics) -> JSON rows;
+                      &rank_by=FID&order=asc  ranked by a metric (medigan's ranking)
     GET  /api/models/{model_id}              entry and this session's status of the model -> JSON
     GET  /api/models/{model_id}/grid.png     ?n=&seed=&edits=&conditions= -> PNG contact sheet
     POST /api/models/{model_id}/sample       JSON {seed, n, latent_edits, latent, conditions} -> PNG
@@ -113,16 +114,35 @@ def create_app(explorer: Explorer, *, policy: AccessPolicy) -> AccessMiddleware:
             return JSONResponse(body, status_code=status)
         return page(request, "error.html", status_code=status, error=body)
 
+    def search_rows(request: Request) -> list[dict[str, Any]]:
+        params = request.query_params
+        return explorer.rows(
+            params.get("q", ""),
+            operator=params.get("operator", "AND"),
+            rank_by=params.get("rank_by", ""),
+            order=params.get("order", "asc"),
+        )
+
     async def index(request: Request) -> Response:
         query = request.query_params.get("q", "")
         operator = request.query_params.get("operator", "AND")
-        rows = await run_in_threadpool(explorer.rows, query, operator=operator)
+        rows = await run_in_threadpool(search_rows, request)
         facets = {
             "modality": sorted({m for row in rows for m in row["modality"]}),
             "organ": sorted({o for row in rows for o in row["organ"]}),
             "type": sorted({row["type"] for row in rows if row["type"]}),
         }
-        return page(request, "index.html", rows=rows, query=query, operator=operator, facets=facets)
+        return page(
+            request,
+            "index.html",
+            rows=rows,
+            query=query,
+            operator=operator,
+            facets=facets,
+            metrics=explorer.metric_names(),
+            rank_by=request.query_params.get("rank_by", ""),
+            order=request.query_params.get("order", "asc"),
+        )
 
     async def model_page(request: Request) -> Response:
         card = await run_in_threadpool(explorer.card, request.path_params["model_id"])
@@ -140,10 +160,17 @@ def create_app(explorer: Explorer, *, policy: AccessPolicy) -> AccessMiddleware:
         return page(request, "compare.html", cards=cards)
 
     async def api_models(request: Request) -> Response:
-        query = request.query_params.get("q", "")
-        operator = request.query_params.get("operator", "AND")
-        rows = await run_in_threadpool(explorer.rows, query, operator=operator)
-        return JSONResponse({"query": text(query, max_chars=500), "operator": operator, "models": rows})
+        params = request.query_params
+        rows = await run_in_threadpool(search_rows, request)
+        return JSONResponse(
+            {
+                "query": text(params.get("q", ""), max_chars=500),
+                "operator": params.get("operator", "AND").upper(),
+                "rank_by": text(params.get("rank_by", ""), max_chars=200) or None,
+                "order": params.get("order", "asc"),
+                "models": rows,
+            }
+        )
 
     async def api_model(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(explorer.card, request.path_params["model_id"]))

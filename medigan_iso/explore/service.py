@@ -34,6 +34,7 @@ from medigan_iso.api import ModelInfo, search
 from medigan_iso.errors import ExploreError, ExploreRequestError, ModelBusyError
 from medigan_iso.generation import Session
 from medigan_iso.preview import contact_sheet
+from medigan_iso.search import OPERATORS, ORDERS, rank_models
 from medigan_iso.untrusted import neutralise
 
 __all__ = [
@@ -185,23 +186,59 @@ class Explorer:
         """The :class:`ModelInfo` of ``model_id`` (UnknownModelError with close matches otherwise)."""
         return ModelInfo.from_entry(self.session.resolve(model_id))
 
-    def rows(self, query: str = "", *, operator: str = "AND") -> list[dict[str, Any]]:
-        """The index table: every model (or those ``query`` matches, with medigan's search), one dict each."""
+    def rows(
+        self, query: str = "", *, operator: str = "AND", rank_by: str = "", order: str = "asc"
+    ) -> list[dict[str, Any]]:
+        """The index table: every model (or those ``query`` matches, with medigan's search), one dict each.
+
+        With ``rank_by`` (a dotted metric under ``selection.performance``, e.g. ``FID``) only models with a
+        numeric value for it are kept, sorted by ``order`` (medigan's ranking; each row gets ``rank_value``).
+        """
         catalogue = self.session.catalogue
         terms = parse_terms(query)
+        operator = operator.upper()
+        if operator not in OPERATORS:
+            raise ExploreRequestError(
+                "operator", f"{text(operator, max_chars=20)!r} is unknown", remedy="pass AND, OR or XOR"
+            )
+        if order not in ORDERS:
+            raise ExploreRequestError(
+                "order", f"{text(order, max_chars=20)!r} is unknown", remedy="pass asc or desc"
+            )
+        if len(rank_by) > MAX_TERM_CHARS:
+            raise ExploreRequestError("rank_by", "too long", remedy="pass a metric name such as FID")
+        values: dict[str, Any] = {}
         if terms:
-            try:
-                found = search(terms, operator=operator, catalogue=catalogue)
-            except ValueError as exc:
-                raise ExploreRequestError(
-                    "operator", str(exc), remedy="pass operator=AND, OR or XOR"
-                ) from exc
+            found = search(
+                terms, operator=operator, rank_by=rank_by or None, order=order, catalogue=catalogue
+            )
             matched = {result.model_id: result.matched_terms for result in found}
             ids = [result.model_id for result in found]
+            values = {result.model_id: result.metric_value for result in found}
         else:
             matched = {}
-            ids = list(catalogue.ids())
-        return [self._row(self.info(model_id), matched.get(model_id, ())) for model_id in ids]
+            if rank_by:
+                ranked = rank_models(catalogue, metric=rank_by, order=order)
+                ids = [item["model_id"] for item in ranked]
+                values = {item["model_id"]: item[rank_by] for item in ranked}
+            else:
+                ids = list(catalogue.ids())
+        rows = []
+        for model_id in ids:
+            row = self._row(self.info(model_id), matched.get(model_id, ()))
+            if rank_by:
+                row["rank_value"] = _clean(values.get(model_id))
+            rows.append(row)
+        return rows
+
+    def metric_names(self) -> list[str]:
+        """Every dotted metric with a value in some entry (what the index offers to rank by)."""
+        names: set[str] = set()
+        for entry in self.session.catalogue:
+            performance = entry.selection.get("performance")
+            if isinstance(performance, Mapping):
+                names.update(_flat_metrics(performance))
+        return sorted(text(name, max_chars=MAX_TERM_CHARS) for name in names)
 
     def _row(self, info: ModelInfo, matched_terms: Sequence[str]) -> dict[str, Any]:
         metrics = _flat_metrics(info.performance)

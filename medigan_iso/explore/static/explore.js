@@ -53,22 +53,38 @@ function initIndex() {
     count.textContent = shown + " models";
   }
 
+  const rankBy = document.getElementById("rank_by");
+  const order = document.getElementById("order");
+  const tbody = document.querySelector("#models tbody");
+
   async function search() {
     const terms = q.value.trim();
-    if (!terms) {
+    if (!terms && !rankBy.value) {
       matching = null;
+      for (const row of rows) {
+        row.querySelector("td.rank").textContent = "";
+        tbody.appendChild(row); // back to catalogue order
+      }
       show(searchError, "");
       apply();
       return;
     }
-    const url = "/api/models?" + new URLSearchParams({ q: terms, operator: operator.value });
-    const response = await fetch(url, { credentials: "same-origin" });
+    const params = { q: terms, operator: operator.value };
+    if (rankBy.value) Object.assign(params, { rank_by: rankBy.value, order: order.value });
+    const response = await fetch("/api/models?" + new URLSearchParams(params), { credentials: "same-origin" });
     if (!response.ok) {
       show(searchError, await errorText(response));
       return;
     }
     const body = await response.json();
     matching = new Set(body.models.map((m) => m.model_id));
+    const byId = new Map(rows.map((row) => [row.dataset.id, row]));
+    for (const model of body.models) { // the server's order: catalogue order, or ranked
+      const row = byId.get(model.model_id);
+      if (!row) continue;
+      row.querySelector("td.rank").textContent = model.rank_value === undefined || model.rank_value === null ? "" : String(model.rank_value);
+      tbody.appendChild(row);
+    }
     show(searchError, "");
     apply();
   }
@@ -82,6 +98,8 @@ function initIndex() {
     timer = setTimeout(search, 250);
   });
   operator.addEventListener("change", search);
+  rankBy.addEventListener("change", search);
+  order.addEventListener("change", search);
   for (const facet of facets) facet.addEventListener("change", apply);
   const picks = Array.from(document.querySelectorAll("input.pick"));
   function picked() {
@@ -96,7 +114,7 @@ function initIndex() {
   compare.addEventListener("click", () => {
     window.location.href = "/compare?" + new URLSearchParams({ ids: picked().join(",") });
   });
-  if (q.value.trim()) search();
+  if (q.value.trim() || rankBy.value) search();
 }
 
 // --- model page --------------------------------------------------------------------------------------
