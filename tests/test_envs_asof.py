@@ -432,3 +432,16 @@ def test_shared_bytecode_never_lands_in_a_wheels_data_folder(online: Path, tmp_p
     second = ensure_env(EnvSpec(["datafiles==1.0", "six"], name="datafiles-b"), find_links=[links])
     assert first.key != second.key
     assert (second.path / "share" / "doc" / "datafiles" / "example.py").is_file()
+
+
+def test_info_shows_the_as_of_date_and_its_source(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MEDIGAN_ISO_BUNDLED", "0")
+    catalogue = Path(__file__).parent / "data" / "medigan_global.json"
+    assert main(["info", "22", "--config", str(catalogue), "--offline"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^as of\s+2022-12-31 \(from description\.provided_date '2022'\)$", out, re.MULTILINE)
+    assert main(["info", "2", "--config", str(catalogue), "--offline", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["dependencies_as_of"] == "2019-12-31 (from selection.year 2019)"
