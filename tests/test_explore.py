@@ -28,6 +28,7 @@ from _explore_server import HOSTILE_TITLE, TOKEN, ExploreServer, explore_world
 from PIL import Image
 
 import medigan_iso
+from medigan_iso.envs.asof import as_of_for
 from medigan_iso.explore.security import CSRF_HEADER
 from medigan_iso.search import rank_models
 
@@ -231,7 +232,7 @@ def test_ranking_is_medigans_ranking(server: ExploreServer, world: dict[str, Pat
     assert bad.status_code == 400 and bad.json()["error"].startswith("order:")
 
 
-def test_model_entry_and_unknown_ids(server: ExploreServer) -> None:
+def test_model_entry_and_unknown_ids(server: ExploreServer, world: dict[str, Path]) -> None:
     card = get(server, "/api/models/demo-numpy", headers=AUTH).json()
     assert card["latent_size"] == 100
     assert card["license"] == "MIT"
@@ -239,7 +240,9 @@ def test_model_entry_and_unknown_ids(server: ExploreServer) -> None:
     assert re.fullmatch(r"[0-9a-f]{64}", card["package_sha256"])
     assert card["status"]["state"] in ("not started", "prepared", "warm")
     cond = get(server, "/api/models/test-cond", headers=AUTH).json()
-    assert cond["dependencies_as_of"] == "2024-05-31"
+    assert cond["dependencies_as_of"] == "2024-05-31 (from execution.dependencies_as_of)"
+    demo = medigan_iso.load_catalogue(world["catalogue"]).resolve("demo-numpy")
+    assert card["dependencies_as_of"] == as_of_for(demo).describe()  # the rule its env build uses
     assert "2024-05-31" in get(server, "/models/test-cond", headers=AUTH).text
     assert cond["conditions"] == {
         "condition": 1,

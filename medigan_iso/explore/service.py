@@ -260,7 +260,6 @@ class Explorer:
         info = self.info(model_id)
         entry = self.session.resolve(info.model_id)
         description = entry.description
-        execution = entry.raw.get("execution") or {}
         status = self.session.status(info.model_id)
         return {
             "model_id": text(info.model_id, max_chars=200),
@@ -280,9 +279,9 @@ class Explorer:
             "image_size": list(info.image_size),
             "latent_size": info.input_latent_vector_size,
             "dependencies": [text(d, max_chars=300) for d in info.dependencies],
-            # execution.dependencies_as_of (written by `medigan-iso contribute`); else the date the model
-            # was provided is the best hint of what its dependency list is as of.
-            "dependencies_as_of": text(execution.get("dependencies_as_of") or ""),
+            # The date its env resolves the dependencies as of, and where that date comes from (the
+            # same rule the env build uses; `medigan-iso info` shows it too).
+            "dependencies_as_of": text(_as_of(entry)),
             "provided_date": text(description.get("provided_date") or ""),
             "package_link": text(info.package_link, max_chars=500),
             "package_sha256": text(info.package_sha256 or ""),
@@ -498,6 +497,15 @@ class Explorer:
                 archive.writestr("samples/manifest.jsonl", "".join(line + "\n" for line in lines))
                 archive.writestr("samples/run.json", json.dumps(run, indent=2, sort_keys=True) + "\n")
         return buffer.getvalue()
+
+
+def _as_of(entry: Any) -> str:
+    from medigan_iso.envs.asof import as_of_for
+
+    try:
+        return as_of_for(entry).describe()
+    except ValueError as exc:
+        return f"invalid: {exc}"
 
 
 def _sample_index(name: str) -> int | None:
