@@ -363,11 +363,15 @@ def test_ctrl_c_stops_the_runner_and_keeps_what_was_written(
     assert all(np.load(p).shape == (8, 8, 3) for p in kept)  # every kept file is whole
     assert not list(out.glob(".*.part"))
     left = _wait_until_gone({pid: start for pid, (start, _) in tree.items()})
-    assert not left, f"left behind after Ctrl-C: {[tree[pid][1] for pid in left]}"
+    assert not left, f"left behind after Ctrl-C: {[_describe(pid, tree[pid][1]) for pid in left]}"
 
 
 def _argv0(cmdline: str) -> str:
     return Path(cmdline.split(" ", 1)[0]).name
+
+
+def _describe(pid: int, cmdline: str) -> str:
+    return f"{pid} {_argv0(cmdline)}{' (runner)' if _is_runner(cmdline) else ''}"
 
 
 def _is_runner(cmdline: str) -> bool:
