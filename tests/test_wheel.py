@@ -74,3 +74,30 @@ def test_unpacked_wheel_finds_its_schemas_through_importlib_resources(wheel: Pat
     assert probe["schemas"] == ["catalogue.schema.json", "model_entry.schema.json"]
     assert probe["title"] == "medigan model entry"
     assert probe["sources"] == ["<bundled bundled_catalogue.json>"]
+
+
+def test_editable_install_finds_its_schemas(tmp_path: Path) -> None:
+    # Issue 19: the schemas were force-included into the wheel only, so `pip install -e .` lacked them.
+    if not (REPO_ROOT / "pyproject.toml").is_file():
+        pytest.skip("the source tree is not beside the tests (running from an installed copy)")
+    uv = find_uv_bin()
+    venv = tmp_path / "venv"
+    python = venv / "bin" / "python"
+    subprocess.run([uv, "venv", "--python", sys.executable, str(venv)], check=True, capture_output=True)
+    installed = subprocess.run(
+        [uv, "pip", "install", "--python", str(python), "-e", str(REPO_ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stderr
+    env = {"MEDIGAN_ISO_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [str(python), "-c", PROBE], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout)
+    assert Path(probe["file"]) == REPO_ROOT / "medigan_iso" / "__init__.py"  # the checkout, not a copy
+    assert probe["schemas"] == ["catalogue.schema.json", "model_entry.schema.json"]
+    assert probe["title"] == "medigan model entry"
