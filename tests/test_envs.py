@@ -16,12 +16,12 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from _interpreters import skip_without_python
 
+from medigan_iso.catalogue import ModelEntry, load_catalogue
 from medigan_iso.envs import (
     EnvSpec,
     ModelEnv,
@@ -40,14 +40,28 @@ NUMPY1 = EnvSpec(["numpy<2"], name="demo-numpy1")
 BUILD_HEADER = "=== medigan-iso env build"
 
 
-@dataclass(frozen=True)
-class FakeEntry:
-    """Just the ModelEntry attributes envs reads (the catalogue module is another issue's)."""
-
-    model_id: str
-    dependencies: tuple[str, ...]
-    python_requires: str | None = None
-    requirements_lock: str | None = None
+def model_entry(
+    model_id: str,
+    dependencies: tuple[str, ...],
+    *,
+    python_requires: str | None = None,
+    requirements_lock: str | None = None,
+) -> ModelEntry:
+    """A real catalogue entry, validated and normalised by the catalogue module, with these dependencies."""
+    execution: dict[str, object] = {
+        "package_name": "pkg",
+        "package_link": "https://models.invalid/pkg.zip",
+        "model_name": "weights",
+        "extension": ".npy",
+        "dependencies": list(dependencies),
+        "generate_method": {"name": "generate", "args": {"base": [], "custom": {}}},
+    }
+    if python_requires is not None:
+        execution["python_requires"] = python_requires
+    if requirements_lock is not None:
+        execution["requirements_lock"] = requirements_lock
+    raw = {model_id: {"execution": execution, "selection": {}, "description": {}}}
+    return load_catalogue(raw, offline=True, official_url="").resolve(model_id)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +127,7 @@ def test_runner_package_is_copied_into_the_env(numpy1_env: ModelEnv) -> None:
 
 def test_two_models_with_equal_locks_share_one_env(shared_home: Path, numpy1_env: ModelEnv) -> None:
     # msgpack and numpy are the runner's own requirements, so this resolves to the same lock
-    entry = FakeEntry(model_id="00001_SAME_LOCK", dependencies=("numpy<2", "msgpack"))
+    entry = model_entry("00001_SAME_LOCK", ("numpy<2", "msgpack"))
     shared = ensure_env(entry, home=shared_home)
     assert shared.key == numpy1_env.key
     assert builds_in_log(numpy1_env) == 1
@@ -125,11 +139,9 @@ def test_two_models_with_equal_locks_share_one_env(shared_home: Path, numpy1_env
 def test_changed_requirements_give_a_new_key_and_the_stamp_says_what_changed(
     shared_home: Path, numpy1_env: ModelEnv
 ) -> None:
-    first = ensure_env(FakeEntry(model_id="00002_CHANGES", dependencies=("numpy<2",)), home=shared_home)
+    first = ensure_env(model_entry("00002_CHANGES", ("numpy<2",)), home=shared_home)
     assert first.key == numpy1_env.key
-    changed = ensure_env(
-        FakeEntry(model_id="00002_CHANGES", dependencies=("numpy<2", "six")), home=shared_home
-    )
+    changed = ensure_env(model_entry("00002_CHANGES", ("numpy<2", "six")), home=shared_home)
     assert changed.key != first.key
     stamp = json.loads((changed.path / "medigan-iso-stamp.json").read_text())
     assert stamp["reason"].startswith(f"00002_CHANGES previously used env {first.key}")
@@ -179,16 +191,14 @@ def test_lock_reproduces_exactly_and_the_env_holds_exactly_the_lock(
 
 def test_requirements_lock_is_used_as_given(shared_home: Path, numpy1_env: ModelEnv) -> None:
     lock = numpy1_env.lock_path.read_text()
-    entry = FakeEntry(
-        model_id="00003_LOCKED", dependencies=("something-never-resolved",), requirements_lock=lock
-    )
+    entry = model_entry("00003_LOCKED", ("something-never-resolved",), requirements_lock=lock)
     assert ensure_env(entry, home=shared_home).key == numpy1_env.key
 
 
 def test_junk_dependency_names_are_dropped_with_a_warning(
     shared_home: Path, numpy1_env: ModelEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
-    entry = FakeEntry(model_id="00004_JUNK", dependencies=("numpy<2", "Path", "Union", "pathlib"))
+    entry = model_entry("00004_JUNK", ("numpy<2", "Path", "Union", "pathlib"))
     with caplog.at_level(logging.WARNING, logger="medigan_iso.envs"):
         resolution = resolve(entry, home=shared_home)
     assert resolution.dropped == ("Path", "Union", "pathlib")
@@ -198,7 +208,7 @@ def test_junk_dependency_names_are_dropped_with_a_warning(
 
 
 def test_build_false_without_an_env_names_the_command_that_builds_it(shared_home: Path) -> None:
-    entry = FakeEntry(model_id="00005_NEVER_BUILT", dependencies=("numpy<2", "six==1.16.0"))
+    entry = model_entry("00005_NEVER_BUILT", ("numpy<2", "six==1.16.0"))
     with pytest.raises(EnvNotBuiltError) as info:
         ensure_env(entry, home=shared_home, build=False)
     assert info.value.model_id == "00005_NEVER_BUILT"
@@ -343,7 +353,7 @@ def test_missing_uv_falls_back_with_one_warning_about_the_cost(
 
 
 def test_conflicting_requirements_fail_with_the_resolvers_explanation(shared_home: Path) -> None:
-    entry = FakeEntry(model_id="00006_CONFLICT", dependencies=("numpy<2", "numpy>=2"))
+    entry = model_entry("00006_CONFLICT", ("numpy<2", "numpy>=2"))
     with pytest.raises(ResolutionError) as info:
         ensure_env(entry, home=shared_home)
     err = info.value
@@ -355,7 +365,7 @@ def test_conflicting_requirements_fail_with_the_resolvers_explanation(shared_hom
 
 
 def test_a_missing_package_names_the_model_and_the_requirement(shared_home: Path) -> None:
-    entry = FakeEntry(model_id="00007_TYPO", dependencies=("medigan-iso-no-such-package-zz==1.0",))
+    entry = model_entry("00007_TYPO", ("medigan-iso-no-such-package-zz==1.0",))
     with pytest.raises(ResolutionError) as info:
         ensure_env(entry, home=shared_home)
     err = info.value
@@ -377,7 +387,7 @@ def test_a_network_failure_says_whether_offline_could_work(
 
 
 def test_an_unavailable_python_raises_interpreter_not_found(shared_home: Path) -> None:
-    entry = FakeEntry(model_id="00008_FUTURE", dependencies=(), python_requires=">=3.99")
+    entry = model_entry("00008_FUTURE", (), python_requires=">=3.99")
     with pytest.raises(InterpreterNotFoundError) as info:
         ensure_env(entry, home=shared_home)
     assert info.value.model_id == "00008_FUTURE"
@@ -392,7 +402,7 @@ def test_a_single_string_spec_is_rejected_with_a_hint() -> None:
 
 def test_an_invalid_requirement_is_reported_with_the_model(shared_home: Path) -> None:
     with pytest.raises(ResolutionError) as info:
-        ensure_env(FakeEntry(model_id="00009_BAD", dependencies=("numpy>>1",)), home=shared_home)
+        ensure_env(model_entry("00009_BAD", ("numpy>>1",)), home=shared_home)
     assert info.value.model_id == "00009_BAD"
     assert "'numpy>>1' is not a valid PEP 508 requirement" in str(info.value)
 
@@ -568,7 +578,7 @@ def test_a_failed_install_raises_with_the_log_tail_and_leaves_nothing(
 ) -> None:
     lock = numpy1_env.lock_path.read_text()
     bad_lock = re.sub(r"sha256:[0-9a-f]{64}", "sha256:" + "0" * 64, lock)
-    entry = FakeEntry(model_id="00010_BAD_HASH", dependencies=(), requirements_lock=bad_lock)
+    entry = model_entry("00010_BAD_HASH", (), requirements_lock=bad_lock)
     with pytest.raises(EnvBuildError) as info:
         ensure_env(entry, home=home)
     err = info.value

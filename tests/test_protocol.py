@@ -248,13 +248,13 @@ _SAMPLES = st.recursive(
 )
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_SAMPLES, max_size=5))
 def test_any_sample_structure_round_trips(samples: list[Any]) -> None:
     assert_same(roundtrip_samples(samples), samples)
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=256))
 def test_random_bytes_only_ever_raise_protocol_error(data: bytes) -> None:
     with contextlib.suppress(protocol.ProtocolError):
@@ -269,7 +269,7 @@ def _valid_frame_bytes() -> st.SearchStrategy[bytes]:
     return st.lists(_SAMPLES, max_size=3).map(build)
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_valid_frame_bytes(), st.data())
 def test_mutated_frames_decode_validly_or_raise_protocol_error(frame: bytes, data: st.DataObject) -> None:
     mutated = bytearray(frame)

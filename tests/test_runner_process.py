@@ -107,14 +107,22 @@ def test_public_surface_is_pinned() -> None:
 # --- handshake and load --------------------------------------------------------------------------------
 
 
-def test_closing_during_a_long_request_stops_the_runner_promptly(runner: RunnerProcess) -> None:
-    stream = runner.generate(1_000_000, batch_size=1, kwargs={"behaviour": "hangs"})
-    assert not stream.finished
-    started = time.monotonic()
-    runner.close()
-    assert time.monotonic() - started < 2
-    assert runner.returncode == 0  # stdin EOF, not SIGTERM
-    assert stream.finished
+def test_closing_during_a_long_request_stops_the_runner_by_stdin_eof(
+    numpy_env: Path, zoo: Path, tmp_path: Path
+) -> None:
+    # The cause, not the clock (issue 19): with a 10-minute shutdown grace, a close() that sent a shutdown
+    # frame and waited for the request, or escalated to SIGTERM, would take minutes or return -15.
+    with RunnerProcess.start(
+        numpy_env, log_path=tmp_path / "r.log", inactivity_timeout_s=30, shutdown_grace_s=600
+    ) as proc:
+        proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
+        stream = proc.generate(1_000_000, batch_size=1, kwargs={"behaviour": "hangs"})
+        assert not stream.finished
+        started = time.monotonic()
+        proc.close()
+        assert time.monotonic() - started < 300  # far from the grace; generous for a loaded machine
+        assert proc.returncode == 0  # stdin EOF, not SIGTERM
+        assert stream.finished
 
 
 def test_hello_reports_protocol_python_numpy_and_pid(numpy_env: Path, tmp_path: Path) -> None:
@@ -401,12 +409,11 @@ def test_a_model_exception_raises_model_error_with_remote_traceback(runner: Runn
     assert len(collect(runner, 2)) == 2  # the runner survives a model error
 
 
-def test_os_exit_raises_runner_crashed_error_within_a_second(runner: RunnerProcess) -> None:
-    started = time.monotonic()
+def test_os_exit_raises_runner_crashed_error_not_a_timeout(runner: RunnerProcess) -> None:
+    # The runner fixture's inactivity timeout is 30 s: a crash noticed only by that clock would raise
+    # RunnerTimeoutError, so the error type is the proof of prompt detection (no wall-clock bound).
     with pytest.raises(RunnerCrashedError) as info:
         collect(runner, 2, kwargs={"behaviour": "exits"})
-    elapsed = time.monotonic() - started
-    assert elapsed < 1.5, elapsed
     assert info.value.returncode == 3 and info.value.signal_name is None
     assert "exited with code 3" in str(info.value)
     assert info.value.log_path == runner.log_path
@@ -431,7 +438,7 @@ def test_a_hanging_model_raises_the_inactivity_timeout(numpy_env: Path, zoo: Pat
         started = time.monotonic()
         with pytest.raises(RunnerTimeoutError) as info:
             collect(proc, 1, kwargs={"behaviour": "hangs"})
-        assert 0.9 < time.monotonic() - started < 5
+        assert time.monotonic() - started > 0.9  # a lower bound holds on any machine, however loaded
         assert (info.value.phase, info.value.timeout_s) == ("inactivity", 1.0)
         assert "runner timed out waiting for inactivity after 1 s" in str(info.value)
         pid = proc.pid
