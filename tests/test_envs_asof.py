@@ -445,3 +445,17 @@ def test_info_shows_the_as_of_date_and_its_source(
     assert main(["info", "2", "--config", str(catalogue), "--offline", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["dependencies_as_of"] == "2019-12-31 (from selection.year 2019)"
+
+
+def test_doctor_says_whether_env_builds_are_confined(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medigan_iso.sandbox import probe_host
+
+    monkeypatch.setenv("MEDIGAN_ISO_SANDBOX", "off")
+    assert main(["doctor"]) == 0
+    assert "env builds: NOT confined (sandbox policy off)" in capsys.readouterr().out
+    monkeypatch.setenv("MEDIGAN_ISO_SANDBOX", "auto")
+    assert main(["doctor", "--json"]) == 0
+    builds = json.loads(capsys.readouterr().out)["env_builds"]
+    assert builds["confined"] is (probe_host().bwrap is not None)

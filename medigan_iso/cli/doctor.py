@@ -15,6 +15,8 @@ from typing import Any
 
 from medigan_iso.cgroups import machine_memory_bytes
 from medigan_iso.envs import uv_version
+from medigan_iso.envs.tools import build_confinement
+from medigan_iso.errors import SandboxError
 from medigan_iso.paths import cache_layout
 from medigan_iso.sandbox import (
     LAYERS,
@@ -95,6 +97,7 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
             "machine": platform.machine(),
         },
         "uv": {"path": None if uv_path is None else str(uv_path), "version": uv_line},
+        "env_builds": _env_builds(),
         "cache_root": str(layout.root),
         "caches": caches,
         "sandbox": {
@@ -119,6 +122,15 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _env_builds() -> dict[str, Any]:
+    """Whether uv and sdist build backends run confined here (see README "What runs where")."""
+    try:
+        confinement = build_confinement()
+    except SandboxError as exc:
+        return {"confined": False, "detail": f"refused: {exc.message}"}
+    return {"confined": confinement.bwrap is not None, "detail": confinement.detail}
+
+
 def _doctor(args: argparse.Namespace) -> int:
     report = _report(args)
     if args.json:
@@ -126,6 +138,8 @@ def _doctor(args: argparse.Namespace) -> int:
         return 0
     uv = report["uv"]
     print(f"uv: {uv['version'] or 'not usable'} ({uv['path'] or 'not found'})")
+    builds = report["env_builds"]
+    print(f"env builds: {'confined' if builds['confined'] else 'NOT confined'} ({builds['detail']})")
     print(f"cache: {report['cache_root']}")
     for name, cache in report["caches"].items():
         print(f"  {name:<11} {cache['bytes'] / MB:10.1f} MB  {cache['path']}")

@@ -191,8 +191,14 @@ def _build(
     """Build into a temp dir, stamp it, rename it to ``env_dir``. Caller holds the key lock."""
     interp = resolution.interpreter
     say = progress or (lambda _msg: None)
-    layout.build_area.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=layout.build_area, prefix=f"{TMP_PREFIX}{key}-{os.getpid()}-"))
+    for attempt in range(3):  # another build of this root may remove the empty build area in between
+        layout.build_area.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp = Path(tempfile.mkdtemp(dir=layout.build_area, prefix=f"{TMP_PREFIX}{key}-{os.getpid()}-"))
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
     tmp.chmod(0o755)  # mkdtemp makes it 0700; runners in a sandbox may run as another user
     started = time.monotonic()
     # Installing runs third-party code (an sdist's build backend): confined where bubblewrap works, with
@@ -395,6 +401,8 @@ def _build(
                 env_dir.rename(old)
                 _rmtree(old)
             _move(tmp, env_dir)
+            with contextlib.suppress(OSError):  # leave no empty folder per cache root in a shared uv cache
+                layout.build_area.rmdir()
             log.write(f"=== done in {time.monotonic() - started:.2f} s\n")
             say(f"env {key} ready in {time.monotonic() - started:.1f} s")
             return stamp
