@@ -19,6 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from medigan_iso_runner.protocol import SEED_LIMIT
+
 from medigan_iso.catalogue import Catalogue, ConfigSource, ModelEntry, load_catalogue
 from medigan_iso.cgroups import RunnerCgroup
 from medigan_iso.envs import ModelEnv, ensure_env
@@ -43,6 +45,7 @@ from medigan_iso.runner_process import (
     GenerateStream,
     RunnerProcess,
     Sample,
+    draw_seed,
 )
 from medigan_iso.sandbox import (
     CGROUP_REMEDY,
@@ -59,7 +62,9 @@ from medigan_iso.untrusted import get_logger
 __all__ = [
     "BUILD_POLICY_ENV",
     "DEFAULT_BATCH_SIZE",
+    "Batches",
     "PreparedModel",
+    "Samples",
     "Session",
     "generate",
     "stream",
@@ -96,6 +101,85 @@ class PreparedModel:
     entry: ModelEntry
     package: ModelPackage
     env: ModelEnv
+
+
+class Samples(list[Sample]):
+    """The samples of one :meth:`Session.generate` request: a list, plus how to make it again.
+
+    ``seed`` is the request's seed (drawn when the caller gave none), ``batch_size`` and ``batch_offset``
+    its batch layout: sample ``i`` of this list is the job's sample ``batch_offset * batch_size + i``
+    (when the model returned every sample asked).
+    """
+
+    model_id: str
+    seed: int
+    batch_size: int
+    batch_offset: int
+
+
+class Batches(Iterator[list[Sample]]):
+    """The batches of one :meth:`Session.stream` request, one list of samples each.
+
+    ``seed`` (drawn when the caller gave none), ``batch_size`` and ``batch_offset`` are known before the
+    first batch; ``batch_index`` is the global index of the batch last returned (None before the first).
+    After the last batch ``shortfall`` is the count of samples the model did not return. :meth:`close`
+    cancels the request and keeps the runner warm.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_id: str,
+        num_samples: int,
+        seed: int,
+        batch_size: int,
+        batch_offset: int,
+    ) -> None:
+        self._batches: Iterator[list[Sample]] = iter(())
+        # Shared with the generator that runs the request: a holder, not a reference back to self, so that
+        # dropping this object (``break`` in a for loop) closes the generator at once (no reference cycle
+        # waiting for the garbage collector while the model's runner stays locked).
+        self._holder: list[GenerateStream] = []
+        self.model_id = model_id
+        self.num_samples = num_samples
+        self.seed = seed
+        self.batch_size = batch_size
+        self.batch_offset = batch_offset
+
+    @property
+    def _request(self) -> GenerateStream | None:
+        return self._holder[0] if self._holder else None
+
+    @property
+    def batch_index(self) -> int | None:
+        return None if self._request is None else self._request.batch_index
+
+    @property
+    def shortfall(self) -> int:
+        return 0 if self._request is None else self._request.shortfall
+
+    @property
+    def runner_warnings(self) -> list[str]:
+        return [] if self._request is None else list(self._request.warnings)
+
+    def __iter__(self) -> Batches:
+        return self
+
+    def __next__(self) -> list[Sample]:
+        return next(self._batches)
+
+    def close(self) -> None:
+        close = getattr(self._batches, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Batches:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 @dataclass
@@ -407,30 +491,64 @@ class Session:
         *,
         batch_size: int | None = None,
         seed: int | None = None,
+        batch_offset: int = 0,
         output_path: str | os.PathLike[str] | None = None,
         **model_kwargs: Any,
-    ) -> Iterator[list[Sample]]:
+    ) -> Batches:
         """Yield the samples of ``model_id`` one batch at a time; host memory holds one batch.
 
-        The model is prepared (package, env) before this returns; closing the iterator early cancels the
-        request and keeps the runner warm.
+        Batch ``i`` is the job's global batch ``batch_offset + i``, seeded from (``seed``, that index), so
+        a job split into requests at batch boundaries gives the same samples as one request (see the
+        runner's determinism contract). Without ``seed`` one is drawn: read it from the returned
+        :class:`Batches`. The model is prepared (package, env) before this returns; closing the iterator
+        early cancels the request and keeps the runner warm.
         """
         _check_counts(num_samples, batch_size)
+        seed = _check_seed(seed)
+        batch_offset = _check_offset(batch_offset)
         slot = self._slot(model_id)
-        return self._iterate(slot, num_samples, batch_size, seed, output_path, model_kwargs)
+        size = batch_size or DEFAULT_BATCH_SIZE
+        batches = Batches(
+            model_id=slot.prepared.entry.model_id,
+            num_samples=num_samples,
+            seed=seed,
+            batch_size=size,
+            batch_offset=batch_offset,
+        )
+        batches._batches = self._iterate(
+            slot,
+            num_samples,
+            batch_size=size,
+            seed=seed,
+            batch_offset=batch_offset,
+            output_path=output_path,
+            kwargs=model_kwargs,
+            holder=batches._holder,
+        )
+        return batches
 
     def _iterate(
         self,
         slot: _Slot,
         num_samples: int,
-        batch_size: int | None,
-        seed: int | None,
+        *,
+        batch_size: int,
+        seed: int,
+        batch_offset: int,
         output_path: str | os.PathLike[str] | None,
         kwargs: Mapping[str, Any],
+        holder: list[GenerateStream],
     ) -> Iterator[list[Sample]]:
         with self._request(
-            slot, num_samples, batch_size=batch_size, seed=seed, kwargs=kwargs, output_path=output_path
+            slot,
+            num_samples,
+            batch_size=batch_size,
+            seed=seed,
+            batch_offset=batch_offset,
+            kwargs=kwargs,
+            output_path=output_path,
         ) as request:
+            holder.append(request)
             yield from request
 
     def generate(
@@ -440,15 +558,31 @@ class Session:
         *,
         batch_size: int | None = None,
         seed: int | None = None,
+        batch_offset: int = 0,
         output_path: str | os.PathLike[str] | None = None,
         **model_kwargs: Any,
-    ) -> list[Sample]:
-        """Return ``num_samples`` samples of ``model_id`` as a list (arrays or medigan tuples)."""
-        samples: list[Sample] = []
-        for batch in self.stream(
-            model_id, num_samples, batch_size=batch_size, seed=seed, output_path=output_path, **model_kwargs
-        ):
+    ) -> Samples:
+        """Return ``num_samples`` samples of ``model_id`` as a list (arrays or medigan tuples).
+
+        The list is a :class:`Samples`: its ``seed`` (drawn when none was given), ``batch_size`` and
+        ``batch_offset`` regenerate the same samples. ``batch_offset`` as in :meth:`stream`.
+        """
+        batches = self.stream(
+            model_id,
+            num_samples,
+            batch_size=batch_size,
+            seed=seed,
+            batch_offset=batch_offset,
+            output_path=output_path,
+            **model_kwargs,
+        )
+        samples = Samples()
+        for batch in batches:
             samples.extend(batch)
+        samples.model_id = batches.model_id
+        samples.seed = batches.seed
+        samples.batch_size = batches.batch_size
+        samples.batch_offset = batches.batch_offset
         return samples
 
     def save(
@@ -459,6 +593,7 @@ class Session:
         *,
         batch_size: int | None = None,
         seed: int | None = None,
+        batch_offset: int = 0,
         **model_kwargs: Any,
     ) -> int:
         """Run the model's own saving code into ``output_path`` (medigan's ``save_images=True``).
@@ -467,6 +602,8 @@ class Session:
         reported written.
         """
         _check_counts(num_samples, batch_size)
+        seed = _check_seed(seed)
+        batch_offset = _check_offset(batch_offset)
         out = prepare_output_dir(output_path)
         slot = self._slot(model_id)
         with self._request(
@@ -474,6 +611,7 @@ class Session:
             num_samples,
             batch_size=batch_size,
             seed=seed,
+            batch_offset=batch_offset,
             kwargs=model_kwargs,
             output_path=out,
             save_images=True,
@@ -502,6 +640,7 @@ class Session:
         seed: int | None,
         kwargs: Mapping[str, Any],
         output_path: str | os.PathLike[str] | None,
+        batch_offset: int = 0,
         save_images: bool = False,
     ) -> Iterator[GenerateStream]:
         """One generate request on the slot's warm runner, with crash bookkeeping for respawns.
@@ -517,6 +656,7 @@ class Session:
                     num_samples,
                     batch_size=batch_size or DEFAULT_BATCH_SIZE,
                     seed=seed,
+                    batch_offset=batch_offset,
                     kwargs=kwargs,
                     save_images=save_images,
                     output_path=output_path,
@@ -586,17 +726,33 @@ def _check_counts(num_samples: int, batch_size: int | None) -> None:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
+def _check_seed(seed: int | None) -> int:
+    """``seed`` checked, or a freshly drawn one (every request is seeded, so every output can be redone)."""
+    if seed is None:
+        return draw_seed()
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    return seed
+
+
+def _check_offset(batch_offset: int) -> int:
+    if not isinstance(batch_offset, int) or isinstance(batch_offset, bool) or batch_offset < 0:
+        raise ValueError(f"batch_offset must be a non-negative int, got {batch_offset!r}")
+    return batch_offset
+
+
 def generate(
     model_id: str | int,
     num_samples: int,
     *,
     batch_size: int | None = None,
     seed: int | None = None,
+    batch_offset: int = 0,
     output_path: str | os.PathLike[str] | None = None,
     config: ConfigSource | Sequence[ConfigSource] | None = None,
     sandbox: str | SandboxConfig | None = None,
     **model_kwargs: Any,
-) -> list[Sample]:
+) -> Samples:
     """Generate ``num_samples`` samples with ``model_id`` in its own env and return them.
 
     Builds the model's env on first use (never with ``MEDIGAN_ISO_BUILD=never``). For many calls keep a
@@ -604,7 +760,13 @@ def generate(
     """
     with Session(config=config, sandbox=sandbox) as session:
         return session.generate(
-            model_id, num_samples, batch_size=batch_size, seed=seed, output_path=output_path, **model_kwargs
+            model_id,
+            num_samples,
+            batch_size=batch_size,
+            seed=seed,
+            batch_offset=batch_offset,
+            output_path=output_path,
+            **model_kwargs,
         )
 
 
@@ -614,6 +776,7 @@ def stream(
     *,
     batch_size: int | None = None,
     seed: int | None = None,
+    batch_offset: int = 0,
     output_path: str | os.PathLike[str] | None = None,
     config: ConfigSource | Sequence[ConfigSource] | None = None,
     sandbox: str | SandboxConfig | None = None,
@@ -623,5 +786,11 @@ def stream(
     _check_counts(num_samples, batch_size)
     with Session(config=config, sandbox=sandbox) as session:
         yield from session.stream(
-            model_id, num_samples, batch_size=batch_size, seed=seed, output_path=output_path, **model_kwargs
+            model_id,
+            num_samples,
+            batch_size=batch_size,
+            seed=seed,
+            batch_offset=batch_offset,
+            output_path=output_path,
+            **model_kwargs,
         )

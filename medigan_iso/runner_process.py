@@ -29,6 +29,7 @@ import functools
 import logging
 import os
 import queue
+import secrets
 import select
 import shutil
 import signal
@@ -66,6 +67,7 @@ __all__ = [
     "GenerateStream",
     "RunnerProcess",
     "Sample",
+    "draw_seed",
     "runner_environment",
 ]
 
@@ -127,6 +129,11 @@ _LOCALE_ENV = (
 
 Sample = Any
 """One generated sample: ndarray | tuple | list | dict | None | str | bytes | int | float | bool."""
+
+
+def draw_seed() -> int:
+    """A fresh seed for a request that gave none (recorded on the stream, so the output is reproducible)."""
+    return secrets.randbelow(protocol.SEED_LIMIT)
 
 
 def runner_environment(
@@ -745,6 +752,7 @@ class RunnerProcess:
         *,
         batch_size: int,
         seed: int | None = None,
+        batch_offset: int = 0,
         kwargs: Mapping[str, Any] | None = None,
         save_images: bool = False,
         output_path: str | os.PathLike[str] | None = None,
@@ -752,15 +760,23 @@ class RunnerProcess:
     ) -> GenerateStream:
         """Start generating ``n`` samples in batches; iterate the stream for one list of samples per batch.
 
-        With ``save_images`` the model writes files into ``output_path`` (medigan naming) and the stream
-        yields nothing; read ``stream.files`` afterwards. Closing the stream early cancels the request.
-        ``max_sample_bytes`` bounds the array bytes of one sample: a batch frame may carry at most
-        ``batch_size`` times that and the request ``n`` times that (ResourceLimitError / ProtocolError
-        beyond); without it a batch frame is capped at ``DEFAULT_MAX_FRAME_BYTES``.
+        Batch ``i`` of the request is the job's global batch ``batch_offset + i``, seeded with
+        ``protocol.batch_seed(seed, batch_offset + i)`` (the runner's determinism contract). Without a seed
+        one is drawn; ``stream.seed`` records it. With ``save_images`` the model writes files into
+        ``output_path`` (medigan naming) and the stream yields nothing; read ``stream.files`` (a count) and
+        ``stream.saved`` (per batch: global index and file names) afterwards. Closing the stream early
+        cancels the request. ``max_sample_bytes`` bounds the array bytes of one sample: a batch frame may
+        carry at most ``batch_size`` times that and the request ``n`` times that (ResourceLimitError /
+        ProtocolError beyond); without it a batch frame is capped at ``DEFAULT_MAX_FRAME_BYTES``.
         """
-        if n < 0 or batch_size < 1:
-            raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n} batch_size={batch_size}")
-        if seed is not None and not 0 <= seed < 2**63:
+        if n < 0 or batch_size < 1 or batch_offset < 0:
+            raise ValueError(
+                f"need n >= 0, batch_size >= 1 and batch_offset >= 0, "
+                f"got n={n} batch_size={batch_size} batch_offset={batch_offset}"
+            )
+        if seed is None:
+            seed = draw_seed()
+        if not 0 <= seed < protocol.SEED_LIMIT:
             raise ValueError(f"seed must be in [0, 2**63), got {seed}")
         if save_images and output_path is None:
             raise ValueError("save_images=True needs an output_path")
@@ -778,6 +794,7 @@ class RunnerProcess:
                 "request": self._request,
                 "n": n,
                 "batch_size": batch_size,
+                "batch_offset": batch_offset,
                 "seed": seed,
                 "kwargs": kwargs_tree,
                 "save_images": save_images,
@@ -790,7 +807,15 @@ class RunnerProcess:
             total_cap: int | None = n * max_sample_bytes
         else:
             frame_cap, total_cap = DEFAULT_MAX_FRAME_BYTES, None
-        stream = GenerateStream(self, self._request, n, batch_size=batch_size, total_bytes_cap=total_cap)
+        stream = GenerateStream(
+            self,
+            self._request,
+            n,
+            seed=seed,
+            batch_size=batch_size,
+            batch_offset=batch_offset,
+            total_bytes_cap=total_cap,
+        )
         self._frame_limits = protocol.Limits(max_payload_bytes=frame_cap)
         self._active = stream
         return stream
@@ -842,8 +867,11 @@ def _count_field(runner: RunnerProcess, header: Mapping[str, Any], key: str) -> 
 class GenerateStream(Iterator[list[Sample]]):
     """The batches of one generate request, read lazily (one batch in host memory at a time).
 
-    After exhaustion: ``produced`` (samples received), ``shortfall`` (asked but not returned by the model),
-    ``cancelled``, ``files`` (files written with save_images), ``warnings`` (the runner's log frames).
+    ``seed``, ``batch_size`` and ``batch_offset`` are the request's (the seed drawn when none was given);
+    ``batch_index`` is the global index of the batch last returned. After exhaustion: ``produced``
+    (samples received), ``shortfall`` (asked but not returned by the model), ``cancelled``, ``files`` (files
+    written with save_images), ``saved`` (with save_images: ``(global batch index, file names)`` per
+    batch), ``warnings`` (the runner's log frames).
     """
 
     def __init__(
@@ -852,7 +880,9 @@ class GenerateStream(Iterator[list[Sample]]):
         request: int,
         requested: int,
         *,
+        seed: int | None = None,
         batch_size: int | None = None,
+        batch_offset: int = 0,
         total_bytes_cap: int | None = None,
     ) -> None:
         self._runner = runner
@@ -863,6 +893,11 @@ class GenerateStream(Iterator[list[Sample]]):
         self.bytes_received = 0
         self.batches = 0
         self.dropped_warnings = 0
+        self.seed = seed
+        self.batch_size = batch_size
+        self.batch_offset = batch_offset
+        self.batch_index: int | None = None
+        self.saved: list[tuple[int, list[str]]] = []
         self.produced = 0
         self.shortfall = 0
         self.files = 0
@@ -910,9 +945,14 @@ class GenerateStream(Iterator[list[Sample]]):
                     )
                 if self._cancel_sent:
                     continue
+                self.batch_index = _int_field(header, "index")
                 return samples
             if frame.kind == "progress":
                 self.files += _count_field(runner, header, "files")
+                names = header.get("names")
+                index = _int_field(header, "index")
+                if isinstance(names, list) and index is not None:
+                    self.saved.append((index, [str(name) for name in names]))
             elif frame.kind == "log":
                 if len(self.warnings) < MAX_KEPT_WARNINGS:
                     self.warnings.append(neutralise(header.get("message", "")))
@@ -994,3 +1034,8 @@ class GenerateStream(Iterator[list[Sample]]):
         if not self.finished and ref is not None and ref() in (self, None):
             self._runner._stop("a generate stream was dropped before it finished")
             self._runner._active = None
+
+
+def _int_field(header: Mapping[str, Any], key: str) -> int | None:
+    value = header.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -116,6 +116,47 @@ def test_generate_returns_the_samples_and_seeds_reproduce(world: dict[str, Path]
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))
 
 
+def test_a_session_job_split_at_batch_boundaries_equals_the_whole(session: Session) -> None:
+    whole = session.generate(ZOO_ID, 10, seed=21, batch_size=3)
+    assert (whole.seed, whole.batch_size, whole.batch_offset, whole.model_id) == (21, 3, 0, ZOO_ID)
+    # samples 3..8 alone (batches 1 and 2), then the last, short batch 3 (sample 9)
+    middle = session.generate(ZOO_ID, 6, seed=21, batch_size=3, batch_offset=1)
+    last = session.generate(ZOO_ID, 1, seed=21, batch_size=3, batch_offset=3)
+    assert middle.batch_offset == 1
+    for got, want in zip(list(middle) + list(last), whole[3:], strict=True):
+        np.testing.assert_array_equal(got, want)
+    batches = session.stream(ZOO_ID, 6, seed=21, batch_size=3, batch_offset=1)
+    assert (batches.seed, batches.batch_size, batches.batch_offset, batches.batch_index) == (21, 3, 1, None)
+    indices = []
+    for batch in batches:
+        assert batches.batch_index is not None
+        indices.append(batches.batch_index)
+        first = batches.batch_index * 3
+        for got, want in zip(batch, whole[first : first + 3], strict=True):
+            np.testing.assert_array_equal(got, want)
+    assert indices == [1, 2]
+
+
+def test_a_request_without_a_seed_records_the_seed_it_drew(session: Session) -> None:
+    drawn = session.generate(ZOO_ID, 4, batch_size=2)
+    assert isinstance(drawn.seed, int) and 0 <= drawn.seed < 2**63
+    again = session.generate(ZOO_ID, 4, batch_size=2, seed=drawn.seed)
+    assert all(np.array_equal(a, b) for a, b in zip(drawn, again, strict=True))
+    batches = session.stream(ZOO_ID, 2)
+    assert isinstance(batches.seed, int) and batches.seed != drawn.seed
+    batches.close()
+
+
+def test_bad_seeds_and_offsets_raise_value_errors(session: Session, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="seed must be an int in"):
+        session.generate(ZOO_ID, 1, seed=-3)
+    with pytest.raises(ValueError, match="batch_offset must be a non-negative int"):
+        session.generate(ZOO_ID, 1, batch_offset=-1)
+    with pytest.raises(ValueError, match="batch_offset must be a non-negative int"):
+        session.save(ZOO_ID, 1, tmp_path / "out", batch_offset=True)
+    assert not (tmp_path / "out").exists()
+
+
 def test_abbreviated_and_unknown_ids(session: Session) -> None:
     with pytest.raises(UnknownModelError) as info:
         session.generate("test-zo", 1)

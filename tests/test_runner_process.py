@@ -99,6 +99,7 @@ def test_public_surface_is_pinned() -> None:
         "GenerateStream",
         "RunnerProcess",
         "Sample",
+        "draw_seed",
         "runner_environment",
     ]
     assert all(hasattr(runner_process, name) for name in runner_process.__all__)
@@ -304,6 +305,64 @@ def test_seeded_generation_is_reproducible_and_seeds_differ(runner: RunnerProces
     assert any(not np.array_equal(x, z) for x, z in zip(a, c, strict=True))
 
 
+def test_batch_seed_follows_its_documented_formula() -> None:
+    import hashlib
+
+    def expected(seed: int, index: int) -> int:
+        data = b"medigan-iso batch seed v1\x00" + seed.to_bytes(8, "big") + index.to_bytes(8, "big")
+        return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") >> 1
+
+    for seed, index in ((0, 0), (7, 0), (7, 1), (2**63 - 1, 12345)):
+        assert protocol.batch_seed(seed, index) == expected(seed, index)
+        assert 0 <= protocol.batch_seed(seed, index) < protocol.SEED_LIMIT
+    assert len({protocol.batch_seed(7, k) for k in range(100)}) == 100
+    with pytest.raises(ValueError, match="must be in"):
+        protocol.batch_seed(-1, 0)
+
+
+def test_a_request_split_at_batch_boundaries_equals_the_whole(runner: RunnerProcess) -> None:
+    whole = list(runner.generate(20, batch_size=4, seed=11))
+    assert len(whole) == 5
+    parts = [list(runner.generate(8, batch_size=4, seed=11, batch_offset=off)) for off in (0, 2)]
+    tail = list(runner.generate(4, batch_size=4, seed=11, batch_offset=4))
+    split = parts[0] + parts[1] + tail
+    assert len(split) == len(whole)
+    for got, want in zip(split, whole, strict=True):
+        for x, y in zip(got, want, strict=True):
+            np.testing.assert_array_equal(x, y)
+    # Out of order too: batch 3 alone is batch 3 of the whole.
+    alone = list(runner.generate(4, batch_size=4, seed=11, batch_offset=3))
+    for x, y in zip(alone[0], whole[3], strict=True):
+        np.testing.assert_array_equal(x, y)
+    # Each batch is seeded on its own: batches of one request differ.
+    assert not np.array_equal(whole[0][0], whole[1][0])
+
+
+def test_a_request_without_a_seed_draws_one_that_reproduces_it(runner: RunnerProcess) -> None:
+    stream = runner.generate(6, batch_size=2)
+    first = [s for batch in stream for s in batch]
+    assert isinstance(stream.seed, int) and 0 <= stream.seed < protocol.SEED_LIMIT
+    assert (stream.batch_size, stream.batch_offset, stream.batch_index) == (2, 0, 2)
+    again = collect(runner, 6, batch_size=2, seed=stream.seed)
+    for x, y in zip(first, again, strict=True):
+        np.testing.assert_array_equal(x, y)
+    other = runner.generate(6, batch_size=2)
+    list(other)
+    assert other.seed != stream.seed
+
+
+def test_bad_batch_offsets_and_seeds_are_refused(runner: RunnerProcess) -> None:
+    with pytest.raises(ValueError, match="batch_offset >= 0"):
+        runner.generate(2, batch_size=2, batch_offset=-1)
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*63\)"):
+        runner.generate(2, batch_size=2, seed=2**63)
+    assert len(collect(runner, 2)) == 2
+
+
+def test_the_hello_names_the_seeding_scheme(runner: RunnerProcess) -> None:
+    assert runner.hello["seeding"] == protocol.SEEDING_SCHEME
+
+
 def test_caller_kwargs_override_custom_defaults(numpy_env: Path, zoo: Path, tmp_path: Path) -> None:
     with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log") as proc:
         proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME, custom_defaults={"size": 5})
@@ -337,7 +396,20 @@ def test_save_images_uses_medigan_batch_naming(runner: RunnerProcess, tmp_path: 
     )
     assert names == expected
     assert stream.files == 70
+    assert [(index, len(files)) for index, files in stream.saved] == [(0, 32), (1, 32), (2, 6)]
+    assert sorted(name for _, files in stream.saved for name in files) == expected
     assert np.load(out / "batch_2_sample_5.npy").shape == (8, 8, 3)
+
+
+def test_save_images_names_batches_by_their_global_index(runner: RunnerProcess, tmp_path: Path) -> None:
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    list(runner.generate(9, batch_size=3, seed=5, save_images=True, output_path=whole))
+    stream = runner.generate(3, batch_size=3, seed=5, batch_offset=2, save_images=True, output_path=part)
+    list(stream)
+    assert sorted(p.name for p in part.iterdir()) == [f"batch_2_sample_{i}.npy" for i in range(3)]
+    assert stream.saved == [(2, [f"batch_2_sample_{i}.npy" for i in range(3)])]
+    for path in part.iterdir():
+        assert path.read_bytes() == (whole / path.name).read_bytes()
 
 
 def test_save_images_with_a_multiple_of_32_asks_no_empty_batch(runner: RunnerProcess, tmp_path: Path) -> None:

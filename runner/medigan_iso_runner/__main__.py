@@ -29,15 +29,18 @@ fds
     snapshots of each batch, so the model computes batch k+1 while batch k is written and at most two
     batches are held.
 frames (runner -> host unless marked)
-    ``hello`` {protocol, python, implementation, executable, numpy, msgpack, packages, sandbox, pid} first;
-        ``sandbox`` is :func:`sandbox_report`, the confinement seen from inside;
+    ``hello`` {protocol, seeding, python, implementation, executable, numpy, msgpack, packages, sandbox, pid}
+        first; ``sandbox`` is :func:`sandbox_report`, the confinement seen from inside; ``seeding`` names
+        the seeding scheme (``protocol.SEEDING_SCHEME``);
     host ``load`` {protocol, package_root, package_name, model_file, generate_function, custom_defaults}
         -> ``ready`` {module, generate_function, load_s} or ``error``;
-    host ``generate`` {request, n, batch_size, seed, kwargs, save_images, output_path}; kwargs is a sample
-        tree (``protocol.pack_samples``), so arrays such as ``input_latent_vector`` travel in the payload
-        -> per batch: ``batch`` {request, index, requested, count, samples} (arrays in the payload), or with
-        save_images ``progress`` {request, index, done, total, files}; ``log`` {level, message} for warnings
-        (e.g. a batch shorter than asked); finally ``done`` {request, requested, produced, shortfall,
+    host ``generate`` {request, n, batch_size, batch_offset, seed, kwargs, save_images, output_path};
+        kwargs is a sample tree (``protocol.pack_samples``), so arrays such as ``input_latent_vector`` travel
+        in the payload; ``batch_offset`` (default 0) is the global index of the request's first batch
+        -> per batch: ``batch`` {request, index, requested, count, samples} (arrays in the payload; ``index``
+        is the global batch index), or with save_images ``progress`` {request, index, done, total, files,
+        names} (``names``: the files that batch wrote); ``log`` {level, message} for warnings (e.g. a batch
+        shorter than asked); finally ``done`` {request, requested, produced, shortfall,
         cancelled, files} or ``error`` {request, phase, type, message, traceback}. The runner stays
         loaded after a model error.
     host ``cancel`` {request}: stop that request before its next batch (the batch in flight still arrives);
@@ -57,13 +60,27 @@ smaller, never empty). A list or tuple return is a batch of samples; an ndarray 
 first axis; None counts as zero samples; extra samples beyond those asked are dropped with a warning. A model
 that returns fewer samples than asked is not called again for them: what it returned is streamed and the
 shortfall reported.
-With a seed, ``random``, ``numpy.random`` and (when the model imported them) torch and TensorFlow are seeded
-once per ``generate`` request. With ``save_images``, each batch runs the model's own saving into
-``<output_path>/batch_<n>`` and its files are moved to ``<output_path>/batch_<n>_<file>`` (medigan's naming).
+With ``save_images``, each batch runs the model's own saving into ``<output_path>/batch_<n>`` and its files
+are moved to ``<output_path>/batch_<n>_<file>`` (medigan's naming; ``n`` is the global batch index).
+
+Determinism contract
+--------------------
+A sample's bytes depend only on (catalogue entry, package sha256, env lock, seed, batch size, sample
+index): not on how a job is split into requests, on other models running, on the sandbox policy, or on the
+machine when the model is deterministic on CPU. To that end the runner seeds every batch, not every
+request: before calling the model for global batch ``k`` (``k = batch_offset + i`` for the request's i-th
+batch) it seeds ``random``, ``numpy.random`` (with the seed modulo 2**32), torch and TensorFlow with
+``protocol.batch_seed(seed, k)``. Sample ``j`` of batch ``k`` is the job's sample ``k * batch_size + j``,
+so generating samples 40-79 alone (``batch_offset=4``, batch size 10) gives the bytes of samples 40-79 of
+one 0-199 request with the same seed and batch size. torch and TensorFlow are imported right after the
+model package loads when the env has them, so a model that imports them lazily is seeded from its first
+batch on. The host always sends a seed (it draws one when the caller gave none, and records it); a
+``generate`` without a seed leaves the generators alone.
 """
 
 import contextlib
 import ctypes
+import importlib
 import importlib.util
 import os
 import platform
@@ -296,6 +313,7 @@ def hello_header() -> Dict[str, Any]:
     return {
         "kind": "hello",
         "protocol": protocol.PROTOCOL_VERSION,
+        "seeding": protocol.SEEDING_SCHEME,
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "executable": sys.executable,
@@ -394,6 +412,26 @@ class Model:
         self.custom_defaults = dict(header.get("custom_defaults") or {})
 
 
+SEEDED_FRAMEWORKS = ("torch", "tensorflow")
+
+
+def preload_frameworks() -> None:
+    """Import torch and TensorFlow when the env has them, so :func:`seed_everything` seeds them from the
+    first batch on even when the model imports them lazily inside its generate function."""
+    for name in SEEDED_FRAMEWORKS:
+        if name in sys.modules:
+            continue
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if found:
+            try:
+                importlib.import_module(name)
+            except Exception as exc:  # the model may still work without it; say so in the log
+                log(f"importing {name} to seed it failed: {exc!r}")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -471,6 +509,7 @@ class Runner:
         started = time.monotonic()
         try:
             self.model = Model(header)
+            preload_frameworks()
         except BaseException as exc:
             self.model = None
             self.channel.send(error_header(exc, "load"))
@@ -506,8 +545,12 @@ class Runner:
             raise RuntimeError("generate before a successful load")
         n = int(header["n"])
         batch_size = int(header["batch_size"])
-        if n < 0 or batch_size < 1:
-            raise ValueError(f"n must be >= 0 and batch_size >= 1, got n={n} batch_size={batch_size}")
+        batch_offset = int(header.get("batch_offset") or 0)
+        if n < 0 or batch_size < 1 or batch_offset < 0:
+            raise ValueError(
+                f"n and batch_offset must be >= 0 and batch_size >= 1, "
+                f"got n={n} batch_size={batch_size} batch_offset={batch_offset}"
+            )
         save_images = bool(header.get("save_images"))
         output_path = header.get("output_path")
         if save_images and not output_path:
@@ -518,11 +561,10 @@ class Runner:
             raise TypeError(f"kwargs must be a dict, got {type(caller).__name__}")
         kwargs.update(caller or {})
         seed = header.get("seed")
-        if seed is not None:
-            seed_everything(int(seed))
+        seed = None if seed is None else int(seed)
         produced = 0
         files = 0
-        index = 0
+        index = batch_offset
         remaining = n
         cancelled = False
         while remaining > 0:
@@ -533,9 +575,11 @@ class Runner:
             remaining -= asked
             call = dict(kwargs)
             call.update(model_file=model.model_file, num_samples=asked, save_images=save_images)
+            if seed is not None:
+                seed_everything(protocol.batch_seed(seed, index))
             if save_images:
-                moved = self.save_batch(model, call, str(output_path), index)
-                files += moved
+                names = self.save_batch(model, call, str(output_path), index)
+                files += len(names)
                 self.channel.send(
                     {
                         "kind": "progress",
@@ -543,7 +587,8 @@ class Runner:
                         "index": index,
                         "done": n - remaining,
                         "total": n,
-                        "files": moved,
+                        "files": len(names),
+                        "names": names,
                     }
                 )
             else:
@@ -586,19 +631,22 @@ class Runner:
             }
         )
 
-    def save_batch(self, model: Model, call: Dict[str, Any], output_path: str, index: int) -> int:
-        """medigan's save_images: the model writes into batch_<n>/, files move to batch_<n>_<file>."""
+    def save_batch(self, model: Model, call: Dict[str, Any], output_path: str, index: int) -> List[str]:
+        """medigan's save_images: the model writes into batch_<n>/, files move to batch_<n>_<file>.
+
+        Returns the new names (relative to ``output_path``), in sorted order."""
         out_dir = Path(output_path)
         batch_dir = out_dir / f"batch_{index}"
         batch_dir.mkdir(parents=True, exist_ok=True)
         call["output_path"] = str(batch_dir)
         model.function(**call)
-        moved = 0
+        names = []  # type: List[str]
         for entry in sorted(batch_dir.iterdir()):
-            entry.rename(out_dir / f"batch_{index}_{entry.name}")
-            moved += 1
+            name = f"batch_{index}_{entry.name}"
+            entry.rename(out_dir / name)
+            names.append(name)
         batch_dir.rmdir()
-        return moved
+        return names
 
 
 def main() -> int:

@@ -27,6 +27,7 @@ a dict with str keys as ``{"d": {...}}``; the i-th ndarray as ``{"a": i}`` and t
 PROTOCOL_VERSION is part of every env key: bump it whenever frames change incompatibly.
 """
 
+import hashlib
 import io
 import struct
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
@@ -46,9 +47,12 @@ __all__ = [
     "MAX_PAYLOAD_BYTES",
     "PROTOCOL_VERSION",
     "RUNNER_KINDS",
+    "SEEDING_SCHEME",
+    "SEED_LIMIT",
     "Frame",
     "Limits",
     "ProtocolError",
+    "batch_seed",
     "bytes_reader",
     "encode_frame",
     "pack_samples",
@@ -58,6 +62,13 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+
+# Determinism: batch k (its global index, counted from the first batch of the whole job, not of one
+# request) is seeded with batch_seed(seed, k), so a sample's bytes do not depend on how a job is split into
+# requests. The scheme's name travels in the runner's hello and in every manifest line.
+SEEDING_SCHEME = "sha256-seed-batch-v1"
+SEED_LIMIT = 2**63  # seeds are ints in [0, SEED_LIMIT)
+_SEED_DOMAIN = b"medigan-iso batch seed v1\x00"
 
 MAGIC = b"MDGN"
 _PREFIX = struct.Struct(">4sIQ")
@@ -122,6 +133,18 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of global batch ``index`` of a job seeded with ``seed``, an int in [0, SEED_LIMIT).
+
+    sha256 over a domain tag, ``seed`` and ``index`` (8 bytes each, big-endian); the first 8 bytes of the
+    digest as a big-endian int, shifted right by one bit. Stable across Python and numpy versions.
+    """
+    if not (0 <= seed < SEED_LIMIT and 0 <= index < SEED_LIMIT):
+        raise ValueError(f"seed and batch index must be in [0, 2**63), got seed={seed} index={index}")
+    digest = hashlib.sha256(_SEED_DOMAIN + seed.to_bytes(8, "big") + index.to_bytes(8, "big")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 class Frame:
