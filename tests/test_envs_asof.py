@@ -459,3 +459,9 @@ def test_doctor_says_whether_env_builds_are_confined(
     assert main(["doctor", "--json"]) == 0
     builds = json.loads(capsys.readouterr().out)["env_builds"]
     assert builds["confined"] is (probe_host().bwrap is not None)
+
+
+def test_a_dated_strict_resolution_is_wheels_only_without_clashing_flags(online: Path) -> None:
+    env = ensure_env(EnvSpec(["six"], as_of="2021-01-01", name="six-strict"), strict=True)
+    assert env.as_of == "2021-01-01"
+    assert _pins(env.lock_path.read_text())["six"] == "1.15.0"

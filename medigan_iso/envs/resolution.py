@@ -143,8 +143,9 @@ def _compile(
         *settings.uv_args(),
         *_date_args(spec),
     ]
-    for name in only_binary:
-        args += ["--only-binary", name]
+    if not settings.wheels_only:  # --no-build (strict mode) already means wheels only, for everything
+        for name in only_binary:
+            args += ["--only-binary", name]
     # resolving may build an sdist to read its metadata: its build backend runs confined
     confinement = build_confinement()
     try:
