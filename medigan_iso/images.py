@@ -6,7 +6,8 @@ never leaves a half-written one (each file is written to a hidden temp name, the
 
 Conversion to uint8 for PNG (``--format npy`` keeps the exact arrays):
 - uint8 as is; bool as 0/255;
-- other integer types: clipped to 0..255 when every value fits, else min-max scaled to 0..255;
+- other integer types: kept when every value fits 0..255, else min-max scaled to 0..255 (a constant
+  image out of range is clipped);
 - floats: [0, 1] scaled by 255; [-1, 1] mapped by (x + 1) * 127.5; anything else clipped to 0..255;
 - NaN becomes 0.
 Shapes H×W and H×W×1 become grayscale, H×W×3 RGB, H×W×4 RGBA; 1×H×W / 3×H×W (channels first) are
@@ -138,6 +139,8 @@ def to_uint8(array: npt.ArrayLike) -> npt.NDArray[np.uint8]:
         if arr.size == 0 or (arr.min() >= 0 and arr.max() <= 255):
             return arr.astype(np.uint8)
         lo, hi = float(arr.min()), float(arr.max())
+        if hi == lo:  # a constant image out of range: nothing to scale (ZeroDivisionError; issue 19)
+            return np.clip(arr, 0, 255).astype(np.uint8)
         scaled = (arr.astype(np.float64) - lo) * (255.0 / (hi - lo))
         return np.rint(scaled).astype(np.uint8)
     if np.issubdtype(arr.dtype, np.floating):
