@@ -452,6 +452,32 @@ def test_a_cpu_spin_is_killed_by_its_cpu_limit(open_session: type[Session]) -> N
     assert info.value.signal_name in ("SIGXCPU", "SIGKILL"), info.value
 
 
+@needs_bwrap
+def test_require_refuses_a_bubblewrap_that_cannot_create_namespaces(
+    open_session: type[Session], tmp_path: Path
+) -> None:
+    # Real bubblewrap, run inside a user namespace that forbids nested ones (issue 19): installed, but
+    # unable to create namespaces, as in a container that denies them.
+    wrapper = tmp_path / "bwrap"
+    nest = f"{SUPPORT.bwrap} --unshare-user --disable-userns --dev-bind / / --"
+    wrapper.write_text(f'#!/bin/sh\nexec {nest} {SUPPORT.bwrap} "$@"\n')
+    wrapper.chmod(0o755)
+    support = probe_host(bwrap=wrapper)
+    assert support.bwrap is None
+    assert "cannot create namespaces" in support.layers["bubblewrap"].detail
+    config = SandboxConfig(policy="require", limits=TEST_LIMITS, bwrap=wrapper)
+    with pytest.raises(SandboxError) as info:
+        open_session(sandbox=config).generate(ADV, 1)
+    assert info.value.layer == "bubblewrap"
+    assert "cannot create namespaces" in info.value.reason
+    assert "apt-get install bubblewrap" in str(info.value)
+    # the control: auto runs the same model without it
+    auto = dataclasses.replace(config, policy="auto")
+    session = open_session(sandbox=auto)
+    assert len(session.generate(ADV, 1)) == 1
+    assert "bubblewrap" not in session.runner_info(ADV)["sandbox_layers"]
+
+
 @needs_full_stack
 def test_a_fork_bomb_is_stopped_with_its_runner(open_session: type[Session]) -> None:
     marker = f"mi-f{uuid.uuid4().hex[:10]}"
