@@ -140,7 +140,8 @@ def to_uint8(array: npt.ArrayLike) -> npt.NDArray[np.uint8]:
             return arr.astype(np.uint8)
         lo, hi = float(arr.min()), float(arr.max())
         if hi == lo:  # a constant image out of range: nothing to scale (ZeroDivisionError; issue 19)
-            return np.clip(arr, 0, 255).astype(np.uint8)
+            clipped: npt.NDArray[np.uint8] = np.clip(arr, 0, 255).astype(np.uint8)
+            return clipped
         scaled = (arr.astype(np.float64) - lo) * (255.0 / (hi - lo))
         return np.rint(scaled).astype(np.uint8)
     if np.issubdtype(arr.dtype, np.floating):
