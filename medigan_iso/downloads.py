@@ -49,7 +49,9 @@ class DownloadOptions:
     backoff_s: float = 1.0  # delay before the 2nd attempt; doubles up to backoff_max_s
     backoff_max_s: float = 30.0
     max_bytes: int = MAX_PACKAGE_BYTES
-    chunk_bytes: int = 1 << 20
+    # A read that a dropped connection interrupts loses its whole chunk (urllib3 raises IncompleteRead and
+    # keeps nothing): with 1 MiB chunks, a link that drops every few hundred KB never progressed (issue 19).
+    chunk_bytes: int = 64 << 10
 
 
 DEFAULT_DOWNLOAD_OPTIONS = DownloadOptions()
