@@ -14,7 +14,6 @@ are min-max scaled over the sheet too; bool samples become 0/255.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,9 +22,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from medigan_iso.untrusted import get_logger
+
 __all__ = ["contact_sheet"]
 
-_log = logging.getLogger(__name__)
+_log = get_logger(__name__)
 
 PADDING_VALUE = 255  # grid lines are white: medical images are mostly black at their borders
 MAX_SHEET_PIXELS = 100_000_000  # guards against an accidental 100k-sample sheet eating the host's memory

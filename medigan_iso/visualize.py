@@ -23,7 +23,6 @@ Every change asks the warm runner for one sample with ``input_latent_vector`` sh
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -35,11 +34,11 @@ from matplotlib.widgets import Button, Slider
 
 from medigan_iso.errors import CatalogueError, RunnerError
 from medigan_iso.generation import Session
-from medigan_iso.untrusted import neutralise
+from medigan_iso.untrusted import get_logger, neutralise
 
 __all__ = ["MAX_INPUT_VALUE", "Visualizer", "is_interactive_backend", "show"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 MAX_INPUT_VALUE = 3.0  # latent sliders span [-3, 3], the offset slider [-6, 6] (medigan's ranges)
 

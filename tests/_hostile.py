@@ -112,6 +112,17 @@ def generate(model_file, num_samples, output_path, save_images, attack="none", s
             for i in range(len(frame)):
                 os.write(channel.out_fd, frame[i:i + 1])
                 time.sleep(float(kwargs.get("interval", 0.1)))
+    if attack == "tmpfs_fill":
+        written = 0
+        try:
+            with open(os.path.join(kwargs.get("where", "/dev/shm"), "fill"), "wb") as fh:
+                for _ in range(int(kwargs.get("mib", 64))):
+                    fh.write(b"x" * 1024 * 1024)
+                    fh.flush()
+                    written += 1
+            return ["wrote %d MiB" % written]
+        except OSError as exc:
+            return ["full at %d MiB: %s" % (written, exc.strerror)]
     if attack == "oversized":
         # many more samples than asked, each far larger than declared
         return [np.zeros((2048, 2048), dtype=np.float64) for _ in range(num_samples * 4)]

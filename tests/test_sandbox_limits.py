@@ -25,7 +25,7 @@ from _hostile import write_hostile
 
 from medigan_iso import Session
 from medigan_iso.cgroups import CgroupSupport, probe_cgroups
-from medigan_iso.errors import ResourceLimitError, SandboxError
+from medigan_iso.errors import ResourceLimitError, RunnerCrashedError, SandboxError
 from medigan_iso.packages import tree_sha256
 from medigan_iso.sandbox import (
     SANDBOX_ENV,
@@ -46,6 +46,7 @@ needs_landlock_seccomp = pytest.mark.skipif(
     reason="needs Landlock and seccomp",
 )
 SMALL = "hostile-small"  # 512 MiB, 64 tasks
+TMPFS = "hostile-tmpfs"  # 32 MiB tmpfs
 PLAIN = "hostile"
 NO_BWRAP = ("seccomp", "landlock", "rlimits")  # auto on a machine without (working) bubblewrap
 
@@ -76,6 +77,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     catalogue = {
         PLAIN: _entry(digest),
         SMALL: _entry(digest, {"memory_mb": 512, "processes": 64}),
+        TMPFS: _entry(digest, {"tmpfs_mb": 32}),
     }
     path = root / "catalogue" / "catalogue.json"
     path.write_text(json.dumps(catalogue), encoding="utf-8")
@@ -136,6 +138,18 @@ def test_an_8_gib_allocation_is_stopped_by_the_memory_limit_with_a_typed_error(o
     assert info.value.limit == "memory"
     assert "0.50 GiB" in str(info.value)
     assert len(session.generate(SMALL, 1)) == 1
+
+
+@pytest.mark.skipif(SUPPORT.bwrap is None, reason="bubblewrap cannot run here")
+def test_the_sandbox_tmpfs_is_capped_by_the_entrys_tmpfs_size(open_session: Any) -> None:
+    # issue 16: /tmp and /dev/shm held 2 GiB of RAM each while a runner was warm; now 512 MiB by default,
+    # per entry in execution.resources, and charged to the runner's memory cgroup
+    session = open_session(sandbox="require")
+    for where in ("/dev/shm", "/tmp"):
+        [result] = session.generate(TMPFS, 1, attack="tmpfs_fill", where=where, mib=64)
+        assert result.startswith("full at ") and "No space left on device" in result, result
+        assert int(result.split()[2]) <= 32
+    assert Limits().tmpfs_bytes == 512 * 1024**2
 
 
 def test_default_memory_is_half_of_the_machine_and_entries_override_it() -> None:
@@ -276,3 +290,55 @@ def test_doctor_says_which_limit_mechanism_is_in_force_and_what_auto_leaves_open
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert f"resource limits: {SUPPORT.limits_mechanism}" in out
+
+
+def test_auto_warns_once_per_session_about_the_gaps_it_leaves(
+    open_session: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    session = open_session(sandbox=SandboxConfig(policy="auto", layers=("rlimits",)))
+    with caplog.at_level("WARNING", logger="medigan_iso.generation"):
+        session.generate(PLAIN, 1)
+        with pytest.raises(RunnerCrashedError):  # the next request respawns: a second spawn
+            session.generate(PLAIN, 1, attack="escape_stderr_crash")
+        session.generate(PLAIN, 1)
+    gap_lines = [
+        r.getMessage() for r in caplog.records if "leaves these protections missing" in r.getMessage()
+    ]
+    assert len(gap_lines) == 1
+    assert "/proc of host processes is readable" in gap_lines[0]
+    assert "path-named Unix sockets" in gap_lines[0]
+
+
+def test_cgroup_v2_layout_is_probed_and_written_as_the_kernel_expects(tmp_path: Path) -> None:
+    # This machine has cgroup v1 only; a directory shaped like a delegated v2 hierarchy stands in for
+    # /sys/fs/cgroup so the v2 path (probe, limits, join argv) is checked byte for byte.
+    own = dict(line.split(":", 2)[1:] for line in Path("/proc/self/cgroup").read_text().splitlines())
+    if "" not in own:
+        pytest.skip("no cgroup v2 line in /proc/self/cgroup")
+    base = tmp_path / own[""].lstrip("/")
+    base.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    (base / "cgroup.subtree_control").write_text("memory pids\n")
+    support = probe_cgroups(tmp_path)
+    assert support.mechanism == "cgroup2" and support.bases == {"": base}
+    from medigan_iso.cgroups import CgroupLimits, RunnerCgroup
+
+    group = RunnerCgroup.create(support, CgroupLimits(memory_bytes=2**30, pids=64, cpus=1.5), label="t")
+    [path] = group.dirs.values()
+    assert path.parent == base
+    assert (path / "pids.max").read_text() == "64"
+    assert (path / "memory.max").read_text() == str(2**30)
+    assert (path / "memory.swap.max").read_text() == "0"
+    assert group.join_prefix()[:2] == ["/bin/sh", "-c"]
+    assert f"echo $$ > {path / 'cgroup.procs'}" in group.join_prefix()[2]
+    (path / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert group.oom_killed()
+    (path / "cgroup.procs").write_text("")
+    group.kill(wait_s=0)
+    for name in list(path.iterdir()):
+        name.unlink()
+    group.remove()
+    assert not path.exists()
+    (base / "cgroup.subtree_control").write_text("cpu\n")
+    refused = probe_cgroups(tmp_path)
+    assert refused.mechanism is None and "does not delegate memory and pids" in refused.detail

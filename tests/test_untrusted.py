@@ -109,3 +109,47 @@ def test_no_control_character_survives(code: int) -> None:
     out = neutralise(f"x{chr(code)}y")
     assert _only_printable(out)
     assert chr(code) not in out
+
+
+def test_every_module_logger_of_the_package_neutralises_its_arguments() -> None:
+    import importlib
+    import logging
+    import pkgutil
+
+    import medigan_iso
+    from medigan_iso.untrusted import NeutralisingFilter
+
+    checked = []
+    for info in pkgutil.walk_packages(medigan_iso.__path__, "medigan_iso."):
+        if info.name.endswith("__main__"):  # importing it runs the CLI
+            continue
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:  # an optional extra (an ASGI framework, matplotlib) is not installed
+            continue
+        for value in vars(module).values():
+            if isinstance(value, logging.Logger) and value.name == info.name:
+                assert any(isinstance(f, NeutralisingFilter) for f in value.filters), info.name
+                checked.append(info.name)
+    assert "medigan_iso.runner_process" in checked and "medigan_iso.catalogue" in checked
+
+
+def test_the_filter_escapes_record_arguments_but_keeps_numbers() -> None:
+    import logging
+
+    from medigan_iso.untrusted import get_logger
+
+    logger = get_logger("medigan_iso.test_untrusted_probe")
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        logger.warning("model %s took %.1f s", "evil\x1b]0;x\x07\nmedigan-iso: error: forged", 1.25)
+    finally:
+        logger.removeHandler(handler)
+    assert records[0].getMessage() == "model evil\\x1b]0;x\\x07\\x0amedigan-iso: error: forged took 1.2 s"

@@ -7,7 +7,6 @@ import errno
 import hashlib
 import importlib.util
 import json
-import logging
 import os
 import shlex
 import shutil
@@ -54,8 +53,9 @@ from medigan_iso.errors import (
     EnvBuildError,
 )
 from medigan_iso.paths import CacheLayout
+from medigan_iso.untrusted import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def _runner_dir() -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -26,10 +25,11 @@ from medigan_iso.errors import (
     EnvNotBuiltError,
 )
 from medigan_iso.paths import CacheLayout, cache_layout
+from medigan_iso.untrusted import get_logger
 
 BUILDERS = ("uv", "virtualenv")
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def _fallback_warning(reason: str) -> None:

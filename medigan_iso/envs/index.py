@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import configparser
 import hashlib
-import logging
 import os
 import shlex
 import sys
@@ -15,8 +14,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from medigan_iso.paths import is_offline
+from medigan_iso.untrusted import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 # pip's configuration files, lowest precedence first: global, then user (skipped when $PIP_CONFIG_FILE

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import re
 import subprocess
@@ -19,8 +18,9 @@ from medigan_iso.errors import (
     InterpreterNotFoundError,
 )
 from medigan_iso.paths import CacheLayout
+from medigan_iso.untrusted import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def _pyenv_free_path() -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import re
 import subprocess
@@ -46,8 +45,9 @@ from medigan_iso.envs.tools import (
 )
 from medigan_iso.errors import EnvBuildError, InterpreterNotFoundError, ResolutionError
 from medigan_iso.paths import CacheLayout, cache_layout
+from medigan_iso.untrusted import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 _NETWORK_ERROR_MARKERS = (

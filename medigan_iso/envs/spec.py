@@ -4,7 +4,6 @@ normalised, and the env key derived from a lock."""
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,8 +19,9 @@ from packaging.utils import canonicalize_name
 from medigan_iso.envs._common import KEY_LENGTH_HEX, _sha256_text
 from medigan_iso.envs.asof import NO_DATE, SETUPTOOLS_WITHOUT_PKG_RESOURCES, AsOf, as_of_for
 from medigan_iso.errors import DirectReferenceError, ResolutionError
+from medigan_iso.untrusted import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 RUNNER_REQUIREMENTS = ("msgpack>=1.0", "numpy")

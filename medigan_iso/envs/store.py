@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -32,8 +31,9 @@ from medigan_iso.errors import (
     EnvNotBuiltError,
 )
 from medigan_iso.paths import CacheLayout, cache_layout
+from medigan_iso.untrusted import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass(frozen=True)

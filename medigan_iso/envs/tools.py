@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import platform
 import shutil
@@ -23,8 +22,9 @@ from medigan_iso.envs.index import IndexSettings
 from medigan_iso.envs.spec import Interpreter
 from medigan_iso.errors import SandboxError
 from medigan_iso.sandbox import BWRAP_REMEDY, SYSTEM_DIRS, SYSTEM_FILES, probe_host, resolve_policy
+from medigan_iso.untrusted import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 UV_BIN_ENV = "MEDIGAN_ISO_UV"  # seam: path to the uv binary (a missing path forces the fallback)

@@ -22,7 +22,6 @@ Routes::
 from __future__ import annotations
 
 import json
-import logging
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -50,10 +49,11 @@ from medigan_iso.explore.service import (
     Explorer,
     text,
 )
+from medigan_iso.untrusted import get_logger
 
 __all__ = ["create_app"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 MAX_COMPARE = 4
 MAX_ERROR_LINES = 60

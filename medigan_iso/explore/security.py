@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import logging
 import os
 import secrets
 import socket
@@ -37,6 +36,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from medigan_iso.errors import ExploreError
+from medigan_iso.untrusted import get_logger
 
 __all__ = [
     "CSRF_HEADER",
@@ -47,7 +47,7 @@ __all__ = [
     "is_loopback",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 TOKEN_ENV = "MEDIGAN_ISO_EXPLORE_TOKEN"
 CSRF_HEADER = "x-medigan-iso-csrf"

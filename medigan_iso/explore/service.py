@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import math
 import secrets
 import tempfile
@@ -35,7 +34,7 @@ from medigan_iso.errors import ExploreError, ExploreRequestError, ModelBusyError
 from medigan_iso.generation import Session
 from medigan_iso.preview import contact_sheet
 from medigan_iso.search import OPERATORS, ORDERS, rank_models
-from medigan_iso.untrusted import neutralise
+from medigan_iso.untrusted import get_logger, neutralise
 
 __all__ = [
     "DEFAULT_GRID_SAMPLES",
@@ -45,7 +44,7 @@ __all__ = [
     "SampleRequest",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 DEFAULT_GRID_SAMPLES = 16
 MAX_GRID_SAMPLES = 64  # per grid, sample or zip request; a 64-sample sheet of 256 px cells is about 4 MB
