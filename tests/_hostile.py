@@ -112,6 +112,21 @@ def generate(model_file, num_samples, output_path, save_images, attack="none", s
             for i in range(len(frame)):
                 os.write(channel.out_fd, frame[i:i + 1])
                 time.sleep(float(kwargs.get("interval", 0.1)))
+    if attack == "forge_batches":
+        # extra batch frames written straight onto the protocol pipe (first call of a fresh runner only:
+        # the runner's own writer is idle then)
+        import gc
+        from medigan_iso_runner import protocol
+
+        channel = next(o for o in gc.get_objects() if type(o).__name__ == "Channel")
+        for _ in range(int(kwargs.get("frames", 2))):
+            samples = [np.zeros((8, 8), np.uint8) for _ in range(int(kwargs.get("per_frame", 2)))]
+            tree, arrays = protocol.pack_samples(samples)
+            header = {"kind": "batch", "request": int(kwargs.get("request", 1)), "index": 0,
+                      "samples": tree}
+            for buf in protocol.encode_frame(header, arrays):
+                os.write(channel.out_fd, bytes(buf))
+        time.sleep(30)
     if attack == "tmpfs_fill":
         written = 0
         try:

@@ -13,7 +13,13 @@ import pytest
 from _envs_for_tests import build_runner_env
 from _hostile import write_hostile
 
-from medigan_iso.errors import ModelError, ProtocolError, RunnerCrashedError, RunnerTimeoutError
+from medigan_iso.errors import (
+    ModelError,
+    ProtocolError,
+    ResourceLimitError,
+    RunnerCrashedError,
+    RunnerTimeoutError,
+)
 from medigan_iso.runner_process import RunnerProcess
 
 
@@ -116,3 +122,19 @@ def test_within_the_declared_size_the_same_request_streams(runner: RunnerProcess
     stream = runner.generate(2, batch_size=2, kwargs={"attack": "none"}, max_sample_bytes=1024**2)
     assert [len(batch) for batch in stream] == [2]
     assert stream.bytes_received == 2 * 8 * 8 and stream.batches == 1
+
+
+def test_more_batch_frames_than_the_request_allows_is_a_protocol_error(runner: RunnerProcess) -> None:
+    stream = runner.generate(2, batch_size=2, kwargs={"attack": "forge_batches"}, max_sample_bytes=64)
+    with pytest.raises(ProtocolError) as info:
+        list(stream)
+    assert "2 batch frames for a request of at most 1" in str(info.value)
+
+
+def test_more_bytes_than_the_request_allows_is_a_resource_limit_error(runner: RunnerProcess) -> None:
+    # 3 samples of at most 64 bytes: two legal-sized frames of 2 x 64 bytes exceed the 192-byte total
+    stream = runner.generate(3, batch_size=2, kwargs={"attack": "forge_batches"}, max_sample_bytes=64)
+    with pytest.raises(ResourceLimitError) as info:
+        list(stream)
+    assert info.value.limit == "output"
+    assert "256 bytes for 3 samples" in str(info.value)

@@ -342,3 +342,18 @@ def test_cgroup_v2_layout_is_probed_and_written_as_the_kernel_expects(tmp_path: 
     (base / "cgroup.subtree_control").write_text("cpu\n")
     refused = probe_cgroups(tmp_path)
     assert refused.mechanism is None and "does not delegate memory and pids" in refused.detail
+
+
+def test_a_session_removes_old_runner_logs_when_it_starts_a_runner(
+    open_session: Any, world: dict[str, Path]
+) -> None:
+    logs = world["home"] / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / ".last-prune").unlink(missing_ok=True)
+    old = logs / "runner-ancient.log"
+    old.write_text("old")
+    then = time.time() - 60 * 24 * 3600
+    os.utime(old, (then, then))
+    open_session(sandbox="off").generate(PLAIN, 1)
+    assert not old.exists()
+    assert (logs / ".last-prune").exists()
