@@ -1,0 +1,105 @@
+"""Which builder builds an env when uv is missing, cannot start, or fails mid-build (issue 19).
+
+Real uv and real virtualenv + pip; uv's absence and breakage come through the envs module's seam
+``$MEDIGAN_ISO_UV`` (the path of the uv binary): a path that does not exist, a file that cannot be
+executed, and a wrapper that runs the real uv but fails ``uv pip install`` the way a crashed build does.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from uv import find_uv_bin
+
+from medigan_iso.envs import EnvSpec, ensure_env, list_envs
+from medigan_iso.errors import EnvBuildError, ResolutionError
+
+SPEC = EnvSpec(["six==1.16.0"], name="builders-six")
+
+
+@pytest.fixture
+def online_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.delenv("MEDIGAN_ISO_OFFLINE", raising=False)
+    yield home
+
+
+# Found while writing these tests: since uv runs confined (bubblewrap), a uv that cannot be executed no
+# longer raises OSError in the envs module; bwrap's "execvp ...: No such file or directory" comes back as a
+# ResolutionError ("relax or change the conflicting requirements"), with no fallback. strict: these pass,
+# and so fail here, once envs tells an unstartable uv from a resolution failure again.
+UNSTARTABLE_UV_MISREPORTED = pytest.mark.xfail(
+    strict=True,
+    raises=ResolutionError,
+    reason="confined uv that cannot start is reported as a resolution failure",
+)
+
+
+def _unstartable(tmp_path: Path) -> Path:
+    uv = tmp_path / "uv"
+    uv.write_text("#!/nonexistent/interpreter\n")  # executable, but exec fails (ENOENT)
+    uv.chmod(0o755)
+    return uv
+
+
+def test_builder_uv_without_uv_is_an_error_naming_the_remedy(
+    online_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDIGAN_ISO_UV", str(tmp_path / "no-such-uv"))
+    with pytest.raises(EnvBuildError) as info:
+        ensure_env(SPEC, home=online_home, builder="uv")
+    assert info.value.model_id == "builders-six"
+    assert info.value.reason == "builder='uv' was requested but no uv binary was found"
+    assert info.value.remedy is not None and "pip install uv" in info.value.remedy
+    assert list_envs(home=online_home) == []
+
+
+@UNSTARTABLE_UV_MISREPORTED
+def test_builder_uv_with_a_uv_that_cannot_start_is_an_error(
+    online_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDIGAN_ISO_UV", str(_unstartable(tmp_path)))
+    with pytest.raises(EnvBuildError) as info:
+        ensure_env(SPEC, home=online_home, builder="uv")
+    assert info.value.reason.startswith("uv cannot start:")
+    assert info.value.remedy is not None and "--force-reinstall uv" in info.value.remedy
+
+
+@UNSTARTABLE_UV_MISREPORTED
+def test_a_uv_that_cannot_start_falls_back_to_virtualenv_with_a_warning(
+    online_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MEDIGAN_ISO_UV", str(_unstartable(tmp_path)))
+    caplog.set_level(logging.WARNING, logger="medigan_iso.envs")
+    env = ensure_env(SPEC, home=online_home)
+    assert env.builder == "virtualenv"
+    assert any("building with virtualenv + pip instead" in r.getMessage() for r in caplog.records)
+    import_six = [str(env.python), "-I", "-c", "import six; print(six.__version__)"]
+    assert subprocess.run(import_six, capture_output=True, text=True, check=True).stdout.strip() == "1.16.0"
+
+
+def test_uv_failing_mid_build_is_a_build_error_that_leaves_no_env(
+    online_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrapper = tmp_path / "uv"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = pip ] && [ "$2" = install ]; then\n'
+        "  echo 'error: simulated crash while installing' >&2; exit 101\n"
+        "fi\n"
+        f'exec {find_uv_bin()} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("MEDIGAN_ISO_UV", str(wrapper))
+    with pytest.raises(EnvBuildError) as info:
+        ensure_env(SPEC, home=online_home)
+    err = info.value
+    assert err.returncode == 101
+    assert "simulated crash while installing" in err.log_tail
+    assert err.log_path is not None and err.log_path.is_file()
+    assert list_envs(home=online_home) == []  # nothing half-built is left to be mistaken for an env
+    monkeypatch.setenv("MEDIGAN_ISO_UV", find_uv_bin())
+    assert ensure_env(SPEC, home=online_home).builder == "uv"  # the next build is not poisoned
