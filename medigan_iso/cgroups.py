@@ -32,7 +32,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["CgroupLimits", "CgroupSupport", "RunnerCgroup", "machine_memory_bytes", "probe_cgroups"]
+__all__ = [
+    "CgroupLimits",
+    "CgroupSupport",
+    "RunnerCgroup",
+    "machine_memory_bytes",
+    "probe_cgroups",
+    "remove_stale_groups",
+]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("pids", "memory", "cpu")
@@ -60,6 +67,9 @@ class CgroupLimits:
     memory_bytes: int | None
     pids: int | None
     cpus: float | None = None
+
+
+NO_LIMITS = CgroupLimits(memory_bytes=None, pids=None)
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,40 @@ def probe_cgroups(root: Path = CGROUP_ROOT) -> CgroupSupport:
     return CgroupSupport(None, f"no writable cgroup hierarchy for {', '.join(missing) or 'pids, memory'}")
 
 
+def _host_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_groups(support: CgroupSupport) -> int:
+    """Kill what is left in, and remove, the groups of hosts that are gone; return how many were removed.
+
+    A host killed with SIGKILL cannot remove its runners' groups, and without bubblewrap a setsid daemon of
+    its model may still sit in one: both are ended here, the next time any host creates a group.
+    """
+    by_name: dict[str, list[Path]] = {}
+    for base in support.bases.values():
+        with contextlib.suppress(OSError):
+            for path in base.glob("medigan-iso-*"):
+                by_name.setdefault(path.name, []).append(path)
+    removed = 0
+    for name, dirs in by_name.items():
+        owner = name.split("-")[2] if name.count("-") >= 3 else ""
+        if not owner.isdigit() or int(owner) == os.getpid() or _host_alive(int(owner)):
+            continue
+        group_dirs = {controller: base / name for controller, base in support.bases.items()}
+        group = RunnerCgroup(support.mechanism or "", group_dirs, NO_LIMITS)
+        group.kill(wait_s=1.0)
+        group.remove()
+        removed += not any(path.exists() for path in dirs)
+    return removed
+
+
 def _write(path: Path, value: str) -> None:
     path.write_text(value, encoding="ascii")
 
@@ -143,9 +187,13 @@ class RunnerCgroup:
 
     @classmethod
     def create(cls, support: CgroupSupport, limits: CgroupLimits, *, label: str = "runner") -> RunnerCgroup:
-        """Create the group and write its limits; raises OSError when the host refuses."""
+        """Create the group and write its limits; raises OSError when the host refuses.
+
+        Groups left by hosts that died without closing (SIGKILL, os._exit) are cleaned up first.
+        """
         if support.mechanism is None:
             raise OSError(f"no cgroup support: {support.detail}")
+        remove_stale_groups(support)
         name = f"medigan-iso-{os.getpid()}-{next(_COUNTER)}-{label}"[:100]
         group = cls(support.mechanism, {}, limits)
         try:

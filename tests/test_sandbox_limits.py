@@ -357,3 +357,32 @@ def test_a_session_removes_old_runner_logs_when_it_starts_a_runner(
     open_session(sandbox="off").generate(PLAIN, 1)
     assert not old.exists()
     assert (logs / ".last-prune").exists()
+
+
+@needs_cgroup
+def test_groups_of_hosts_that_died_are_emptied_and_removed(tmp_path: Path) -> None:
+    import subprocess
+
+    from medigan_iso.cgroups import remove_stale_groups
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    name = f"medigan-iso-{dead.pid}-0-runner"
+    dirs = [base / name for base in CGROUPS.bases.values()]
+    for path in dirs:
+        path.mkdir()
+    # a daemon the dead host's model left behind, sitting in the group
+    orphan = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        for path in dirs:
+            (path / "cgroup.procs").write_text(str(orphan.pid))
+        assert remove_stale_groups(CGROUPS) >= 1
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+        assert not any(path.exists() for path in dirs)
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
+        for path in dirs:
+            if path.exists():
+                path.rmdir()
