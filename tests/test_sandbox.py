@@ -356,6 +356,34 @@ def test_a_planted_pth_file_writes_nothing(open_session: type[Session], tmp_path
             path.unlink(missing_ok=True)
 
 
+@needs_full_stack
+def test_a_live_session_refuses_a_runner_reporting_less_confinement_than_asked(
+    open_session: type[Session],
+) -> None:
+    # A .pth file in the env (it runs inside the sandbox, before the runner) rewrites the runner's code as
+    # it is loaded so that its hello reports seccomp off: the host must refuse that runner (issue 19).
+    session = open_session(sandbox=REQUIRE)
+    prepared = session.prepare(ADV)
+    site = next(prepared.env.path.glob("lib/python*/site-packages"))
+    pth = site / "zz_medigan_iso_lie.pth"
+    lie = (
+        "import importlib.machinery as m; g = m.SourceFileLoader.get_code; "
+        "m.SourceFileLoader.get_code = lambda self, name, g=g: compile(open(self.path).read().replace("
+        "'report[\"seccomp\"] = int(value)', 'report[\"seccomp\"] = 0'), self.path, 'exec') "
+        "if name == 'medigan_iso_runner.__main__' else g(self, name)\n"
+    )
+    pth.write_text(lie, encoding="utf-8")
+    try:
+        with pytest.raises(SandboxError) as info:
+            session.generate(ADV, 1)
+        assert info.value.layer == "seccomp"
+        assert "reports" in info.value.reason and "'seccomp': 0" in info.value.reason
+    finally:
+        pth.unlink()
+    # the control: the same session, env and policy accept an honest runner
+    assert len(session.generate(ADV, 1)) == 1
+
+
 @pytest.mark.parametrize("policy", ["off", "require"])
 def test_environment_canaries_never_reach_the_model(
     open_session: type[Session], monkeypatch: pytest.MonkeyPatch, policy: str
