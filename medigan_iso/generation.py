@@ -439,6 +439,22 @@ class Session:
         runner.hello["sandbox_layers"] = list(plan.layers)
         return runner
 
+    def release(self, model_id: str | int) -> bool:
+        """Stop the warm runner of ``model_id`` (after its current request); the next call respawns it.
+
+        Keeps the model prepared (package, env) and does not count as a crash. Returns whether a runner
+        was running.
+        """
+        entry = self.resolve(model_id)
+        with self._lock:
+            slot = self._slots.get(entry.model_id)
+        if slot is None:
+            return False
+        with slot.lock:
+            running = slot.runner is not None and slot.runner.is_alive()
+            self._drop_runner(slot)
+            return running
+
     def status(self, model_id: str | int) -> dict[str, Any]:
         """What this Session knows of ``model_id`` now, without preparing or starting anything.
 

@@ -428,6 +428,30 @@ def test_non_loopback_needs_allow_remote(world: dict[str, Path]) -> None:
     assert "WARNING: serving on 0.0.0.0" in remote.stderr()
 
 
+def test_max_warm_stops_the_least_recently_used_runner(world: dict[str, Path]) -> None:
+    srv = ExploreServer.start(
+        home=world["home"],
+        config=world["catalogue"],
+        log_dir=world["root"] / "warm",
+        args=("--max-warm", "1"),
+    )
+    try:
+
+        def state(model_id: str) -> str:
+            return str(get(srv, f"/api/models/{model_id}", headers=AUTH).json()["status"]["state"])
+
+        png(get(srv, "/api/models/demo-numpy/grid.png?n=1&seed=1", headers=AUTH))
+        assert state("demo-numpy") == "warm"
+        png(get(srv, "/api/models/test-cond/grid.png?n=1&seed=1", headers=AUTH))
+        assert state("test-cond") == "warm"
+        assert state("demo-numpy") == "prepared"  # stopped, not crashed: it respawns on the next request
+        again = png(get(srv, "/api/models/demo-numpy/grid.png?n=1&seed=1", headers=AUTH))
+        assert again.std() > 10
+        assert state("demo-numpy") == "warm" and state("test-cond") == "prepared"
+    finally:
+        srv.stop()
+
+
 def test_a_short_token_is_refused(world: dict[str, Path]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "medigan_iso", "explore", "--port", "0", "--no-browser"],

@@ -38,6 +38,13 @@ def register(subparsers: Any) -> None:
         help="also answer requests whose Host header is NAME (a proxy's or tunnel's name; repeatable)",
     )
     parser.add_argument(
+        "--max-warm",
+        type=int,
+        default=4,
+        metavar="N",
+        help="keep at most N model runners warm; the least recently used idle one is stopped (default 4)",
+    )
+    parser.add_argument(
         "--no-build",
         action="store_true",
         help="show an error instead of building a model's env when it does not exist yet",
@@ -86,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
             install_dependencies=not args.no_build, sandbox=args.sandbox, strict=args.strict
         ) as session:
             session.catalogue  # noqa: B018 - load (and validate) the catalogue before saying we serve
-            app = create_app(Explorer(session), policy=policy)
+            app = create_app(Explorer(session, max_warm_runners=args.max_warm), policy=policy)
             url = policy.url("/")
             print(f"medigan-iso explore: serving {len(session.catalogue)} models at {url}", flush=True)
             print("medigan-iso explore: press Ctrl-C to stop", flush=True)

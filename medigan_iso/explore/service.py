@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ __all__ = [
     "DEFAULT_GRID_SAMPLES",
     "MAX_GRID_SAMPLES",
     "MAX_PENDING_PER_MODEL",
+    "MAX_WARM_RUNNERS",
     "Explorer",
     "SampleRequest",
 ]
@@ -51,6 +53,7 @@ MAX_GRID_SAMPLES = 64  # per grid, sample or zip request; a 64-sample sheet of 2
 DEFAULT_BATCH = 32
 LATENT_RULE = "numpy.random.default_rng(seed).standard_normal((n, size)), then columns in edits set"
 MAX_PENDING_PER_MODEL = 2  # requests waiting for one model's runner; more get HTTP 429, not a thread each
+MAX_WARM_RUNNERS = 4  # runners kept warm; a torch model's runner holds a few hundred MB
 MAX_SEED = 2**32 - 1
 MAX_LATENT_SIZE = 4096  # the largest upstream latent is 1024 (00019); bounds a JSON body's work
 LATENT_ABS_MAX = 10.0  # slider range is [-3, 3]; anything beyond 10 sigma is no latent a GAN saw
@@ -173,10 +176,23 @@ class Explorer:
     :class:`~medigan_iso.errors.ModelBusyError` instead of queueing a thread behind a stuck runner.
     """
 
-    def __init__(self, session: Session, *, max_pending_per_model: int = MAX_PENDING_PER_MODEL) -> None:
+    def __init__(
+        self,
+        session: Session,
+        *,
+        max_pending_per_model: int = MAX_PENDING_PER_MODEL,
+        max_warm_runners: int = MAX_WARM_RUNNERS,
+    ) -> None:
+        if max_warm_runners < 1:
+            raise ExploreError(
+                f"max_warm_runners must be at least 1, got {max_warm_runners}",
+                remedy="pass --max-warm 1 or more",
+            )
         self.session = session
         self._max_pending = max_pending_per_model
+        self._max_warm = max_warm_runners
         self._pending: dict[str, int] = {}
+        self._recent: OrderedDict[str, None] = OrderedDict()  # models used, least recent first
         self._lock = threading.Lock()
 
     # --- catalogue ------------------------------------------------------------------------------------
@@ -433,10 +449,26 @@ class Explorer:
         if size is not None:
             kwargs["input_latent_vector"] = latents(size, request)
             batch_size = request.n  # the model takes every row at once and ignores num_samples
-        with self.admitted(entry.model_id):
-            return self.session.generate(
-                entry.model_id, request.n, seed=request.seed, batch_size=batch_size, **kwargs
-            )
+        try:
+            with self.admitted(entry.model_id):
+                return self.session.generate(
+                    entry.model_id, request.n, seed=request.seed, batch_size=batch_size, **kwargs
+                )
+        finally:
+            self._release_least_recent(entry.model_id)
+
+    def _release_least_recent(self, used: str) -> None:
+        """Keep at most ``max_warm_runners`` runners: stop those of the least recently used idle models."""
+        with self._lock:
+            self._recent[used] = None
+            self._recent.move_to_end(used)
+            surplus = len(self._recent) - self._max_warm
+            idle = [m for m in self._recent if m != used and not self._pending.get(m)][: max(surplus, 0)]
+            for model_id in idle:
+                del self._recent[model_id]
+        for model_id in idle:
+            if self.session.release(model_id):
+                logger.info("stopped the idle runner of %s (more than %d warm)", model_id, self._max_warm)
 
     def grid_png(self, model_id: str, request: SampleRequest) -> bytes:
         """A contact sheet of the request's samples, as PNG bytes."""
