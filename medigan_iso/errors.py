@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from medigan_iso.untrusted import neutralise
 
@@ -103,6 +104,20 @@ class MediganIsoError(Exception):
         self.message = message
         self.remedy = remedy
         super().__init__(message if not remedy else f"{message}\n  -> {remedy}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Ray (and multiprocessing) carry errors between our own worker processes by pickling them; the
+        # subclasses take other constructor arguments than ``args``, so rebuild from the state instead.
+        return (_rebuild_error, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild_error(
+    cls: type[MediganIsoError], args: tuple[Any, ...], state: dict[str, Any]
+) -> MediganIsoError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 # --- catalogue -------------------------------------------------------------------------------------

@@ -1,0 +1,616 @@
+"""Datasets of any size on a Ray cluster: one warm runner per (node, model), the same bytes as one machine.
+
+Needs the ``ray`` extra (``pip install 'medigan-iso[ray]'``); Ray is imported here and nowhere else, and only
+when a function of this module runs. A client of :class:`~medigan_iso.generation.Session` only: it never
+touches envs or runners directly.
+
+How a job runs
+--------------
+``generate_dataset(model_id, n, seed=s, batch_size=b)`` splits the job's ``ceil(n / b)`` batches into
+ranges of whole batches (``batches_per_task`` each). A Ray Data actor pool maps the ranges: each actor holds
+one warm :class:`Session` for the model (package fetched and env built once per node, into that node's
+cache, under the same file locks a single machine uses), and generates a range with
+``Session.stream(model_id, count, seed=s, batch_size=b, batch_offset=first_batch)``. The runner seeds
+global batch ``k`` from ``(s, k)`` (the determinism contract, see the runner's docstring), so the row of
+sample ``i`` holds the same bytes as sample ``i`` of ``Session().generate(model_id, n, seed=s,
+batch_size=b)`` on one machine, however many nodes and actors share the work. Rows come in no particular
+order: sort by ``index`` when order matters.
+
+Failures: a runner that crashes inside an actor is respawned by the Session and the range generated again
+(up to ``max_attempts`` tries, the model's last error is raised after that); a model that raises fails at
+once with its :class:`~medigan_iso.errors.ModelError`. An actor (or a node) lost mid-run is restarted by
+Ray Data (actors with ``max_restarts=-1``, ``max_task_retries=-1``) and its range regenerated from the
+start, so a finished dataset never holds a missing or duplicated index.
+
+``write_images(dataset, path)`` writes every row's files from the workers (images never travel through
+the driver) and appends one ``manifest.jsonl`` line per file as it lands; the driver receives only counts
+and labels, and writes ``labels.csv`` and ``run.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import hashlib
+import inspect
+import io
+import json
+import math
+import os
+import secrets
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+
+from medigan_iso.errors import (
+    MediganIsoError,
+    ModelError,
+    ProtocolError,
+    ResourceLimitError,
+    RunnerCrashedError,
+    RunnerError,
+    RunnerStartError,
+    RunnerTimeoutError,
+)
+from medigan_iso.generation import DEFAULT_BATCH_SIZE, Session
+from medigan_iso.images import SampleWriter, prepare_output_dir
+from medigan_iso.untrusted import get_logger
+
+if TYPE_CHECKING:
+    import ray.data
+
+__all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
+    "RangeSpec",
+    "connect",
+    "generate_dataset",
+    "split_ranges",
+    "write_images",
+]
+
+logger = get_logger(__name__)
+
+DEFAULT_MAX_ATTEMPTS = 3  # tries of one range inside an actor when its runner crashes (Session respawns)
+TASKS_PER_ACTOR = 4  # default split: about this many ranges per actor, so a lost actor redoes little
+MAX_BATCHES_PER_TASK = 16  # and never more batches than this per range (one range = one Ray Data block)
+SEED_BOUND = 2**32  # a drawn seed fits numpy's seed range whatever the runner does with it
+RAY_REMEDY = "install the extra: pip install 'medigan-iso[ray]'"
+# Transient failures: the runner is gone or cannot be trusted; the Session respawns it on the next request.
+_RETRIED = (RunnerCrashedError, RunnerStartError, RunnerTimeoutError, ProtocolError, ResourceLimitError)
+# Every column a row may have, besides the tuple parts beyond image and mask (``part_<k>``).
+ROW_COLUMNS = ("index", "image", "mask", "label", "model_id", "seed", "batch_size", "node_id", "provenance")
+
+
+class RangeSpec(tuple[int, int, int]):
+    """A range of whole batches: ``(first_batch, first_sample, num_samples)`` of one job."""
+
+    __slots__ = ()
+
+    def __new__(cls, first_batch: int, first_sample: int, num_samples: int) -> RangeSpec:
+        return super().__new__(cls, (first_batch, first_sample, num_samples))
+
+    @property
+    def first_batch(self) -> int:
+        return self[0]
+
+    @property
+    def first_sample(self) -> int:
+        return self[1]
+
+    @property
+    def num_samples(self) -> int:
+        return self[2]
+
+
+def split_ranges(num_samples: int, batch_size: int, batches_per_range: int) -> list[RangeSpec]:
+    """Split a job of ``num_samples`` into ranges of ``batches_per_range`` whole batches (the last shorter).
+
+    Every range starts on a batch boundary, so its samples are the job's samples ``first_sample ..
+    first_sample + num_samples - 1`` under the determinism contract; together the ranges cover
+    ``0 .. num_samples - 1`` once each.
+    """
+    for name, value, low in (
+        ("num_samples", num_samples, 0),
+        ("batch_size", batch_size, 1),
+        ("batches_per_range", batches_per_range, 1),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    step = batch_size * batches_per_range
+    return [
+        RangeSpec(start // batch_size, start, min(step, num_samples - start))
+        for start in range(0, num_samples, step)
+    ]
+
+
+# --- Ray -------------------------------------------------------------------------------------------------
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise MediganIsoError("Ray is not installed", remedy=RAY_REMEDY) from exc
+    return ray
+
+
+def connect(
+    address: str | None = "auto",
+    *,
+    num_cpus: int | None = None,
+    object_store_memory: int | None = None,
+) -> None:
+    """Connect this process to Ray, unless it already is.
+
+    ``address`` is ``"auto"`` (a cluster started on this machine with ``ray start``, else a fresh local
+    one), ``"local"`` (always a fresh local instance) or a cluster address such as ``ray://head:10001`` or
+    ``head:6379``. ``num_cpus`` and ``object_store_memory`` size a local instance. The dashboard stays off.
+    """
+    ray = _import_ray()
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if address == "local" or address is None:
+        kwargs.update(num_cpus=num_cpus, object_store_memory=object_store_memory)
+        ray.init(**kwargs)
+        return
+    if address == "auto":
+        try:
+            ray.init(address="auto", **kwargs)
+            return
+        except ConnectionError:
+            kwargs.update(num_cpus=num_cpus, object_store_memory=object_store_memory)
+            ray.init(**kwargs)
+            return
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as exc:
+        raise MediganIsoError(
+            f"cannot connect to the Ray cluster at {address}: {exc}",
+            remedy="start it with `ray start --head` on the head node, then pass its address "
+            "(printed by ray start) to --ray",
+        ) from exc
+
+
+def _worker_slots(num_cpus: float, num_gpus: float) -> int:
+    """How many nodes of the cluster can hold one actor needing ``num_cpus`` CPUs and ``num_gpus`` GPUs."""
+    ray = _import_ray()
+    count = 0
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        resources = node.get("Resources", {})
+        if resources.get("CPU", 0) >= num_cpus and resources.get("GPU", 0) >= num_gpus:
+            count += 1
+    return count
+
+
+# --- the actor ---------------------------------------------------------------------------------------------
+
+
+def _sha256_json(value: object) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _jsonable(value: object) -> object:
+    """Model kwargs as they go into a manifest: JSON values as they are, anything else named by type."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        if isinstance(value, Mapping):
+            return {str(k): _jsonable(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [_jsonable(v) for v in value]
+        if isinstance(value, np.ndarray):
+            return {"ndarray": {"dtype": str(value.dtype), "shape": list(value.shape)}}
+        return f"<{type(value).__name__}>"
+    return value
+
+
+class _RangeGenerator:
+    """A Ray Data actor: one warm Session for one model; turns ranges of batches into rows."""
+
+    def __init__(
+        self,
+        model_id: str,
+        seed: int,
+        batch_size: int,
+        session_options: Mapping[str, Any],
+        model_kwargs: Mapping[str, Any],
+        max_attempts: int,
+    ) -> None:
+        import ray
+
+        self.session = Session(**session_options)
+        self.model_id = self.session.resolve(model_id).model_id
+        self.seed = seed
+        self.batch_size = batch_size
+        self.model_kwargs = dict(model_kwargs)
+        self.max_attempts = max_attempts
+        self.node_id = str(ray.get_runtime_context().get_node_id())
+        prepared = self.session.prepare(model_id)  # package and env once per node (file-locked cache)
+        hello = self._hello()
+        lock = prepared.env.lock_path
+        self.provenance = json.dumps(
+            {
+                "catalogue_entry_sha256": _sha256_json(prepared.entry.raw),
+                "package_sha256": prepared.package.sha256,
+                "env_key": prepared.env.key,
+                "lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None,
+                "python": hello.get("python"),
+                "packages": hello.get("packages"),
+                "protocol": hello.get("protocol"),
+                "sandbox_layers": hello.get("sandbox_layers"),
+                "medigan_iso": _version(),
+                "kwargs": _jsonable(self.model_kwargs),
+            },
+            sort_keys=True,
+            default=repr,
+        )
+
+    def _hello(self) -> dict[str, Any]:
+        """The runner's hello; starting it here also warms the runner before the first range."""
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return self.session.runner_info(self.model_id)
+            except _RETRIED:
+                if attempt == self.max_attempts:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def __call__(self, ranges: Mapping[str, Any]) -> dict[str, Any]:
+        rows: list[dict[str, Any]] = []
+        for first_batch, first_sample, count in zip(
+            ranges["first_batch"], ranges["first_sample"], ranges["num_samples"], strict=True
+        ):
+            rows.extend(self._range(int(first_batch), int(first_sample), int(count)))
+        return _columns(rows)
+
+    def _range(self, first_batch: int, first_sample: int, count: int) -> list[dict[str, Any]]:
+        last: BaseException | None = None
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return self._generate(first_batch, count)
+            except ModelError:
+                raise  # the model's own code raised: the same inputs raise again
+            except _RETRIED as exc:
+                last = exc
+                logger.warning(
+                    "model %s, samples %d..%d, try %d of %d failed: %s",
+                    self.model_id,
+                    first_sample,
+                    first_sample + count - 1,
+                    attempt,
+                    self.max_attempts,
+                    str(exc).splitlines()[0],
+                )
+            except RunnerError as exc:
+                # The Session gave up respawning: the model's last failure is the answer.
+                if last is not None:
+                    raise last from exc
+                raise
+        assert last is not None
+        raise last
+
+    def _generate(self, first_batch: int, count: int) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        batches = self.session.stream(
+            self.model_id,
+            count,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            batch_offset=first_batch,
+            **self.model_kwargs,
+        )
+        for batch_number, batch in enumerate(batches):
+            first = (first_batch + batch_number) * self.batch_size
+            for offset, sample in enumerate(batch):
+                row = _sample_row(sample, first + offset, model_id=self.model_id)
+                row.update(
+                    model_id=self.model_id,
+                    seed=self.seed,
+                    batch_size=self.batch_size,
+                    node_id=self.node_id,
+                    provenance=self.provenance,
+                )
+                rows.append(row)
+        return rows
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.session.close()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("medigan-iso")
+    except PackageNotFoundError:  # a source checkout on sys.path
+        return "unknown"
+
+
+def _sample_row(sample: object, index: int, *, model_id: str) -> dict[str, Any]:
+    """One sample as a row: an array is the image; a medigan tuple gives image, mask, label, extra parts."""
+    row: dict[str, Any] = {"index": index}
+    if isinstance(sample, np.ndarray):
+        row["image"] = sample
+        return row
+    if isinstance(sample, tuple):
+        arrays = [part for part in sample if isinstance(part, np.ndarray)]
+        labels = [part for part in sample if isinstance(part, str)]
+        if arrays:
+            row["image"] = arrays[0]
+            if len(arrays) > 1:
+                row["mask"] = arrays[1]
+            for k, part in enumerate(arrays[2:], start=2):
+                row[f"part_{k}"] = part
+            if labels:
+                row["label"] = labels[0]
+            return row
+    raise MediganIsoError(
+        f"model {model_id} returned a sample of type {type(sample).__name__} for index {index}, which is "
+        "not an image array or an (image, mask, ..., label) tuple",
+        remedy="use Session.stream for this model; a dataset holds one image (and mask/label) per row",
+    )
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Rows as a numpy batch: arrays of equal shape stacked, ragged ones kept as an object column."""
+    if not rows:
+        return {"index": np.zeros(0, dtype=np.int64)}
+    names = [name for name in ROW_COLUMNS if name in rows[0]]
+    names += sorted(name for name in rows[0] if name not in ROW_COLUMNS)
+    columns: dict[str, Any] = {}
+    for name in names:
+        values = [row.get(name) for row in rows]
+        arrays = [v for v in values if isinstance(v, np.ndarray)]
+        if name == "index":
+            columns[name] = np.asarray(values, dtype=np.int64)
+        elif len(arrays) == len(values):
+            if len({(a.shape, a.dtype) for a in arrays}) == 1:
+                columns[name] = np.stack(arrays)
+            else:
+                column = np.empty(len(arrays), dtype=object)
+                column[:] = arrays
+                columns[name] = column
+        else:
+            columns[name] = np.asarray(values, dtype=object)
+    return columns
+
+
+# --- the public functions -------------------------------------------------------------------------------
+
+
+def generate_dataset(
+    model_id: str | int,
+    num_samples: int,
+    *,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    sandbox: str | None = None,
+    config: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    home: str | os.PathLike[str] | None = None,
+    install_dependencies: bool | None = None,
+    strict: bool = False,
+    actors_per_node: int = 1,
+    num_actors: int | None = None,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    batches_per_task: int | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    **model_kwargs: Any,
+) -> ray.data.Dataset:
+    """A Ray Dataset of ``num_samples`` samples of ``model_id``, one row per sample, computed lazily.
+
+    Rows: ``index`` (the sample's index in the job), ``image`` (ndarray), ``mask`` and ``label`` when the
+    model gives them (further tuple arrays as ``part_<k>``), ``model_id``, ``seed`` (drawn here when None,
+    the same for every row), ``batch_size``, ``node_id`` (the Ray node that generated the row) and
+    ``provenance`` (JSON: entry, package, env and runner versions, for manifests). Row ``i`` equals sample
+    ``i`` of ``Session().generate(model_id, num_samples, seed=seed, batch_size=batch_size)`` bit for bit.
+
+    Connects to Ray first when this process is not connected (``connect("auto")``). One actor per node
+    that can hold ``num_cpus``/``num_gpus`` (times ``actors_per_node``), or ``num_actors`` in all; Ray Data
+    spreads them across nodes. ``config``, ``home``, ``sandbox``, ``install_dependencies`` and ``strict``
+    are the Session's options, applied on every node (paths must exist there). ``batches_per_task`` whole
+    batches make one task (default: about four tasks per actor, at most 16 batches).
+    """
+    rt = _import_ray()
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:
+        raise ValueError(f"num_samples must be a non-negative int, got {num_samples!r}")
+    size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if seed is None:
+        seed = secrets.randbelow(SEED_BOUND)
+    elif not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
+    if "batch_offset" not in inspect.signature(Session.stream).parameters:
+        raise MediganIsoError(
+            "this medigan_iso's Session cannot start a request at a batch offset",
+            remedy="upgrade medigan_iso (the determinism contract: batch seeds from (seed, batch index))",
+        )
+    connect("auto")
+    if num_actors is None:
+        nodes = _worker_slots(num_cpus, num_gpus)
+        if nodes == 0:
+            raise MediganIsoError(
+                f"no node of the Ray cluster has {num_cpus} CPU(s) and {num_gpus} GPU(s) free for an actor",
+                remedy="lower num_cpus/num_gpus, or add nodes with `ray start --address=HEAD:6379`",
+            )
+        num_actors = nodes * actors_per_node
+    if num_actors < 1:
+        raise ValueError(f"num_actors must be >= 1, got {num_actors!r}")
+    total_batches = math.ceil(num_samples / size)
+    if batches_per_task is None:
+        batches_per_task = max(1, min(MAX_BATCHES_PER_TASK, math.ceil(total_batches / (num_actors * 4))))
+    ranges = split_ranges(num_samples, size, batches_per_task)
+    session_options: dict[str, Any] = {"sandbox": sandbox, "strict": strict}
+    if install_dependencies is not None:
+        session_options["install_dependencies"] = install_dependencies
+    if home is not None:
+        session_options["home"] = str(home)
+    if config is not None:
+        session_options["config"] = (
+            [str(c) for c in config] if isinstance(config, list | tuple) else str(config)
+        )
+    entry_id = str(model_id)
+    items = [
+        {"first_batch": r.first_batch, "first_sample": r.first_sample, "num_samples": r.num_samples}
+        for r in ranges
+    ]
+    if not items:
+        return cast("ray.data.Dataset", rt.data.from_items([]))
+    dataset = rt.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _RangeGenerator,
+        batch_size=1,
+        batch_format="numpy",
+        compute=rt.data.ActorPoolStrategy(size=min(num_actors, len(items))),
+        fn_constructor_kwargs={
+            "model_id": entry_id,
+            "seed": seed,
+            "batch_size": size,
+            "session_options": session_options,
+            "model_kwargs": model_kwargs,
+            "max_attempts": max_attempts,
+        },
+        num_cpus=num_cpus,
+        num_gpus=num_gpus or None,
+    )
+    return cast("ray.data.Dataset", dataset)
+
+
+def write_images(
+    dataset: ray.data.Dataset, path: str | os.PathLike[str], format: str = "png"
+) -> dict[str, Any]:
+    """Write every row's image (and mask, extra parts) into ``path`` from the workers; return a summary.
+
+    Files are named as ``medigan-iso generate`` names them (``sample_<index>.png``, ``_mask`` for masks;
+    ``.npy`` with ``format="npy"`` or when an array is no image). Each file gets one ``manifest.jsonl``
+    line, appended atomically by the worker that wrote it: ``path``, ``sha256``, ``model_id``,
+    ``sample_index``, ``seed``, ``batch_size``, ``node_id``, ``label`` and the row's provenance. Images
+    never pass through the driver; it writes ``labels.csv`` (when rows carry labels) and ``run.json``.
+    ``path`` must be one directory every node can write (a shared file system on a real cluster).
+    """
+    if format not in ("png", "npy"):
+        raise ValueError(f"format must be 'png' or 'npy', got {format!r}")
+    directory = prepare_output_dir(path)
+    started = time.time()
+    summary = dataset.map_batches(
+        functools.partial(_write_rows, directory=str(directory), fmt=format),
+        batch_size=None,
+        batch_format="numpy",
+        zero_copy_batch=True,
+    )
+    files = samples = 0
+    labels: list[tuple[int, str]] = []
+    notes: list[str] = []
+    runs: set[tuple[str, int, int]] = set()
+    for batch in summary.iter_batches(batch_format="numpy", batch_size=None):
+        files += int(np.sum(batch["files"]))
+        samples += len(batch["files"])
+        for index, label in zip(batch["index"], batch["label"], strict=True):
+            if label is not None and str(label) != "":
+                labels.append((int(index), str(label)))
+        for note in batch["notes"]:
+            if note:
+                notes.extend(str(note).split("\n"))
+        for model_id, seed, size in zip(batch["model_id"], batch["seed"], batch["batch_size"], strict=True):
+            runs.add((str(model_id), int(seed), int(size)))
+    if labels:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["sample", "label"])
+        for index, label in sorted(labels):
+            writer.writerow([f"sample_{index:05d}", label])
+        (directory / "labels.csv").write_text(buffer.getvalue(), encoding="utf-8")
+        files += 1
+    run = {
+        "samples": samples,
+        "files": files,
+        "requests": [{"model_id": m, "seed": s, "batch_size": b} for m, s, b in sorted(runs)],
+        "backend": "ray",
+        "started": started,
+        "finished": time.time(),
+        "notes": notes[:100],
+    }
+    (directory / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True), encoding="utf-8")
+    return run
+
+
+def _write_rows(batch: dict[str, Any], *, directory: str, fmt: str) -> dict[str, Any]:
+    """Runs on a worker: write the files of a block of rows, append their manifest lines, return counts."""
+    out = Path(directory)
+    indices = [int(i) for i in batch["index"]]
+    count = len(indices)
+    writer = SampleWriter(out, fmt=fmt)
+    manifest_lines: list[str] = []
+    written: list[int] = []
+    labels: list[str] = []
+    parts = [name for name in batch if name == "mask" or name.startswith("part_")]
+    for row, index in enumerate(indices):
+        sample: Any = batch["image"][row]
+        if parts:
+            sample = (sample, *(batch[name][row] for name in parts))
+        before = len(writer.files)
+        writer.write(index, sample)
+        label = str(batch["label"][row]) if "label" in batch and batch["label"][row] is not None else ""
+        labels.append(label)
+        written.append(len(writer.files) - before)
+        for file in writer.files[before:]:
+            digest = hashlib.sha256(file.read_bytes()).hexdigest()
+            line: dict[str, Any] = {
+                "path": file.name,
+                "sha256": digest,
+                "model_id": str(batch["model_id"][row]),
+                "sample_index": index,
+                "seed": int(batch["seed"][row]),
+                "batch_size": int(batch["batch_size"][row]),
+                "node_id": str(batch["node_id"][row]),
+                "time": time.time(),
+            }
+            if label:
+                line["label"] = label
+            if "provenance" in batch:
+                line.update(json.loads(str(batch["provenance"][row])))
+            manifest_lines.append(json.dumps(line, sort_keys=True) + "\n")
+    _append_lines(out / "manifest.jsonl", manifest_lines)
+    return {
+        "index": np.asarray(indices, dtype=np.int64),
+        "files": np.asarray(written, dtype=np.int64),
+        "label": np.asarray(labels, dtype=object),
+        "notes": np.asarray(["\n".join(writer.notes) if i == 0 else "" for i in range(count)], dtype=object),
+        "model_id": np.asarray([str(m) for m in batch["model_id"]], dtype=object),
+        "seed": np.asarray([int(s) for s in batch["seed"]], dtype=np.int64),
+        "batch_size": np.asarray([int(b) for b in batch["batch_size"]], dtype=np.int64),
+    }
+
+
+def _append_lines(path: Path, lines: Sequence[str]) -> None:
+    """Append each line with one O_APPEND write, so concurrent workers never interleave within a line."""
+    if not lines:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        for line in lines:
+            data = line.encode("utf-8")
+            view = memoryview(data)
+            while view:
+                done = os.write(fd, view)
+                view = view[done:]
+    finally:
+        os.close(fd)
+
+
+def iter_rows_sorted(dataset: ray.data.Dataset) -> Iterator[dict[str, Any]]:
+    """The dataset's rows in index order (materialises the sort on the cluster, not the driver)."""
+    yield from dataset.sort("index").iter_rows()
