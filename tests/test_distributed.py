@@ -26,6 +26,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from medigan_iso import Session  # noqa: E402
+from medigan_iso.cli import main  # noqa: E402
 from medigan_iso.distributed import generate_dataset, split_ranges, write_images  # noqa: E402
 from medigan_iso.packages import tree_sha256  # noqa: E402
 
@@ -99,10 +100,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
     path = root / "catalogue" / "catalogue.json"
     path.write_text(json.dumps(catalogue), encoding="utf-8")
     # Ray's nodes and workers inherit the environment of the process that starts them: set it first.
-    saved = {k: os.environ.get(k) for k in ("MEDIGAN_ISO_CATALOGUE_URL", "RAY_USAGE_STATS_ENABLED")}
-    os.environ["MEDIGAN_ISO_CATALOGUE_URL"] = ""
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     home = root / "home"
+    names = ("MEDIGAN_ISO_CATALOGUE_URL", "MEDIGAN_ISO_CONFIG", "MEDIGAN_ISO_HOME", "RAY_USAGE_STATS_ENABLED")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ["MEDIGAN_ISO_CATALOGUE_URL"] = ""
+    os.environ["MEDIGAN_ISO_CONFIG"] = str(path)  # for the CLI test (workers inherit it too)
+    os.environ["MEDIGAN_ISO_HOME"] = str(home)
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     with Session(config=str(path), home=home, sandbox="off") as session:
         session.prepare(MODEL_ID)  # build the env once, before any Ray worker needs it
     try:
@@ -297,3 +301,20 @@ def test_a_model_failing_every_try_fails_the_dataset_with_its_error(
     with pytest.raises(Exception) as info:
         crashing.take_all()
     assert f"runner for model {MODEL_ID} exited with code 3" in str(info.value)
+
+
+def test_cli_generate_on_ray_writes_the_files_plain_generate_writes(
+    world: dict[str, Path], two_nodes: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = [TUPLE_ID, "-n", "7", "--seed", "5", "--batch-size", "2", "--sandbox", "off"]
+    assert main(["generate", *common, "-o", str(tmp_path / "plain")]) == 0
+    assert main(["generate", *common, "-o", str(tmp_path / "ray"), "--ray", "auto"]) == 0
+    assert "wrote 15 file(s) for 7 sample(s)" in capsys.readouterr().out
+    plain = {p.name: p.read_bytes() for p in (tmp_path / "plain").iterdir() if p.suffix == ".png"}
+    on_ray = {p.name: p.read_bytes() for p in (tmp_path / "ray").iterdir() if p.suffix == ".png"}
+    assert len(plain) == 14 and plain == on_ray
+    assert (tmp_path / "ray" / "labels.csv").read_text() == (tmp_path / "plain" / "labels.csv").read_text()
+    manifest = (tmp_path / "ray" / "manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == 14
+    run = json.loads((tmp_path / "ray" / "run.json").read_text())
+    assert run["requests"] == [{"model_id": TUPLE_ID, "seed": 5, "batch_size": 2}]

@@ -74,6 +74,13 @@ def register(subparsers: Any) -> None:
         help="resolve the model's dependencies as the index was on DATE (YYYY-MM-DD), or today's "
         "with 'latest' (default: the model's own date, see `medigan-iso info MODEL`)",
     )
+    parser.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=None,
+        help="generate on a Ray cluster: 'auto' (the cluster `ray start` made here, else a local one) or "
+        "the head's address; files are written by the workers (needs medigan-iso[ray])",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -120,6 +127,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.num_samples < 0:
         raise SystemExit("medigan-iso generate: error: -n must be >= 0")
     settings = _parse_settings(args.settings)
+    if args.ray is not None:
+        from medigan_iso.cli.ray_generate import run_on_ray
+
+        return run_on_ray(args, settings)
     writer = SampleWriter(args.output, fmt=args.format)
     progress = _Progress(args.num_samples)
     grid_samples: list[Any] = []
