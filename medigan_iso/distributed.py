@@ -400,6 +400,7 @@ def generate_dataset(
     home: str | os.PathLike[str] | None = None,
     install_dependencies: bool | None = None,
     strict: bool = False,
+    inactivity_timeout_s: float | None = None,
     actors_per_node: int = 1,
     num_actors: int | None = None,
     num_cpus: float = 1,
@@ -418,8 +419,8 @@ def generate_dataset(
 
     Connects to Ray first when this process is not connected (``connect("auto")``). One actor per node
     that can hold ``num_cpus``/``num_gpus`` (times ``actors_per_node``), or ``num_actors`` in all; Ray Data
-    spreads them across nodes. ``config``, ``home``, ``sandbox``, ``install_dependencies`` and ``strict``
-    are the Session's options, applied on every node (paths must exist there). ``batches_per_task`` whole
+    spreads them across nodes. ``config``, ``home``, ``sandbox``, ``install_dependencies``, ``strict`` and
+    ``inactivity_timeout_s`` are the Session's options, applied on every node (paths must exist there). ``batches_per_task`` whole
     batches make one task (default: about four tasks per actor, at most 16 batches).
     """
     rt = _import_ray()
@@ -457,6 +458,8 @@ def generate_dataset(
     session_options: dict[str, Any] = {"sandbox": sandbox, "strict": strict}
     if install_dependencies is not None:
         session_options["install_dependencies"] = install_dependencies
+    if inactivity_timeout_s is not None:
+        session_options["inactivity_timeout_s"] = inactivity_timeout_s
     if home is not None:
         session_options["home"] = str(home)
     if config is not None:

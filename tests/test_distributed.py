@@ -155,6 +155,22 @@ def test_split_ranges_cover_every_sample_once_on_batch_boundaries() -> None:
         split_ranges(10, 0, 1)
 
 
+def test_errors_cross_process_boundaries_whole() -> None:
+    # Ray carries a worker's exception to the driver by pickling it; every subclass must survive that.
+    import pickle
+
+    from medigan_iso.errors import EnvNotBuiltError, ModelError, RunnerCrashedError
+
+    for error in (
+        ModelError("ValueError", "bad \x1b[31m size", "Traceback ...", model_id="00001"),
+        RunnerCrashedError(returncode=3, stderr_tail="boom", model_id="00001"),
+        EnvNotBuiltError("00001", reason="MEDIGAN_ISO_BUILD=never"),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert copy.__dict__ == error.__dict__
+
+
 @pytest.fixture(scope="module")
 def local_ray(world: dict[str, Path]) -> Iterator[None]:
     ray.init(num_cpus=1, object_store_memory=OBJECT_STORE, include_dashboard=False, log_to_driver=False)

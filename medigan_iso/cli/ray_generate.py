@@ -28,6 +28,7 @@ def run_on_ray(args: argparse.Namespace, settings: dict[str, Any]) -> int:
         sandbox=args.sandbox,
         install_dependencies=False if args.no_build else None,
         strict=args.strict,
+        inactivity_timeout_s=args.timeout,
         **settings,
     )
     summary = write_images(dataset, args.output, format=args.format)
