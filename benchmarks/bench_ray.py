@@ -10,6 +10,7 @@ Measured, in one process so the ratios hold on a loaded machine:
   (``ray.cluster_utils.Cluster``, one CPU each);
 - ``ray_1_node`` / ``ray_2_nodes``: samples/s of ``generate_dataset`` consumed by the driver
   (``iter_batches``), actor start-up, env reuse and runner spawn included, and the ratio to ``plain``;
+  from a second dataset of twice the size, the marginal (steady-state) rate and the fixed cost per dataset;
 - ``write_100k``: driver peak RSS (sampled from /proc every 50 ms) while ``write_images`` writes a
   100,000-sample dataset to disk from the workers, and the wall time.
 The model does real CPU work per sample (a small matrix product chain), so the figures are about
@@ -118,13 +119,24 @@ def _consume(dataset: Any) -> int:
 
 
 def _ray_run(options: dict[str, Any], n: int, batch_size: int) -> dict[str, Any]:
+    """One dataset of n and one of 2n: the rate with start-up, and the marginal (steady) rate."""
     from medigan_iso.distributed import generate_dataset
 
-    started = time.perf_counter()
-    rows = _consume(generate_dataset(MODEL_ID, n, seed=1, batch_size=batch_size, **options))
-    elapsed = time.perf_counter() - started
-    assert rows == n, (rows, n)
-    return {"samples": n, "seconds": round(elapsed, 2), "samples_per_s": round(n / elapsed, 1)}
+    seconds = []
+    for size in (n, 2 * n):
+        started = time.perf_counter()
+        rows = _consume(generate_dataset(MODEL_ID, size, seed=1, batch_size=batch_size, **options))
+        seconds.append(time.perf_counter() - started)
+        assert rows == size, (rows, size)
+    marginal = n / max(seconds[1] - seconds[0], 1e-9)
+    return {
+        "samples": n,
+        "seconds": round(seconds[0], 2),
+        "samples_per_s": round(n / seconds[0], 1),
+        "seconds_for_2n": round(seconds[1], 2),
+        "marginal_samples_per_s": round(marginal, 1),
+        "fixed_cost_s": round(seconds[0] - n / marginal, 2),
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -164,6 +176,9 @@ def main(argv: list[str]) -> int:
         report["startup"] = {"local_1_node_s": round(time.perf_counter() - started, 2)}
         one = _ray_run(options, n, batch_size)
         one["ratio_to_plain"] = round(one["samples_per_s"] / report["plain"]["samples_per_s"], 3)
+        one["marginal_ratio_to_plain"] = round(
+            one["marginal_samples_per_s"] / report["plain"]["samples_per_s"], 3
+        )
         report["ray_1_node"] = one
         ray.shutdown()
         if not args.smoke:
@@ -183,6 +198,9 @@ def main(argv: list[str]) -> int:
             try:
                 two = _ray_run(options, n, batch_size)
                 two["ratio_to_plain"] = round(two["samples_per_s"] / report["plain"]["samples_per_s"], 3)
+                two["marginal_ratio_to_plain"] = round(
+                    two["marginal_samples_per_s"] / report["plain"]["samples_per_s"], 3
+                )
                 report["ray_2_nodes"] = two
                 out = root / "out"
                 baseline = _rss_mb()

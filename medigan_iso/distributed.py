@@ -506,13 +506,23 @@ def write_images(
     """
     if format not in ("png", "npy"):
         raise ValueError(f"format must be 'png' or 'npy', got {format!r}")
+    rt = _import_ray()
     directory = prepare_output_dir(path)
     started = time.time()
+    # Writers reserve no CPU: the generating actors may hold every CPU of the cluster, and a writer that
+    # waits for one would stall the job. At most two writers per node run at a time.
+    writers = 2 * max(1, sum(1 for node in rt.nodes() if node.get("Alive")))
+    if hasattr(rt.data, "TaskPoolStrategy"):
+        pool: dict[str, Any] = {"compute": rt.data.TaskPoolStrategy(size=writers)}
+    else:  # Ray before TaskPoolStrategy
+        pool = {"concurrency": writers}
     summary = dataset.map_batches(
         functools.partial(_write_rows, directory=str(directory), fmt=format),
         batch_size=None,
         batch_format="numpy",
         zero_copy_batch=True,
+        num_cpus=0,
+        **pool,
     )
     files = samples = 0
     labels: list[tuple[int, str]] = []

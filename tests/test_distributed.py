@@ -44,8 +44,13 @@ import time
 import numpy as np
 
 
-def generate(model_file, num_samples, output_path, save_images, behaviour="plain", delay=0.0, size=8):
+def generate(
+    model_file, num_samples, output_path, save_images, behaviour="plain", delay=0.0, size=8, marker=""
+):
     weights = np.load(model_file)
+    if behaviour == "crash_once" and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(3)
     if behaviour == "raises":
         raise ValueError("latent vector has the wrong size")
     if behaviour == "exits":
@@ -299,6 +304,30 @@ def test_actor_killed_mid_run_still_gives_a_complete_exact_dataset(
     assert "error" not in result, result.get("error")
     rows = result["rows"]
     _assert_equal_to(rows, _one_machine(world, MODEL_ID, n, seed, batch_size))
+
+
+def test_a_runner_crash_inside_an_actor_is_retried_on_that_range(
+    world: dict[str, Path], two_nodes: Cluster, tmp_path: Path
+) -> None:
+    marker = tmp_path / "crashed-once"
+    n, seed, batch_size = 8, 3, 2
+    dataset = generate_dataset(
+        MODEL_ID,
+        n,
+        seed=seed,
+        batch_size=batch_size,
+        behaviour="crash_once",
+        marker=str(marker),
+        **_options(world),
+    )
+    rows = _sorted_rows(dataset)
+    assert marker.exists(), "the runner never crashed: the test proves nothing"
+    # The crash only happens when the marker is missing, so the reference run generates normally.
+    with Session(config=str(world["catalogue"]), home=world["home"], sandbox="off") as session:
+        reference = session.generate(
+            MODEL_ID, n, seed=seed, batch_size=batch_size, behaviour="crash_once", marker=str(marker)
+        )
+    _assert_equal_to(rows, list(reference))
 
 
 def test_a_model_failing_every_try_fails_the_dataset_with_its_error(
