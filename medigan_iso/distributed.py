@@ -33,7 +33,6 @@ import contextlib
 import csv
 import functools
 import hashlib
-import inspect
 import io
 import json
 import math
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+from medigan_iso_runner.protocol import SEED_LIMIT
 
 from medigan_iso.errors import (
     MediganIsoError,
@@ -77,7 +77,6 @@ logger = get_logger(__name__)
 DEFAULT_MAX_ATTEMPTS = 3  # tries of one range inside an actor when its runner crashes (Session respawns)
 TASKS_PER_ACTOR = 4  # default split: about this many ranges per actor, so a lost actor redoes little
 MAX_BATCHES_PER_TASK = 16  # and never more batches than this per range (one range = one Ray Data block)
-SEED_BOUND = 2**32  # a drawn seed fits numpy's seed range whatever the runner does with it
 RAY_REMEDY = "install the extra: pip install 'medigan-iso[ray]'"
 # Transient failures: the runner is gone or cannot be trusted; the Session respawns it on the next request.
 _RETRIED = (RunnerCrashedError, RunnerStartError, RunnerTimeoutError, ProtocolError, ResourceLimitError)
@@ -309,8 +308,9 @@ class _RangeGenerator:
             batch_offset=first_batch,
             **self.model_kwargs,
         )
-        for batch_number, batch in enumerate(batches):
-            first = (first_batch + batch_number) * self.batch_size
+        for batch in batches:
+            assert batches.batch_index is not None  # set once a batch has arrived
+            first = batches.batch_index * self.batch_size  # the global batch index (determinism contract)
             for offset, sample in enumerate(batch):
                 row = _sample_row(sample, first + offset, model_id=self.model_id)
                 row.update(
@@ -401,6 +401,7 @@ def generate_dataset(
     install_dependencies: bool | None = None,
     strict: bool = False,
     inactivity_timeout_s: float | None = None,
+    session_options: Mapping[str, Any] | None = None,
     actors_per_node: int = 1,
     num_actors: int | None = None,
     num_cpus: float = 1,
@@ -420,8 +421,9 @@ def generate_dataset(
     Connects to Ray first when this process is not connected (``connect("auto")``). One actor per node
     that can hold ``num_cpus``/``num_gpus`` (times ``actors_per_node``), or ``num_actors`` in all; Ray Data
     spreads them across nodes. ``config``, ``home``, ``sandbox``, ``install_dependencies``, ``strict`` and
-    ``inactivity_timeout_s`` are the Session's options, applied on every node (paths must exist there). ``batches_per_task`` whole
-    batches make one task (default: about four tasks per actor, at most 16 batches).
+    ``inactivity_timeout_s`` are the Session's options (any other goes in ``session_options``, e.g.
+    ``as_of``), applied on every node (paths must exist there). ``batches_per_task`` whole batches make
+    one task (default: about four tasks per actor, at most 16 batches).
     """
     rt = _import_ray()
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:
@@ -430,16 +432,11 @@ def generate_dataset(
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if seed is None:
-        seed = secrets.randbelow(SEED_BOUND)
-    elif not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        seed = secrets.randbelow(SEED_LIMIT)  # drawn once here: every range of the job shares it
+    elif not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
-    if "batch_offset" not in inspect.signature(Session.stream).parameters:
-        raise MediganIsoError(
-            "this medigan_iso's Session cannot start a request at a batch offset",
-            remedy="upgrade medigan_iso (the determinism contract: batch seeds from (seed, batch index))",
-        )
     connect("auto")
     if num_actors is None:
         nodes = _worker_slots(num_cpus, num_gpus)
@@ -455,17 +452,16 @@ def generate_dataset(
     if batches_per_task is None:
         batches_per_task = max(1, min(MAX_BATCHES_PER_TASK, math.ceil(total_batches / (num_actors * 4))))
     ranges = split_ranges(num_samples, size, batches_per_task)
-    session_options: dict[str, Any] = {"sandbox": sandbox, "strict": strict}
+    options: dict[str, Any] = dict(session_options or {})
+    options.update(sandbox=sandbox, strict=strict)
     if install_dependencies is not None:
-        session_options["install_dependencies"] = install_dependencies
+        options["install_dependencies"] = install_dependencies
     if inactivity_timeout_s is not None:
-        session_options["inactivity_timeout_s"] = inactivity_timeout_s
+        options["inactivity_timeout_s"] = inactivity_timeout_s
     if home is not None:
-        session_options["home"] = str(home)
+        options["home"] = str(home)
     if config is not None:
-        session_options["config"] = (
-            [str(c) for c in config] if isinstance(config, list | tuple) else str(config)
-        )
+        options["config"] = [str(c) for c in config] if isinstance(config, list | tuple) else str(config)
     entry_id = str(model_id)
     items = [
         {"first_batch": r.first_batch, "first_sample": r.first_sample, "num_samples": r.num_samples}
@@ -482,7 +478,7 @@ def generate_dataset(
             "model_id": entry_id,
             "seed": seed,
             "batch_size": size,
-            "session_options": session_options,
+            "session_options": options,
             "model_kwargs": model_kwargs,
             "max_attempts": max_attempts,
         },

@@ -17,7 +17,7 @@ def run_on_ray(args: argparse.Namespace, settings: dict[str, Any]) -> int:
 
     if args.grid is not None:
         raise SystemExit("medigan-iso generate: error: --grid is not available with --ray")
-    with Session(strict=args.strict) as session:
+    with Session(strict=args.strict, as_of=args.as_of) as session:
         model_id = session.resolve(args.model).model_id  # an unknown id fails here, before Ray starts
     connect(args.ray)
     dataset = generate_dataset(
@@ -29,6 +29,7 @@ def run_on_ray(args: argparse.Namespace, settings: dict[str, Any]) -> int:
         install_dependencies=False if args.no_build else None,
         strict=args.strict,
         inactivity_timeout_s=args.timeout,
+        session_options={"as_of": args.as_of} if args.as_of is not None else None,
         **settings,
     )
     summary = write_images(dataset, args.output, format=args.format)
