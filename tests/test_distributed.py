@@ -249,8 +249,8 @@ def test_two_nodes_both_produce_rows_equal_to_one_machine(world: dict[str, Path]
     assert {row["node_id"] for row in rows} == alive, "both nodes must have produced rows"
 
 
-def _runner_parents() -> set[int]:
-    """Pids of the processes (Ray actors) that started a model runner, this test process excluded."""
+def _runner_parents(home: Path) -> set[int]:
+    """Pids of the Ray actors that started a runner of an env under ``home`` (this test's, no one else's)."""
     parents: set[int] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -260,12 +260,16 @@ def _runner_parents() -> set[int]:
             status = (entry / "status").read_text()
         except OSError:
             continue
-        if b"medigan_iso_runner" not in cmdline:
+        if b"medigan_iso_runner" not in cmdline or str(home).encode() not in cmdline:
             continue
         for line in status.splitlines():
             if line.startswith("PPid:"):
                 ppid = int(line.split()[1])
-                if ppid not in (os.getpid(), 0, 1):
+                try:
+                    parent = Path(f"/proc/{ppid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if ppid != os.getpid() and parent.startswith(b"ray::"):
                     parents.add(ppid)
     return parents
 
@@ -290,7 +294,7 @@ def test_actor_killed_mid_run_still_gives_a_complete_exact_dataset(
     killed: int | None = None
     deadline = time.monotonic() + 300
     while killed is None and consumer.is_alive() and time.monotonic() < deadline:
-        parents = _runner_parents()
+        parents = _runner_parents(world["home"])
         if parents:
             time.sleep(1.0)  # let it be in the middle of a range
             victim = min(parents)
