@@ -39,6 +39,7 @@ import math
 import os
 import secrets
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -237,17 +238,24 @@ class _RangeGenerator:
         prepared = self.session.prepare(model_id)  # package and env once per node (file-locked cache)
         hello = self._hello()
         lock = prepared.env.lock_path
+        packages = {"numpy": hello.get("numpy"), "msgpack": hello.get("msgpack")}
+        if isinstance(hello.get("packages"), Mapping):
+            packages.update({str(k): str(v) for k, v in hello["packages"].items()})
+        as_of = getattr(prepared.env, "as_of", None)
+        # The fields every manifest line repeats, named as medigan_iso's other writers name them.
         self.provenance = json.dumps(
             {
-                "catalogue_entry_sha256": _sha256_json(prepared.entry.raw),
+                "entry_sha256": _sha256_json(prepared.entry.raw),
                 "package_sha256": prepared.package.sha256,
                 "env_key": prepared.env.key,
                 "lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None,
+                "dependencies_as_of": None if as_of in (None, "", "latest") else as_of,
                 "python": hello.get("python"),
-                "packages": hello.get("packages"),
-                "protocol": hello.get("protocol"),
-                "sandbox_layers": hello.get("sandbox_layers"),
-                "medigan_iso": _version(),
+                "packages": packages,
+                "runner_protocol": hello.get("protocol"),
+                "seeding": hello.get("seeding"),
+                "sandbox_layers": list(hello.get("sandbox_layers") or ()),
+                "medigan_iso_version": _version(),
                 "kwargs": _jsonable(self.model_kwargs),
             },
             sort_keys=True,
@@ -495,15 +503,18 @@ def write_images(
 
     Files are named as ``medigan-iso generate`` names them (``sample_<index>.png``, ``_mask`` for masks;
     ``.npy`` with ``format="npy"`` or when an array is no image). Each file gets one ``manifest.jsonl``
-    line, appended atomically by the worker that wrote it: ``path``, ``sha256``, ``model_id``,
-    ``sample_index``, ``seed``, ``batch_size``, ``node_id``, ``label`` and the row's provenance. Images
-    never pass through the driver; it writes ``labels.csv`` (when rows carry labels) and ``run.json``.
+    line, appended (one ``O_APPEND`` write) by the worker that wrote it, with the fields of
+    medigan_iso's manifest (``path``, ``sha256``, ``size``, ``run_id``, ``model_id``, ``sample_index``,
+    ``batch_index``, ``seed``, ``batch_size``, entry/package/env/lock hashes, runner versions, ``kwargs``,
+    ``sandbox_layers``, ``writer``, ``kind``, ``time``) plus ``node_id``. Images never pass through the
+    driver; it writes ``labels.csv`` (when rows carry labels, with its own line) and ``run.json``.
     ``path`` must be one directory every node can write (a shared file system on a real cluster).
     """
     if format not in ("png", "npy"):
         raise ValueError(f"format must be 'png' or 'npy', got {format!r}")
     rt = _import_ray()
     directory = prepare_output_dir(path)
+    run_id = uuid.uuid4().hex
     started = time.time()
     # Writers reserve no CPU: the generating actors may hold every CPU of the cluster, and a writer that
     # waits for one would stall the job. At most two writers per node run at a time.
@@ -513,7 +524,7 @@ def write_images(
     else:  # Ray before TaskPoolStrategy
         pool = {"concurrency": writers}
     summary = dataset.map_batches(
-        functools.partial(_write_rows, directory=str(directory), fmt=format),
+        functools.partial(_write_rows, directory=str(directory), fmt=format, run_id=run_id),
         batch_size=None,
         batch_format="numpy",
         zero_copy_batch=True,
@@ -535,28 +546,45 @@ def write_images(
                 notes.extend(str(note).split("\n"))
         for model_id, seed, size in zip(batch["model_id"], batch["seed"], batch["batch_size"], strict=True):
             runs.add((str(model_id), int(seed), int(size)))
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
     if labels:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["sample", "label"])
         for index, label in sorted(labels):
             writer.writerow([f"sample_{index:05d}", label])
-        (directory / "labels.csv").write_text(buffer.getvalue(), encoding="utf-8")
+        data = buffer.getvalue().encode("utf-8")
+        (directory / "labels.csv").write_bytes(data)
         files += 1
-    run = {
+        line = {
+            "path": "labels.csv",
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+            "run_id": run_id,
+            "sample_index": None,
+            "kind": "labels",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        _append_lines(directory / "manifest.jsonl", [json.dumps(line, sort_keys=True) + "\n"])
+    finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    requests = [{"model_id": m, "seed": s, "batch_size": b} for m, s, b in sorted(runs)]
+    records = [
+        dict(request, run_id=run_id, backend="ray", status="complete", started=stamp, finished=finished)
+        for request in requests
+    ]
+    (directory / "run.json").write_text(
+        json.dumps({"format": 1, "runs": records}, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    return {
         "samples": samples,
         "files": files,
-        "requests": [{"model_id": m, "seed": s, "batch_size": b} for m, s, b in sorted(runs)],
-        "backend": "ray",
-        "started": started,
-        "finished": time.time(),
+        "requests": requests,
+        "run_id": run_id,
         "notes": notes[:100],
     }
-    (directory / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True), encoding="utf-8")
-    return run
 
 
-def _write_rows(batch: dict[str, Any], *, directory: str, fmt: str) -> dict[str, Any]:
+def _write_rows(batch: dict[str, Any], *, directory: str, fmt: str, run_id: str) -> dict[str, Any]:
     """Runs on a worker: write the files of a block of rows, append their manifest lines, return counts."""
     out = Path(directory)
     indices = [int(i) for i in batch["index"]]
@@ -576,16 +604,22 @@ def _write_rows(batch: dict[str, Any], *, directory: str, fmt: str) -> dict[str,
         labels.append(label)
         written.append(len(writer.files) - before)
         for file in writer.files[before:]:
-            digest = hashlib.sha256(file.read_bytes()).hexdigest()
+            data = file.read_bytes()
+            size = int(batch["batch_size"][row])
             line: dict[str, Any] = {
                 "path": file.name,
-                "sha256": digest,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+                "run_id": run_id,
                 "model_id": str(batch["model_id"][row]),
                 "sample_index": index,
+                "batch_index": index // size,
                 "seed": int(batch["seed"][row]),
-                "batch_size": int(batch["batch_size"][row]),
+                "batch_size": size,
                 "node_id": str(batch["node_id"][row]),
-                "time": time.time(),
+                "writer": fmt,
+                "kind": "sample",
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             if label:
                 line["label"] = label

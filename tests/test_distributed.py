@@ -207,13 +207,18 @@ def test_local_ray_dataset_equals_one_machine(
     assert summary["samples"] == n
     lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(line["path"] for line in lines) == sorted(
-        [f"sample_{i:05d}.png" for i in range(n)] + [f"sample_{i:05d}_mask.png" for i in range(n)]
+        [f"sample_{i:05d}.png" for i in range(n)]
+        + [f"sample_{i:05d}_mask.png" for i in range(n)]
+        + ["labels.csv"]
     )
     import hashlib
 
     for line in lines:
         assert hashlib.sha256((out / line["path"]).read_bytes()).hexdigest() == line["sha256"]
-        assert line["seed"] == seed and line["batch_size"] == batch_size
+        if line["kind"] == "sample":
+            assert line["seed"] == seed and line["batch_size"] == batch_size
+            assert line["batch_index"] == line["sample_index"] // batch_size
+            assert line["entry_sha256"] == provenance["entry_sha256"]
     labels = (out / "labels.csv").read_text().splitlines()
     assert labels[0] == "sample,label" and len(labels) == n + 1
     assert labels[1] == f"sample_00000,{reference[0][2]}"
@@ -363,7 +368,9 @@ def test_cli_generate_on_ray_writes_the_files_plain_generate_writes(
     on_ray = {p.name: p.read_bytes() for p in (tmp_path / "ray").iterdir() if p.suffix == ".png"}
     assert len(plain) == 14 and plain == on_ray
     assert (tmp_path / "ray" / "labels.csv").read_text() == (tmp_path / "plain" / "labels.csv").read_text()
-    manifest = (tmp_path / "ray" / "manifest.jsonl").read_text().splitlines()
-    assert len(manifest) == 14
+    manifest = [json.loads(line) for line in (tmp_path / "ray" / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(line["kind"] for line in manifest) == ["labels"] + ["sample"] * 14
     run = json.loads((tmp_path / "ray" / "run.json").read_text())
-    assert run["requests"] == [{"model_id": TUPLE_ID, "seed": 5, "batch_size": 2}]
+    assert [(r["model_id"], r["seed"], r["batch_size"], r["status"]) for r in run["runs"]] == [
+        (TUPLE_ID, 5, 2, "complete")
+    ]
