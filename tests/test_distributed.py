@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -364,9 +366,20 @@ def test_cli_generate_on_ray_writes_the_files_plain_generate_writes(
     assert main(["generate", *common, "-o", str(tmp_path / "plain")]) == 0
     assert main(["generate", *common, "-o", str(tmp_path / "ray"), "--ray", "auto"]) == 0
     assert "wrote 15 file(s) for 7 sample(s)" in capsys.readouterr().out
+    # A separate driver process joining the cluster by its address, as on a real cluster.
+    command = [sys.executable, "-m", "medigan_iso", "generate", *common, "-o", str(tmp_path / "addr")]
+    proc = subprocess.run(
+        [*command, "--ray", two_nodes.address],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
     plain = {p.name: p.read_bytes() for p in (tmp_path / "plain").iterdir() if p.suffix == ".png"}
     on_ray = {p.name: p.read_bytes() for p in (tmp_path / "ray").iterdir() if p.suffix == ".png"}
-    assert len(plain) == 14 and plain == on_ray
+    by_address = {p.name: p.read_bytes() for p in (tmp_path / "addr").iterdir() if p.suffix == ".png"}
+    assert len(plain) == 14 and plain == on_ray == by_address
     assert (tmp_path / "ray" / "labels.csv").read_text() == (tmp_path / "plain" / "labels.csv").read_text()
     manifest = [json.loads(line) for line in (tmp_path / "ray" / "manifest.jsonl").read_text().splitlines()]
     assert sorted(line["kind"] for line in manifest) == ["labels"] + ["sample"] * 14
