@@ -614,7 +614,8 @@ class Generators(ContributorMethods):
         generated lazily in chunks from this facade's warm runner (extra ``medigan-iso[torch]``).
 
         Item ``i`` is the same on every read given ``seed`` (drawn when None; see ``dataset.seed``) and
-        ``chunk_size`` (samples per runner request, default 32). ``kwargs`` go to the model.
+        ``chunk_size`` (samples per runner request, default 32): sample ``i`` of
+        ``Session.generate(model_id, n, seed=seed, batch_size=chunk_size)``. ``kwargs`` go to the model.
         See :mod:`medigan_iso.torch`.
         """
         from medigan_iso import torch as medigan_torch

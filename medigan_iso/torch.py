@@ -5,13 +5,17 @@ This module owns turning a model's samples into torch datasets; it is a client o
 a torch method is called) and never prints.
 
 - :class:`SyntheticDataset` (map-style, ``Generators.get_as_torch_dataset``): item ``i`` lies in chunk
-  ``i // chunk_size``; a chunk is generated when first read (never all items up front) as one request of
-  ``chunk_size`` samples seeded from ``(seed, chunk index)``, and the last ``cached_chunks`` chunks stay in
-  memory. Item ``i`` is therefore the same on every read, in every process, given ``seed`` and
-  ``chunk_size`` (a dataset without a seed draws one and exposes it as ``dataset.seed``).
+  ``i // chunk_size``; a chunk is generated when first read (never all items up front) as one request for
+  global batch ``chunk`` of the job (``Session.generate(..., seed=seed, batch_size=chunk_size,
+  batch_offset=chunk)``, the determinism contract), and the last ``cached_chunks`` chunks stay in memory.
+  Item ``i`` is therefore the same on every read, in every process, and equals sample ``i`` of
+  ``Session.generate(model_id, n, seed=seed, batch_size=chunk_size)`` (a dataset without a seed draws one
+  and exposes it as ``dataset.seed``).
 - :class:`SyntheticStream` (``torch.utils.data.IterableDataset``, :func:`stream_dataset`): yields the same
-  items in order, endlessly when ``num_samples`` is None (fresh samples for augmentation); with DataLoader
-  workers, worker ``w`` of ``W`` produces chunks ``w, w + W, ...``, so no two workers produce one sample.
+  items in order, endlessly when ``num_samples`` is None (fresh samples for augmentation). It asks for
+  blocks of up to ``STREAM_BLOCK_CHUNKS`` chunks per request, so the runner computes the next batch while
+  the consumer takes the last; with DataLoader workers, worker ``w`` of ``W`` takes blocks ``w, w + W,
+  ...``, so no two workers produce one sample.
 
 Processes: in the process that made it, a dataset uses the Session it was given (the Generators' warm
 runner) or one it opens itself; in any other process (a DataLoader worker, forked or spawned) it opens its
@@ -28,7 +32,7 @@ empty dataset.
 
 from __future__ import annotations
 
-import hashlib
+import math
 import os
 import secrets
 import threading
@@ -39,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch.utils.data
+from medigan_iso_runner.protocol import SEED_LIMIT
 
 from medigan_iso.catalogue import Catalogue, ConfigSource
 from medigan_iso.errors import RunnerError
@@ -50,10 +55,10 @@ __all__ = [
     "DEFAULT_CACHED_CHUNKS",
     "DEFAULT_CHUNK_SIZE",
     "MEDIGAN_DATALOADER_DEFAULTS",
+    "STREAM_BLOCK_CHUNKS",
     "SessionSpec",
     "SyntheticDataset",
     "SyntheticStream",
-    "chunk_seed",
     "dataloader_kwargs",
     "sample_to_item",
     "stream_dataset",
@@ -62,7 +67,7 @@ __all__ = [
 
 DEFAULT_CHUNK_SIZE = DEFAULT_BATCH_SIZE  # samples per runner request
 DEFAULT_CACHED_CHUNKS = 2  # chunks a map-style dataset keeps per process (a batch may straddle two)
-_SEED_BITS = 63
+STREAM_BLOCK_CHUNKS = 64  # chunks a stream asks for in one request (the runner works ahead within one)
 
 Item = dict[str, Any]
 Transform = Callable[..., Any]
@@ -98,12 +103,6 @@ class SessionSpec:
         for name, value in state.items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "catalogue", None)
-
-
-def chunk_seed(seed: int, chunk: int) -> int:
-    """The seed of chunk ``chunk`` of a dataset seeded with ``seed`` (a 63-bit int)."""
-    digest = hashlib.sha256(f"medigan-iso-chunk:{seed}:{chunk}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> (64 - _SEED_BITS)
 
 
 def sample_to_item(sample: Any, transform: Transform | None = None, *, index: int | None = None) -> Item:
@@ -161,11 +160,13 @@ class _Source:
     ) -> None:
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        if seed is not None and (
+            not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT
+        ):
+            raise ValueError(f"seed must be an int in [0, 2**63) or None, got {seed!r}")
         self.model_id = model_id
         self.spec = spec
-        self.seed = secrets.randbits(_SEED_BITS) if seed is None else seed
+        self.seed = secrets.randbelow(SEED_LIMIT) if seed is None else seed
         self.chunk_size = chunk_size
         self.model_kwargs = dict(model_kwargs)
         self._session = session
@@ -193,16 +194,37 @@ class _Source:
             self.model_id,
             count,
             batch_size=self.chunk_size,
-            seed=chunk_seed(self.seed, index),
+            seed=self.seed,
+            batch_offset=index,
             **self.model_kwargs,
         )
+        self._check(samples, index, count)
+        return samples
+
+    def chunks(self, first: int, count: int) -> Iterator[list[Any]]:
+        """Chunks ``first, first + 1, ...`` holding ``count`` samples in all, from one streaming request."""
+        batches = self.session().stream(
+            self.model_id,
+            count,
+            batch_size=self.chunk_size,
+            seed=self.seed,
+            batch_offset=first,
+            **self.model_kwargs,
+        )
+        try:
+            for offset, batch in enumerate(batches):
+                self._check(batch, first + offset, min(self.chunk_size, count - offset * self.chunk_size))
+                yield batch
+        finally:
+            batches.close()
+
+    def _check(self, samples: Sequence[Any], index: int, count: int) -> None:
         if len(samples) != count:
             raise RunnerError(
                 f"model {neutralise(self.model_id)} returned {len(samples)} of {count} samples for "
                 f"chunk {index}",
                 remedy="check the model's kwargs (an input_latent_vector decides the count for some models)",
             )
-        return samples
 
     def close(self) -> None:
         if self._owns_session and self._session is not None and self._session_pid == os.getpid():
@@ -345,19 +367,24 @@ class SyntheticStream(torch.utils.data.IterableDataset[Item]):
     def __iter__(self) -> Iterator[Item]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        chunk = worker
+        size = self.chunk_size
+        total_chunks = None if self.num_samples is None else math.ceil(self.num_samples / size)
+        block = STREAM_BLOCK_CHUNKS
+        if total_chunks is not None:  # spread a finite stream over every worker
+            block = max(1, min(block, math.ceil(total_chunks / workers)))
+        index = worker
         while True:
-            start = chunk * self.chunk_size
-            if self.num_samples is not None and start >= self.num_samples:
+            first = index * block
+            if total_chunks is not None and first >= total_chunks:
                 return
-            count = (
-                self.chunk_size
-                if self.num_samples is None
-                else min(self.chunk_size, self.num_samples - start)
-            )
-            for offset, sample in enumerate(self._source.chunk(chunk, count)):
-                yield sample_to_item(sample, self.transform, index=start + offset)
-            chunk += workers
+            stop = first + block if total_chunks is None else min(first + block, total_chunks)
+            end = stop * size if self.num_samples is None else min(stop * size, self.num_samples)
+            position = first * size
+            for batch in self._source.chunks(first, end - position):
+                for sample in batch:
+                    yield sample_to_item(sample, self.transform, index=position)
+                    position += 1
+            index += workers
 
     def close(self) -> None:
         """Stop the runner this stream started in this process (not a Generators' shared one)."""

@@ -92,6 +92,19 @@ def test_item_i_is_the_same_on_every_read_given_a_seed(generators: Generators) -
     assert f"seed={drawn.seed}" in repr(drawn)
 
 
+def test_item_i_is_sample_i_of_session_generate_with_the_same_seed_and_batch_size(
+    generators: Generators, medigan_torch: Any
+) -> None:
+    # the determinism contract: chunk c is global batch c of the job (seed, batch size)
+    dataset = generators.get_as_torch_dataset(PLAIN_ID, num_samples=20, seed=21, chunk_size=6)
+    whole = generators.session.generate(PLAIN_ID, 20, seed=21, batch_size=6)
+    assert [_key(dataset[i]["sample"]) for i in (19, 0, 7, 12)] == [_key(whole[i]) for i in (19, 0, 7, 12)]
+    stream = medigan_torch.stream_dataset(PLAIN_ID, 20, seed=21, chunk_size=6, session=generators.session)
+    assert [_key(item["sample"]) for item in stream] == [_key(s) for s in whole]
+    with pytest.raises(ValueError, match="seed must be an int in"):
+        generators.get_as_torch_dataset(PLAIN_ID, num_samples=2, seed=2**63)
+
+
 def test_items_keep_medigans_shape_and_transform_runs_once(generators: Generators) -> None:
     calls: list[int] = []
 
@@ -231,10 +244,10 @@ def test_torch_surface_is_pinned(medigan_torch: Any) -> None:
         "DEFAULT_CACHED_CHUNKS",
         "DEFAULT_CHUNK_SIZE",
         "MEDIGAN_DATALOADER_DEFAULTS",
+        "STREAM_BLOCK_CHUNKS",
         "SessionSpec",
         "SyntheticDataset",
         "SyntheticStream",
-        "chunk_seed",
         "dataloader_kwargs",
         "sample_to_item",
         "stream_dataset",
