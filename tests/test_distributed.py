@@ -31,6 +31,7 @@ from medigan_iso import Session  # noqa: E402
 from medigan_iso.cli import main  # noqa: E402
 from medigan_iso.distributed import generate_dataset, split_ranges, write_images  # noqa: E402
 from medigan_iso.packages import tree_sha256  # noqa: E402
+from medigan_iso.sandbox import probe_host  # noqa: E402
 
 # Ray warns about its own deprecated settings from inside its code; that is not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -246,11 +247,17 @@ def two_nodes(world: dict[str, Path]) -> Iterator[Cluster]:
 
 def test_two_nodes_both_produce_rows_equal_to_one_machine(world: dict[str, Path], two_nodes: Cluster) -> None:
     n, seed, batch_size = 40, 99, 2
+    # The default sandbox (auto: bubblewrap where it works) inside the actors; the reference runs unconfined.
+    options = dict(_options(world), sandbox=None)
     dataset = generate_dataset(
-        MODEL_ID, n, seed=seed, batch_size=batch_size, batches_per_task=1, delay=0.2, **_options(world)
+        MODEL_ID, n, seed=seed, batch_size=batch_size, batches_per_task=1, delay=0.2, **options
     )
     rows = _sorted_rows(dataset)
     _assert_equal_to(rows, _one_machine(world, MODEL_ID, n, seed, batch_size))
+    layers = json.loads(rows[0]["provenance"])["sandbox_layers"]
+    assert "hygiene" in layers, layers
+    if probe_host().layers["bubblewrap"].available:
+        assert "bubblewrap" in layers, layers
     alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
     assert len(alive) == 2
     assert {row["node_id"] for row in rows} == alive, "both nodes must have produced rows"
