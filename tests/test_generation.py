@@ -295,6 +295,18 @@ def test_build_never_makes_the_facade_name_the_build_command(
         medigan_iso.generate(NOT_BUILT_ID, 1)
 
 
+def test_build_never_makes_the_cli_generate_name_the_build_command(
+    world: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("MEDIGAN_ISO_BUILD", "never")
+    assert main(["generate", NOT_BUILT_ID, "-n", "1", "-o", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err
+    assert "MEDIGAN_ISO_BUILD=never" in err and f"medigan-iso env build {NOT_BUILT_ID}" in err
+
+
 def test_session_without_install_dependencies_names_the_build_command(world: dict[str, Path]) -> None:
     with Session(install_dependencies=False) as session, pytest.raises(EnvNotBuiltError) as info:
         session.generate(NOT_BUILT_ID, 1)
