@@ -59,7 +59,7 @@ from medigan_iso.errors import (
 )
 from medigan_iso.generation import DEFAULT_BATCH_SIZE, Session
 from medigan_iso.images import SampleWriter, prepare_output_dir
-from medigan_iso.untrusted import get_logger
+from medigan_iso.untrusted import get_logger, neutralise
 
 if TYPE_CHECKING:
     import ray.data
@@ -535,7 +535,7 @@ def write_images(
     labels: list[tuple[int, str]] = []
     notes: list[str] = []
     runs: set[tuple[str, int, int]] = set()
-    for batch in summary.iter_batches(batch_format="numpy", batch_size=None):
+    for batch in _translated(summary.iter_batches(batch_format="numpy", batch_size=None)):
         files += int(np.sum(batch["files"]))
         samples += len(batch["files"])
         for index, label in zip(batch["index"], batch["label"], strict=True):
@@ -582,6 +582,32 @@ def write_images(
         "run_id": run_id,
         "notes": notes[:100],
     }
+
+
+RAY_ERROR_MAX_CHARS = 12_000
+
+
+def _translated(batches: Iterator[Any]) -> Iterator[Any]:
+    """Ray's failures as one MediganIsoError (the CLI prints it without a traceback).
+
+    Ray Data re-raises a worker's exception as its own type with the original in its text, so the model's
+    error (a medigan_iso error's message and remote traceback) is cut out of that text.
+    """
+    ray = _import_ray()
+    try:
+        yield from batches
+    except ray.exceptions.RayError as exc:
+        text = str(exc)
+        start = text.find("medigan_iso.errors.")
+        if start >= 0:
+            text = text[start + len("medigan_iso.errors.") :]
+            text = text.split("\n\nThe above exception was the direct cause", 1)[0]
+        detail = neutralise(text.strip(), max_chars=RAY_ERROR_MAX_CHARS, multiline=True)
+        raise MediganIsoError(
+            f"the dataset failed on Ray: {detail}",
+            remedy="the first error above is the model's or the runner's; files written so far are in the "
+            "manifest",
+        ) from exc
 
 
 def _write_rows(batch: dict[str, Any], *, directory: str, fmt: str, run_id: str) -> dict[str, Any]:

@@ -366,6 +366,16 @@ def test_a_model_failing_every_try_fails_the_dataset_with_its_error(
     assert f"runner for model {MODEL_ID} exited with code 3" in str(info.value)
 
 
+def test_cli_on_ray_reports_a_failing_model_in_one_message(
+    world: dict[str, Path], two_nodes: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [MODEL_ID, "-n", "4", "--seed", "1", "--sandbox", "off", "--set", "behaviour=raises"]
+    assert main(["generate", *args, "-o", str(tmp_path / "out"), "--ray", "auto"]) == 1
+    err = capsys.readouterr().err
+    assert "the dataset failed on Ray: ModelError: model test-ray raised ValueError: latent vector" in err
+    assert "Traceback (most recent call last)" not in err.split("remote traceback")[0]
+
+
 def test_cli_generate_on_ray_writes_the_files_plain_generate_writes(
     world: dict[str, Path], two_nodes: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
