@@ -40,7 +40,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -587,7 +587,7 @@ def write_images(
 RAY_ERROR_MAX_CHARS = 12_000
 
 
-def _translated(batches: Iterator[Any]) -> Iterator[Any]:
+def _translated(batches: Iterable[Any]) -> Iterator[Any]:
     """Ray's failures as one MediganIsoError (the CLI prints it without a traceback).
 
     Ray Data re-raises a worker's exception as its own type with the original in its text, so the model's
