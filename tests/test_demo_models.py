@@ -9,7 +9,6 @@ demo-tf1 needs a Python 3.7 interpreter (pyenv's versions folder is searched): w
 with the reason, except in CI (``$CI`` set), whose machines have pyenv's 3.7, where they fail.
 """
 
-from __future__ import annotations
 
 import json
 import os
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _host_imports import host_imported
 from medigan_iso_runner import protocol
 from PIL import Image
 
@@ -164,7 +164,7 @@ def test_tf1_runs_tensorflow_1_15_on_python_3_7_beside_torch_on_the_host_python(
     # The Python 3.7 runner is confined like the host-Python one (same policy, same layers seen from inside).
     for layer in ("seccomp", "no_new_privs", "landlock_enforced"):
         assert tf1["sandbox"][layer] == torch["sandbox"][layer], layer
-    assert "torch" not in sys.modules and "tensorflow" not in sys.modules
+    assert host_imported("torch", "tensorflow") == []
 
 
 @slow
@@ -178,7 +178,7 @@ def test_torch_and_tf_run_side_by_side_without_leaking_into_the_host(
     assert session.runner_info("demo-torch")["packages"]["torch"].startswith("2.13.0")
     assert session.runner_info("demo-tf")["packages"]["tensorflow-cpu"] == "2.12.1"
     # The host generated with both and still has neither, and its own numpy is untouched.
-    assert "torch" not in sys.modules and "tensorflow" not in sys.modules
+    assert host_imported("torch", "tensorflow") == []
     assert np.__version__ == host_numpy
     assert len({session.runner_info(model_id)["pid"] for model_id in MODERN_IDS}) == 3
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _facade_world import PLAIN_ID, TUPLE4_ID, facade_world
+from _host_imports import IMPORTED_BY_TESTS
 
 from medigan_iso import Generators
 from medigan_iso.errors import RunnerError
@@ -28,6 +29,7 @@ DEMO = "demo-numpy"
 
 @pytest.fixture(scope="module")
 def torch() -> Any:
+    IMPORTED_BY_TESTS.add("torch")  # on purpose: the host-never-imports-torch checks leave it out
     # tox installs torch (the medigan-iso[torch] extra); in CI its absence is a failure, not a skip
     if os.environ.get("CI"):
         return importlib.import_module("torch")
