@@ -465,3 +465,12 @@ def test_a_dated_strict_resolution_is_wheels_only_without_clashing_flags(online:
     env = ensure_env(EnvSpec(["six"], as_of="2021-01-01", name="six-strict"), strict=True)
     assert env.as_of == "2021-01-01"
     assert _pins(env.lock_path.read_text())["six"] == "1.15.0"
+
+
+def test_a_conflict_that_no_interpreter_changes_is_a_resolution_error(online: Path) -> None:
+    from medigan_iso.errors import InterpreterNotFoundError, ResolutionError
+
+    with pytest.raises(ResolutionError) as info:
+        resolve(EnvSpec(["six>=99"], as_of="2021-01-01", name="impossible"))
+    assert not isinstance(info.value, InterpreterNotFoundError)
+    assert "six" in str(info.value)

@@ -502,6 +502,9 @@ def _resolve(
             )
         return resolution
     assert first_error is not None
+    reasons = {line.split(": ", 1)[-1] for line in tried}
+    if len(tried) > 1 and len(reasons) == 1 and "python" not in next(iter(reasons)).lower():
+        raise first_error  # the same failure everywhere: the requirements, not the interpreter
     oldest = min(candidates, key=lambda i: _version_tuple(i.version))
     major, minor = _version_tuple(oldest.version)[:2]
     if (major, minor - 1) >= MIN_RUNNER_PYTHON:
