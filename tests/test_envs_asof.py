@@ -473,4 +473,4 @@ def test_a_conflict_that_no_interpreter_changes_is_a_resolution_error(online: Pa
     with pytest.raises(ResolutionError) as info:
         resolve(EnvSpec(["six>=99"], as_of="2021-01-01", name="impossible"))
     assert not isinstance(info.value, InterpreterNotFoundError)
-    assert "six" in str(info.value)
+    assert "six" in info.value.explanation

@@ -417,6 +417,16 @@ def _choice_key(spec: _Spec, settings: IndexSettings, uv: Path | None) -> str:
     )[: KEY_LENGTH_HEX * 2]
 
 
+_INTERPRETER_MARKERS = ("abi tag", "wheel", "python", "requires-python", "platform", "failed to build")
+
+
+def _interpreter_related(explanation: str) -> bool:
+    """Whether a failed era resolution may work on another interpreter (no wheel of the era for this
+    one, an sdist that does not build on it, a Requires-Python bound) rather than a plain conflict."""
+    low = explanation.lower()
+    return any(marker in low for marker in _INTERPRETER_MARKERS)
+
+
 def _cached_dated(
     spec: _Spec, *, layout: CacheLayout, settings: IndexSettings, uv: Path | None
 ) -> Resolution | None:
@@ -469,6 +479,7 @@ def _resolve(
             return known
     tried: list[str] = []
     first_error: ResolutionError | None = None
+    conflict: ResolutionError | None = None  # a failure that is not about this interpreter's wheels
     candidates = era_candidates(spec.python_requires, name=spec.name, layout=layout)
     for interp in candidates:
         try:
@@ -485,6 +496,8 @@ def _resolve(
             if exc.offline_may_help is not None:  # a network failure: another interpreter will not help
                 raise
             first_error = first_error or exc
+            if not _interpreter_related(exc.explanation):
+                conflict = conflict or exc
             lines = [ln.strip(" ╰─▶│") for ln in exc.explanation.splitlines() if ln.strip()]
             reason = next((ln for ln in lines if "because" in ln.lower()), lines[0] if lines else "")
             tried.append(f"Python {interp.minor}: {reason[:200]}")
@@ -502,9 +515,8 @@ def _resolve(
             )
         return resolution
     assert first_error is not None
-    reasons = {line.split(": ", 1)[-1] for line in tried}
-    if len(tried) > 1 and len(reasons) == 1 and "python" not in next(iter(reasons)).lower():
-        raise first_error  # the same failure everywhere: the requirements, not the interpreter
+    if conflict is not None:
+        raise conflict  # the requirements conflict on an interpreter with wheels: no interpreter helps
     oldest = min(candidates, key=lambda i: _version_tuple(i.version))
     major, minor = _version_tuple(oldest.version)[:2]
     if (major, minor - 1) >= MIN_RUNNER_PYTHON:
