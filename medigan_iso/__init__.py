@@ -32,6 +32,7 @@ from medigan_iso.errors import (
     PackageIntegrityError,
     PackageLayoutError,
     ProtocolError,
+    ProvenanceError,
     RemoteServiceError,
     ResolutionError,
     ResourceLimitError,
@@ -46,6 +47,7 @@ from medigan_iso.errors import (
     UnsafeArchiveError,
 )
 from medigan_iso.generation import Session, generate, stream
+from medigan_iso.verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
@@ -76,6 +78,7 @@ __all__ = [
     "PackageIntegrityError",
     "PackageLayoutError",
     "ProtocolError",
+    "ProvenanceError",
     "RemoteServiceError",
     "ResolutionError",
     "ResourceLimitError",
@@ -90,6 +93,7 @@ __all__ = [
     "UnknownModelError",
     "UnpinnedPackageError",
     "UnsafeArchiveError",
+    "VerifyReport",
     "__version__",
     "generate",
     "info",
@@ -97,4 +101,5 @@ __all__ = [
     "load_catalogue",
     "search",
     "stream",
+    "verify",
 ]

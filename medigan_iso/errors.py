@@ -32,6 +32,7 @@ boundary that sees them, with ``raise ... from exc``.
     │   ├── ModelError                   the model's own code raised (remote type and traceback)
     │   └── ResourceLimitError           the runner hit a limit (memory, processes, output bytes)
     ├── OutputExistsError                a file to be written already exists in the output folder
+    ├── ProvenanceError                  a folder's manifest.jsonl / run.json is missing or unreadable
     ├── SandboxError                     a required confinement layer is unavailable
     │   └── SandboxPolicyError           a sandbox policy value is not off, auto or require
     ├── ContributionError                a model contribution cannot go ahead (entry, folder, confirmation)
@@ -82,6 +83,7 @@ __all__ = [
     "PackageIntegrityError",
     "PackageLayoutError",
     "ProtocolError",
+    "ProvenanceError",
     "RemoteServiceError",
     "ResolutionError",
     "ResourceLimitError",
@@ -578,3 +580,15 @@ class ModelBusyError(ExploreError):
             f"model {model_id} already has {limit} requests waiting for its runner",
             remedy="wait for them to finish, then retry",
         )
+
+
+# --- provenance ------------------------------------------------------------------------------------
+
+
+class ProvenanceError(MediganIsoError):
+    """Raised when a folder cannot be verified: no manifest.jsonl, or it or run.json is unreadable."""
+
+    def __init__(self, directory: Path, problem: str, *, remedy: str) -> None:
+        self.directory = directory
+        self.problem = problem
+        super().__init__(f"{directory}: {problem}", remedy=remedy)

@@ -10,10 +10,13 @@ builds envs only through :mod:`medigan_iso.envs`, and fetches packages only thro
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
+import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +40,7 @@ from medigan_iso.errors import (
 )
 from medigan_iso.images import non_regular_entries, prepare_output_dir
 from medigan_iso.logfiles import auto_prune
+from medigan_iso.manifest import ManifestWriter, RunContext, entry_sha256, jsonable
 from medigan_iso.packages import ModelPackage, ensure_package
 from medigan_iso.paths import cache_layout
 from medigan_iso.runner_process import (
@@ -140,6 +144,7 @@ class Batches(Iterator[list[Sample]]):
         # dropping this object (``break`` in a for loop) closes the generator at once (no reference cycle
         # waiting for the garbage collector while the model's runner stays locked).
         self._holder: list[GenerateStream] = []
+        self._context: Callable[[GenerateStream, str, Sequence[str] | None], RunContext] | None = None
         self.model_id = model_id
         self.num_samples = num_samples
         self.seed = seed
@@ -161,6 +166,15 @@ class Batches(Iterator[list[Sample]]):
     @property
     def runner_warnings(self) -> list[str]:
         return [] if self._request is None else list(self._request.warnings)
+
+    def run_context(self, *, writer: str, command: Sequence[str] | None = None) -> RunContext:
+        """The provenance of this request for a :class:`~medigan_iso.manifest.ManifestWriter`: model,
+        entry, package, env, runner versions, seed and batch layout. Available once the request started
+        (after the first batch, or after the stream ended)."""
+        request = self._request
+        if request is None or self._context is None:
+            raise RuntimeError("run_context() needs a started request: call it after the first batch")
+        return self._context(request, writer, command)
 
     def __iter__(self) -> Batches:
         return self
@@ -541,7 +555,68 @@ class Session:
             kwargs=model_kwargs,
             holder=batches._holder,
         )
+        kwargs_copy = dict(model_kwargs)
+        batches._context = lambda request, writer, command: self._run_context(
+            slot, request, num_samples=num_samples, kwargs=kwargs_copy, writer=writer, command=command
+        )
         return batches
+
+    def _run_context(
+        self,
+        slot: _Slot,
+        request: GenerateStream,
+        *,
+        num_samples: int,
+        kwargs: Mapping[str, Any],
+        writer: str,
+        command: Sequence[str] | None,
+    ) -> RunContext:
+        """Everything a manifest line and run.json record say about one request (see manifest)."""
+        from medigan_iso import __version__
+
+        prepared = slot.prepared
+        entry, package, env = prepared.entry, prepared.package, prepared.env
+        hello = request.runner_hello
+        try:
+            lock: str | None = env.lock_path.read_text(encoding="utf-8")
+        except OSError:
+            lock = None
+        packages = {"numpy": hello.get("numpy"), "msgpack": hello.get("msgpack")}
+        reported = hello.get("packages")
+        if isinstance(reported, Mapping):
+            packages.update({str(k): str(v) for k, v in reported.items()})
+        line = {
+            "model_id": entry.model_id,
+            "entry_sha256": entry_sha256(entry.raw),
+            "package_sha256": package.sha256,
+            "env_key": env.key,
+            "lock_sha256": None if lock is None else hashlib.sha256(lock.encode("utf-8")).hexdigest(),
+            "dependencies_as_of": None if env.as_of in ("", "latest") else env.as_of,
+            "python": hello.get("python"),
+            "packages": packages,
+            "runner_protocol": hello.get("protocol"),
+            "seeding": hello.get("seeding"),
+            "medigan_iso_version": __version__,
+            "seed": request.seed,
+            "batch_size": request.batch_size,
+            "kwargs": jsonable(kwargs),
+            "sandbox_layers": list(hello.get("sandbox_layers") or ()),
+            "writer": writer,
+        }
+        run = {
+            "num_samples": num_samples,
+            "batch_offset": request.batch_offset,
+            "command": None if command is None else [str(part) for part in command],
+            "entry": jsonable(entry.raw),
+            "entry_source": entry.source,
+            "catalogue_dir": None if entry.catalogue_dir is None else str(entry.catalogue_dir),
+            "is_bundled": entry.is_bundled,
+            "lock": lock,
+            "interpreter": env.python_version,
+            "builder": env.builder,
+            "regenerable": not _holds_arrays(kwargs),
+        }
+        return RunContext(line, run)
 
     def _iterate(
         self,
@@ -632,8 +707,20 @@ class Session:
             output_path=out,
             save_images=True,
         ) as request:
-            for _ in request:
-                pass
+            context = self._run_context(
+                slot,
+                request,
+                num_samples=num_samples,
+                kwargs=model_kwargs,
+                writer="save_images",
+                command=None,
+            )
+            with ManifestWriter(out, context) as manifest:
+                request.on_saved = functools.partial(
+                    _record_saved, manifest, out, int(request.batch_size or 1)
+                )
+                for _ in request:
+                    pass
             odd = non_regular_entries(out)
             if odd:
                 # The output directory is hostile after a run: report, never follow or open these.
@@ -740,6 +827,36 @@ def _check_counts(num_samples: int, batch_size: int | None) -> None:
         not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
     ):
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def _holds_arrays(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return any(_holds_arrays(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_arrays(v) for v in value)
+    return hasattr(value, "__array__") and not isinstance(value, int | float | bool | str)
+
+
+def _record_saved(manifest: ManifestWriter, out: Path, batch_size: int, index: int, names: list[str]) -> None:
+    """Manifest lines for the files one save_images batch wrote (walking directories a model saved)."""
+    first = index * batch_size
+    for name in names:
+        if "/" in name or name in ("", ".", "..") or not name.startswith(f"batch_{index}_"):
+            logger.warning("ignoring a file name the runner reported that it cannot have written: %r", name)
+            continue
+        stack = [name]
+        while stack:
+            relpath = stack.pop()
+            try:
+                mode = os.lstat(out / relpath).st_mode
+            except OSError:
+                continue
+            if stat.S_ISDIR(mode):
+                stack.extend(
+                    sorted((f"{relpath}/{child.name}" for child in (out / relpath).iterdir()), reverse=True)
+                )
+            elif stat.S_ISREG(mode):
+                manifest.record(relpath, batch_index=index, samples=(first, first + batch_size))
 
 
 def _check_seed(seed: int | None) -> int:

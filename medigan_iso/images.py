@@ -39,8 +39,16 @@ import numpy as np
 import numpy.typing as npt
 
 from medigan_iso.errors import OutputExistsError
+from medigan_iso.manifest import ManifestWriter
 
-__all__ = ["SampleWriter", "non_regular_entries", "prepare_output_dir", "read_regular_file", "to_uint8"]
+__all__ = [
+    "SampleWriter",
+    "non_regular_entries",
+    "prepare_output_dir",
+    "read_regular_file",
+    "to_uint8",
+    "write_exclusive",
+]
 
 TUPLE_PART_SUFFIXES = ("", "_mask", "_other")
 MAX_OUTPUT_FILE_BYTES = 2 * 1024**3  # read_regular_file's default cap
@@ -170,7 +178,7 @@ def _png_layout(arr: npt.NDArray[Any]) -> npt.NDArray[Any] | None:
     return None
 
 
-def _write_exclusive(path: Path, data: bytes) -> None:
+def write_exclusive(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` whole or not at all, never replacing an existing file.
 
     The bytes go to a hidden temp file first, which is then hard-linked to ``path`` (the link fails if
@@ -191,16 +199,25 @@ def _write_exclusive(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
+_write_exclusive = write_exclusive
+
+
 @dataclass
 class SampleWriter:
-    """Writes samples into ``directory`` as they arrive; ``files`` lists every file written so far."""
+    """Writes samples into ``directory`` as they arrive; ``files`` lists every file written so far.
+
+    With a ``manifest`` (a :class:`~medigan_iso.manifest.ManifestWriter`), each file's line is appended
+    right after the file lands, with the sample index it was written under.
+    """
 
     directory: Path
     fmt: str = "png"
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped: int = 0
+    manifest: ManifestWriter | None = None
     _labels: list[tuple[int, str]] = field(default_factory=list)
+    _index: int | None = None
 
     def __post_init__(self) -> None:
         if self.fmt not in ("png", "npy"):
@@ -211,6 +228,7 @@ class SampleWriter:
     def write(self, index: int, sample: object) -> None:
         """Write one sample under number ``index``."""
         stem = f"sample_{index:05d}"
+        self._index = index
         if sample is None:
             self.skipped += 1
         elif isinstance(sample, np.ndarray):
@@ -245,8 +263,11 @@ class SampleWriter:
         for index, label in self._labels:
             writer.writerow([f"sample_{index:05d}", label])
         path = self.directory / "labels.csv"
-        _write_exclusive(path, buffer.getvalue().encode("utf-8"))
+        data = buffer.getvalue().encode("utf-8")
+        _write_exclusive(path, data)
         self.files.append(path)
+        if self.manifest is not None:
+            self.manifest.record(path.name, data=data)
 
     def _write_array(self, stem: str, array: npt.NDArray[Any]) -> None:
         image = _png_layout(array) if self.fmt == "png" else None
@@ -256,12 +277,14 @@ class SampleWriter:
             buffer = io.BytesIO()
             np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
             path = self.directory / f"{stem}.npy"
-            _write_exclusive(path, buffer.getvalue())
         else:
             from PIL import Image  # Pillow is imported only when PNGs are written
 
             buffer = io.BytesIO()
             Image.fromarray(to_uint8(image)).save(buffer, format="PNG")
             path = self.directory / f"{stem}.png"
-            _write_exclusive(path, buffer.getvalue())
+        data = buffer.getvalue()
+        _write_exclusive(path, data)
         self.files.append(path)
+        if self.manifest is not None:
+            self.manifest.record(path.name, data=data, sample_index=self._index)

@@ -871,7 +871,7 @@ class GenerateStream(Iterator[list[Sample]]):
     ``batch_index`` is the global index of the batch last returned. After exhaustion: ``produced``
     (samples received), ``shortfall`` (asked but not returned by the model), ``cancelled``, ``files`` (files
     written with save_images), ``saved`` (with save_images: ``(global batch index, file names)`` per
-    batch), ``warnings`` (the runner's log frames).
+    batch, also passed to ``on_saved`` as each batch lands), ``warnings`` (the runner's log frames).
     """
 
     def __init__(
@@ -898,6 +898,8 @@ class GenerateStream(Iterator[list[Sample]]):
         self.batch_offset = batch_offset
         self.batch_index: int | None = None
         self.saved: list[tuple[int, list[str]]] = []
+        # Called with (global batch index, file names) as each save_images batch lands (the manifest).
+        self.on_saved: Callable[[int, list[str]], None] | None = None
         self.produced = 0
         self.shortfall = 0
         self.files = 0
@@ -905,6 +907,11 @@ class GenerateStream(Iterator[list[Sample]]):
         self.finished = False
         self.warnings: list[str] = []
         self._cancel_sent = False
+
+    @property
+    def runner_hello(self) -> dict[str, Any]:
+        """The hello of the runner serving this request (versions, seeding scheme, sandbox layers)."""
+        return dict(self._runner.hello)
 
     def __iter__(self) -> GenerateStream:
         return self
@@ -952,7 +959,10 @@ class GenerateStream(Iterator[list[Sample]]):
                 names = header.get("names")
                 index = _int_field(header, "index")
                 if isinstance(names, list) and index is not None:
-                    self.saved.append((index, [str(name) for name in names]))
+                    saved = [str(name) for name in names]
+                    self.saved.append((index, saved))
+                    if self.on_saved is not None:
+                        self.on_saved(index, saved)
             elif frame.kind == "log":
                 if len(self.warnings) < MAX_KEPT_WARNINGS:
                     self.warnings.append(neutralise(header.get("message", "")))

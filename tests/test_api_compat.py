@@ -73,6 +73,7 @@ def test_public_surface_is_pinned() -> None:
             "ModelError",
             "ModelTestError",
             "OutputExistsError",
+            "ProvenanceError",
             "ModelInfo",
             "PackageDownloadError",
             "PackageError",
@@ -93,6 +94,7 @@ def test_public_surface_is_pinned() -> None:
             "UnknownModelError",
             "UnpinnedPackageError",
             "UnsafeArchiveError",
+            "VerifyReport",
             "__version__",
             "generate",
             "info",
@@ -100,6 +102,7 @@ def test_public_surface_is_pinned() -> None:
             "load_catalogue",
             "search",
             "stream",
+            "verify",
         ]
     )
     for name in medigan_iso.__all__:

@@ -61,11 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command_groups() -> list[Callable[[Any], None]]:
     """The ``register`` function of every command group, in help order (one import per group)."""
-    from medigan_iso.cli import catalogue, contribute, doctor, env, explore, generate, logs, packages
+    from medigan_iso.cli import catalogue, contribute, doctor, env, explore, generate, logs, packages, verify
 
     return [
         catalogue.register,
         generate.register,
+        verify.register,
         packages.register,
         env.register,
         logs.register,

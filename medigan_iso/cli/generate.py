@@ -25,7 +25,9 @@ def register(subparsers: Any) -> None:
             "arrive: sample_<i>.png (or .npy), masks as sample_<i>_mask.png, labels in labels.csv. "
             "PNG conversion to 8 bit: uint8 as is; floats in [0,1] times 255, in [-1,1] mapped by "
             "(x+1)*127.5, others clipped to 0..255; integers clipped, or min-max scaled when out of range. "
-            "--format npy keeps the exact arrays. Ctrl-C stops the runner and keeps what was written."
+            "--format npy keeps the exact arrays. Ctrl-C stops the runner and keeps what was written. "
+            "Every file gets a line in DIR/manifest.jsonl (hash, model, package, env lock, seed, sample "
+            "index) and DIR/run.json records the request: `medigan-iso verify DIR` checks them."
         ),
     )
     parser.add_argument("model", help="model id (e.g. 00001, 1, demo-numpy)")
@@ -45,6 +47,11 @@ def register(subparsers: Any) -> None:
         help="a model keyword argument; VALUE is parsed as JSON when it can be (repeatable)",
     )
     parser.add_argument("--grid", type=Path, default=None, help="also write a contact sheet PNG here")
+    parser.add_argument(
+        "--card",
+        action="store_true",
+        help="also write a dataset card (README.md): the model, its publication and licence, how to verify",
+    )
     parser.add_argument(
         "--no-build",
         action="store_true",
@@ -120,9 +127,29 @@ class _Progress:
             sys.stderr.write("\n")
 
 
+def _command(args: argparse.Namespace, seed: int) -> list[str]:
+    """The command that makes the same files again (with the seed that was drawn when none was given)."""
+    command = [
+        "medigan-iso",
+        "generate",
+        str(args.model),
+        "-n",
+        str(args.num_samples),
+        "-o",
+        str(args.output),
+    ]
+    if args.batch_size is not None:
+        command += ["--batch-size", str(args.batch_size)]
+    command += ["--seed", str(seed), "--format", args.format]
+    for item in args.settings:
+        command += ["--set", item]
+    return command
+
+
 def _run(args: argparse.Namespace) -> int:
     from medigan_iso.generation import Session
     from medigan_iso.images import SampleWriter
+    from medigan_iso.manifest import ManifestWriter
 
     if args.num_samples < 0:
         raise SystemExit("medigan-iso generate: error: -n must be >= 0")
@@ -136,6 +163,8 @@ def _run(args: argparse.Namespace) -> int:
     grid_samples: list[Any] = []
     done = 0
     interrupted = False
+    manifest: ManifestWriter | None = None
+    status = "failed"
     if args.timeout is not None and not args.timeout > 0:
         raise SystemExit("medigan-iso generate: error: --timeout must be > 0 seconds")
     timeouts = {} if args.timeout is None else {"inactivity_timeout_s": args.timeout}
@@ -147,24 +176,51 @@ def _run(args: argparse.Namespace) -> int:
         **timeouts,
     ) as session:
         entry = session.resolve(args.model)
+        batches = session.stream(
+            entry.model_id,
+            args.num_samples,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            **settings,
+        )
+        command = _command(args, batches.seed)
         try:
-            for batch in session.stream(
-                entry.model_id,
-                args.num_samples,
-                batch_size=args.batch_size,
-                seed=args.seed,
-                **settings,
-            ):
-                writer.write_batch(done, batch)
+            for batch in batches:
+                if manifest is None:
+                    manifest = ManifestWriter(
+                        writer.directory, batches.run_context(writer=args.format, command=command)
+                    )
+                    writer.manifest = manifest
+                index = batches.batch_index
+                # Files are numbered by global sample index (batch index x batch size), so a batch the model
+                # returned short of samples does not shift the names of the ones after it.
+                writer.write_batch(done if index is None else index * batches.batch_size, batch)
                 if args.grid is not None and len(grid_samples) < GRID_MAX_SAMPLES:
                     grid_samples.extend(batch[: GRID_MAX_SAMPLES - len(grid_samples)])
                 done += len(batch)
                 progress.update(done)
+            if manifest is None:
+                manifest = ManifestWriter(
+                    writer.directory, batches.run_context(writer=args.format, command=command)
+                )
+                writer.manifest = manifest
+            status = "complete"
         except KeyboardInterrupt:
             interrupted = True
+            status = "interrupted"
         finally:
             progress.finish()
             writer.close()
+            if manifest is not None:
+                if status == "complete" and args.card:
+                    from medigan_iso.cli._card import write_card
+
+                    try:
+                        card = write_card(writer.directory, entry, manifest, command=command, samples=done)
+                        print(f"dataset card: {card}")
+                    except FileExistsError:
+                        print(f"note: {writer.directory}/README.md exists; no card written", file=sys.stderr)
+                manifest.finish(status)
     for note in writer.notes:
         print(f"note: {neutralise(note)}", file=sys.stderr)
     if args.grid is not None and grid_samples:
