@@ -267,7 +267,7 @@ class SampleWriter:
         _write_exclusive(path, data)
         self.files.append(path)
         if self.manifest is not None:
-            self.manifest.record(path.name, data=data)
+            self.manifest.record(path.name, data=data, kind="labels")
 
     def _write_array(self, stem: str, array: npt.NDArray[Any]) -> None:
         image = _png_layout(array) if self.fmt == "png" else None

@@ -11,7 +11,8 @@ This module owns the format of both files and writing them; it never runs a mode
     (numpy, msgpack, torch, TensorFlow... from the runner's hello), ``runner_protocol``, ``seeding``,
     ``medigan_iso_version``, ``seed``, ``batch_size``, ``batch_index`` (global), ``sample_index`` (global,
     None for files a model saved itself or for labels.csv), ``kwargs``, ``sandbox_layers``, ``writer``
-    (``"png"``, ``"npy"`` or ``"save_images"``) and ``time`` (UTC). A later line for the same path wins.
+    (``"png"``, ``"npy"`` or ``"save_images"``), ``kind`` (``sample``, ``labels``, ``card``, ``grid``) and
+    ``time`` (UTC). A later line for the same path wins.
 ``run.json``
     ``{"format": 1, "runs": [...]}``, one record per request that wrote into the folder, rewritten
     atomically (temp file + rename) when a request starts and when it ends: the request (model, seed,
@@ -182,8 +183,12 @@ class ManifestWriter:
         sample_index: int | None = None,
         batch_index: int | None = None,
         samples: tuple[int, int] | None = None,
+        kind: str = "sample",
     ) -> dict[str, Any]:
-        """Append the line of a file that has landed in the folder; ``data`` are its bytes when known."""
+        """Append the line of a file that has landed in the folder; ``data`` are its bytes when known.
+
+        ``kind`` is ``sample`` (generated output), ``labels`` (labels.csv), ``card`` (README.md) or ``grid``
+        (a contact sheet): ``verify --regenerate`` makes only samples and labels again."""
         if data is not None:
             digest, size = hashlib.sha256(data).hexdigest(), len(data)
         else:
@@ -198,6 +203,7 @@ class ManifestWriter:
             run_id=self.context.run_id,
             batch_index=batch_index,
             sample_index=sample_index,
+            kind=kind,
             time=_now(),
         )
         if samples is not None:

@@ -27,7 +27,9 @@ def test_generate_with_sandbox_require_and_strict_writes_the_images(demo_home: P
     out = tmp_path / "out"
     args = ["generate", "demo-numpy", "-n", "3", "-o", str(out), "--sandbox", "require", "--strict"]
     assert main(args) == 0
-    assert sorted(p.name for p in out.iterdir()) == [f"sample_{i:05d}.png" for i in range(3)]
+    assert sorted(p.name for p in out.iterdir() if p.name not in ("manifest.jsonl", "run.json")) == [
+        f"sample_{i:05d}.png" for i in range(3)
+    ]
 
 
 def test_an_unknown_sandbox_policy_in_the_environment_is_a_one_line_error(

@@ -35,6 +35,7 @@ ZOO_ID = "prov-zoo"
 TUPLE_ID = "prov-zoo-tuples"
 LINE_FIELDS = {
     "path",
+    "kind",
     "sha256",
     "size",
     "run_id",
@@ -143,6 +144,7 @@ def test_generate_writes_one_true_manifest_line_per_file_and_a_run_record(
     by_path = {line["path"]: line for line in lines}
     assert (by_path["sample_00003.png"]["sample_index"], by_path["sample_00003.png"]["batch_index"]) == (3, 1)
     assert by_path["labels.csv"]["sample_index"] is None
+    assert by_path["labels.csv"]["kind"] == "labels" and by_path["sample_00003.png"]["kind"] == "sample"
     (run,) = read_runs(out)
     assert run["status"] == "complete" and run["files"] == len(lines)
     assert run["num_samples"] == 5 and run["batch_offset"] == 0 and run["seed"] == 3
@@ -308,7 +310,7 @@ def test_card_describes_the_model_and_says_how_to_verify(
     world: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "carded"
-    assert generate_cli(out, "-n", "2", "--seed", "8", "--card") == 0
+    assert generate_cli(out, "-n", "2", "--seed", "8", "--card", "--grid", str(out / "grid.png")) == 0
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "# Synthetic dataset: provenance zoo" in card
     assert "Publication: A paper (2026)" in card and "Licence: MIT" in card
@@ -317,7 +319,7 @@ def test_card_describes_the_model_and_says_how_to_verify(
     assert "\x1b" not in card and "phantoms \\x1b[31mred" in card  # catalogue text is neutralised
     assert f"medigan-iso verify --regenerate {out}" in card
     assert "--seed 8" in card
-    assert "README.md" in hashes(out)
+    assert "README.md" in hashes(out) and "grid.png" in hashes(out)
     assert medigan_iso.verify(out).ok
     assert medigan_iso.verify(out, regenerate=True).ok
 
@@ -348,3 +350,53 @@ def test_demo_models_give_identical_manifest_hashes_for_the_same_seed(
     for i, array in enumerate(part, start=2):
         with Image.open(tmp_path / "a" / f"sample_{i:05d}.png") as png:
             assert np.array_equal(np.asarray(png), array[..., 0])
+
+
+# --- the README's Provenance section, run as written ------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _provenance_section() -> str:
+    if not README.is_file():
+        pytest.skip("README.md is not beside the tests (running from an installed copy)")
+    return README.read_text(encoding="utf-8").split("## Provenance\n", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.mark.slow
+def test_readme_provenance_commands_and_example_work_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import re
+
+    section = _provenance_section()
+    home = tmp_path_factory.getbasetemp() / "provenance-demo-home"
+    env = {k: v for k, v in os.environ.items() if k != "MEDIGAN_ISO_CONFIG"}
+    env.update(MEDIGAN_ISO_HOME=str(home), MEDIGAN_ISO_CATALOGUE_URL="")
+    bash = re.findall(r"```bash\n(.*?)```", section, flags=re.S)[0]
+    outputs = []
+    for command in [line.split("#", 1)[0].strip() for line in bash.strip().splitlines()]:
+        argv = command.split()
+        assert argv[0] == "medigan-iso"
+        proc = subprocess.run(
+            [sys.executable, "-m", "medigan_iso", *argv[1:]],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        outputs.append(proc.stdout)
+    quoted = re.search(r'"(reproduced \d+ of \d+)"', bash)
+    assert quoted is not None and quoted.group(1) in outputs[-1]
+    assert (tmp_path / "synth" / "README.md").is_file()
+    monkeypatch.setenv("MEDIGAN_ISO_HOME", str(home))
+    monkeypatch.setenv("MEDIGAN_ISO_CATALOGUE_URL", "")
+    monkeypatch.delenv("MEDIGAN_ISO_CONFIG", raising=False)
+    python = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    namespace: dict[str, Any] = {"medigan_iso": medigan_iso}
+    exec(python, namespace)
+    whole, part, drawn = namespace["whole"], namespace["part"], namespace["drawn"]
+    assert len(whole) == 200 and len(part) == 40
+    assert all(np.array_equal(a, b) for a, b in zip(part, whole[40:80], strict=True))
+    assert isinstance(drawn.seed, int) and len(drawn) == 5

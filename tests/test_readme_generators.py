@@ -25,7 +25,10 @@ CHECKS = """
 import numpy as np, torch
 runs = list(Path("output/demo-numpy").iterdir())
 assert len(runs) == 1, runs
-assert sorted(p.name for p in runs[0].iterdir()) == [f"batch_0_demo_{i}.png" for i in range(10)]
+assert sorted(p.name for p in runs[0].iterdir()) == [f"batch_0_demo_{i}.png" for i in range(10)] + [
+    "manifest.jsonl",
+    "run.json",
+]
 assert dataset.chunks_generated == 1 and len(dataset) == 100_000
 assert first.shape == (64, 64, 1) and first.dtype == np.uint8
 assert tuple(batch["sample"].shape) == (32, 64, 64, 1) and batch["sample"].dtype == torch.uint8

@@ -126,5 +126,5 @@ def write_card(
     path = directory / CARD_NAME
     data = text.encode("utf-8")
     write_exclusive(path, data)
-    manifest.record(CARD_NAME, data=data)
+    manifest.record(CARD_NAME, data=data, kind="card")
     return path

@@ -146,6 +146,17 @@ def _command(args: argparse.Namespace, seed: int) -> list[str]:
     return command
 
 
+def _record_inside(manifest: Any, directory: Path, path: Path) -> None:
+    """Record ``path`` in the manifest when it was written inside the output folder (e.g. the grid)."""
+    if manifest is None:
+        return
+    try:
+        relpath = path.resolve().relative_to(directory.resolve())
+    except ValueError:
+        return
+    manifest.record(relpath.as_posix(), kind="grid")
+
+
 def _run(args: argparse.Namespace) -> int:
     from medigan_iso.generation import Session
     from medigan_iso.images import SampleWriter
@@ -211,6 +222,12 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             progress.finish()
             writer.close()
+            if args.grid is not None and grid_samples:
+                from medigan_iso.preview import contact_sheet
+
+                contact_sheet(grid_samples, args.grid)
+                print(f"contact sheet: {args.grid}")
+                _record_inside(manifest, writer.directory, args.grid)
             if manifest is not None:
                 if status == "complete" and args.card:
                     from medigan_iso.cli._card import write_card
@@ -223,11 +240,6 @@ def _run(args: argparse.Namespace) -> int:
                 manifest.finish(status)
     for note in writer.notes:
         print(f"note: {neutralise(note)}", file=sys.stderr)
-    if args.grid is not None and grid_samples:
-        from medigan_iso.preview import contact_sheet
-
-        contact_sheet(grid_samples, args.grid)
-        print(f"contact sheet: {args.grid}")
     if interrupted:
         print(
             f"interrupted: the runner was stopped; kept {len(writer.files)} file(s) in {args.output}",
