@@ -572,8 +572,6 @@ class Session:
         command: Sequence[str] | None,
     ) -> RunContext:
         """Everything a manifest line and run.json record say about one request (see manifest)."""
-        from medigan_iso import __version__
-
         prepared = slot.prepared
         entry, package, env = prepared.entry, prepared.package, prepared.env
         hello = request.runner_hello
@@ -596,7 +594,7 @@ class Session:
             "packages": packages,
             "runner_protocol": hello.get("protocol"),
             "seeding": hello.get("seeding"),
-            "medigan_iso_version": __version__,
+            "medigan_iso_version": _own_version(),
             "seed": request.seed,
             "batch_size": request.batch_size,
             "kwargs": jsonable(kwargs),
@@ -827,6 +825,16 @@ def _check_counts(num_samples: int, batch_size: int | None) -> None:
         not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
     ):
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def _own_version() -> str:
+    """medigan_iso's version from its distribution metadata (this module cannot import the package root)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("medigan-iso")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _holds_arrays(value: Any) -> bool:
