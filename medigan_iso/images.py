@@ -30,7 +30,7 @@ import errno
 import io
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,11 +178,14 @@ def _png_layout(arr: npt.NDArray[Any]) -> npt.NDArray[Any] | None:
     return None
 
 
-def write_exclusive(path: Path, data: bytes) -> None:
+def write_exclusive(path: Path, data: bytes, *, before_link: Callable[[], object] | None = None) -> None:
     """Write ``data`` to ``path`` whole or not at all, never replacing an existing file.
 
     The bytes go to a hidden temp file first, which is then hard-linked to ``path`` (the link fails if
     ``path`` exists, symlink or not): an interrupt (Ctrl-C) never leaves a truncated image behind.
+    ``before_link`` runs once the bytes are on disk and ``path`` was found free, just before the link: the
+    manifest line goes there, so a killed run never leaves a file its manifest does not name (at worst the
+    manifest's last line names a file that did not land).
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -190,6 +193,10 @@ def write_exclusive(path: Path, data: bytes) -> None:
         fd = os.open(tmp, flags, 0o644)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        if before_link is not None:
+            if os.path.lexists(path):
+                raise OutputExistsError(path)
+            before_link()
         try:
             os.link(tmp, path, follow_symlinks=False)
         except FileExistsError as exc:
@@ -207,7 +214,7 @@ class SampleWriter:
     """Writes samples into ``directory`` as they arrive; ``files`` lists every file written so far.
 
     With a ``manifest`` (a :class:`~medigan_iso.manifest.ManifestWriter`), each file's line is appended
-    right after the file lands, with the sample index it was written under.
+    as the file lands (just before its link into place), with the sample index it was written under.
     """
 
     directory: Path
@@ -264,10 +271,15 @@ class SampleWriter:
             writer.writerow([f"sample_{index:05d}", label])
         path = self.directory / "labels.csv"
         data = buffer.getvalue().encode("utf-8")
-        _write_exclusive(path, data)
+        manifest = self.manifest
+        write_exclusive(
+            path,
+            data,
+            before_link=None
+            if manifest is None
+            else lambda: manifest.record(path.name, data=data, kind="labels"),
+        )
         self.files.append(path)
-        if self.manifest is not None:
-            self.manifest.record(path.name, data=data, kind="labels")
 
     def _write_array(self, stem: str, array: npt.NDArray[Any]) -> None:
         image = _png_layout(array) if self.fmt == "png" else None
@@ -284,7 +296,12 @@ class SampleWriter:
             Image.fromarray(to_uint8(image)).save(buffer, format="PNG")
             path = self.directory / f"{stem}.png"
         data = buffer.getvalue()
-        _write_exclusive(path, data)
+        manifest, index = self.manifest, self._index
+        write_exclusive(
+            path,
+            data,
+            before_link=None
+            if manifest is None
+            else lambda: manifest.record(path.name, data=data, sample_index=index),
+        )
         self.files.append(path)
-        if self.manifest is not None:
-            self.manifest.record(path.name, data=data, sample_index=self._index)

@@ -47,6 +47,7 @@ class VerifyReport:
     missing: tuple[str, ...]
     extra: tuple[str, ...]
     partial: tuple[str, ...] = ()
+    not_landed: tuple[str, ...] = ()  # the last line of a killed run, whose file never landed
     unfinished_runs: tuple[str, ...] = ()
     regenerated: int | None = None  # files compared after regenerating (None: not asked)
     reproduced: int | None = None
@@ -124,6 +125,13 @@ def verify(
         ) from exc
     latest = _latest_lines(lines)
     present, partial = _walk(directory)
+    unfinished_ids = {str(run.get("run_id")) for run in runs if run.get("status") != "complete"}
+    last_of_run: dict[str, str] = {}
+    for record in lines:
+        last_of_run[str(record.get("run_id"))] = str(record["path"])
+    # A file's line is appended just before its link into place: a run killed in between leaves its last
+    # line naming a file that never landed. Only that one line, and only for a run that did not finish.
+    cut_short = {path for run_id, path in last_of_run.items() if run_id in unfinished_ids}
     matched: list[str] = []
     changed: list[str] = []
     missing: list[str] = []
@@ -140,6 +148,8 @@ def verify(
             changed.append(relpath)  # now a symlink, FIFO or unreadable: not the file that was recorded
             continue
         (matched if digest == line["sha256"] else changed).append(relpath)
+    not_landed = [p for p in missing if p in cut_short]
+    missing = [p for p in missing if p not in cut_short]
     extra = [p for p in present if p not in latest]
     unfinished = tuple(str(run.get("run_id")) for run in runs if run.get("status") != "complete")
     report = VerifyReport(
@@ -150,6 +160,7 @@ def verify(
         missing=tuple(missing),
         extra=tuple(extra),
         partial=tuple(partial),
+        not_landed=tuple(not_landed),
         unfinished_runs=unfinished,
     )
     if not regenerate:

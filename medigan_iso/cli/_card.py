@@ -125,6 +125,5 @@ def write_card(
     )
     path = directory / CARD_NAME
     data = text.encode("utf-8")
-    write_exclusive(path, data)
-    manifest.record(CARD_NAME, data=data, kind="card")
+    write_exclusive(path, data, before_link=lambda: manifest.record(CARD_NAME, data=data, kind="card"))
     return path

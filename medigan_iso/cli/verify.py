@@ -68,6 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     _named("missing", report.missing)
     _named("extra (not in the manifest)", report.extra)
     _named("partial writes of an interrupted run (not counted)", report.partial)
+    _named("recorded by a killed run just before it landed (not counted)", report.not_landed)
     for note in report.notes:
         print(f"note: {neutralise(note)}", file=sys.stderr)
     if report.unfinished_runs:
