@@ -401,3 +401,24 @@ def test_readme_provenance_commands_and_example_work_as_written(
     assert len(whole) == 200 and len(part) == 40
     assert all(np.array_equal(a, b) for a, b in zip(part, whole[40:80], strict=True))
     assert isinstance(drawn.seed, int) and len(drawn) == 5
+
+
+def test_only_a_killed_runs_last_line_may_name_a_file_that_never_landed(tmp_path: Path) -> None:
+    from medigan_iso.manifest import ManifestWriter, RunContext
+
+    context = RunContext({"model_id": "m", "batch_size": 1, "seed": 1})
+    writer = ManifestWriter(tmp_path, context)  # never finished: the run was "killed"
+    for name in ("a.npy", "b.npy", "c.npy"):
+        writer.record(name, data=name.encode(), sample_index=ord(name[0]) - ord("a"))
+    (tmp_path / "a.npy").write_bytes(b"a.npy")
+    (tmp_path / "b.npy").write_bytes(b"b.npy")  # c.npy never landed
+    report = medigan_iso.verify(tmp_path)
+    assert report.ok and report.not_landed == ("c.npy",) and report.missing == ()
+    (tmp_path / "b.npy").unlink()  # not the last line: a missing file, whatever the run's state
+    assert medigan_iso.verify(tmp_path).missing == ("b.npy",)
+    (tmp_path / "b.npy").write_bytes(b"b.npy")
+    (tmp_path / "d.npy").write_bytes(b"unrecorded")  # an unlisted file fails even for a killed run
+    assert medigan_iso.verify(tmp_path).extra == ("d.npy",)
+    (tmp_path / "d.npy").unlink()
+    writer.finish("complete")  # a finished run's files must all be there
+    assert medigan_iso.verify(tmp_path).missing == ("c.npy",)
