@@ -82,7 +82,18 @@ RAY_REMEDY = "install the extra: pip install 'medigan-iso[ray]'"
 # Transient failures: the runner is gone or cannot be trusted; the Session respawns it on the next request.
 _RETRIED = (RunnerCrashedError, RunnerStartError, RunnerTimeoutError, ProtocolError, ResourceLimitError)
 # Every column a row may have, besides the tuple parts beyond image and mask (``part_<k>``).
-ROW_COLUMNS = ("index", "image", "mask", "label", "model_id", "seed", "batch_size", "node_id", "provenance")
+ROW_COLUMNS = (
+    "index",
+    "image",
+    "mask",
+    "label",
+    "model_id",
+    "seed",
+    "batch_size",
+    "node_id",
+    "provenance",
+    "run",
+)
 
 
 class RangeSpec(tuple[int, int, int]):
@@ -262,6 +273,23 @@ class _RangeGenerator:
             default=repr,
         )
 
+        # What a run.json record keeps to make the samples again (``medigan-iso verify --regenerate``).
+        entry, env = prepared.entry, prepared.env
+        self.run = json.dumps(
+            {
+                "entry": _jsonable(entry.raw),
+                "entry_source": entry.source,
+                "catalogue_dir": None if entry.catalogue_dir is None else str(entry.catalogue_dir),
+                "is_bundled": entry.is_bundled,
+                "lock": lock.read_text(encoding="utf-8") if lock.is_file() else None,
+                "interpreter": env.python_version,
+                "builder": env.builder,
+                "regenerable": not _holds_arrays(self.model_kwargs),
+            },
+            sort_keys=True,
+            default=repr,
+        )
+
     def _hello(self) -> dict[str, Any]:
         """The runner's hello; starting it here also warms the runner before the first range."""
         for attempt in range(1, self.max_attempts + 1):
@@ -327,6 +355,7 @@ class _RangeGenerator:
                     batch_size=self.batch_size,
                     node_id=self.node_id,
                     provenance=self.provenance,
+                    run="" if rows else self.run,  # once per range: it holds the lock text
                 )
                 rows.append(row)
         return rows
@@ -343,6 +372,16 @@ def _version() -> str:
         return version("medigan-iso")
     except PackageNotFoundError:  # a source checkout on sys.path
         return "unknown"
+
+
+def _holds_arrays(value: object) -> bool:
+    if isinstance(value, np.ndarray):
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_arrays(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_arrays(v) for v in value)
+    return False
 
 
 def _sample_row(sample: object, index: int, *, model_id: str) -> dict[str, Any]:
@@ -534,7 +573,7 @@ def write_images(
     files = samples = 0
     labels: list[tuple[int, str]] = []
     notes: list[str] = []
-    runs: set[tuple[str, int, int]] = set()
+    runs: dict[tuple[str, int, int], dict[str, Any]] = {}
     for batch in _translated(summary.iter_batches(batch_format="numpy", batch_size=None)):
         files += int(np.sum(batch["files"]))
         samples += len(batch["files"])
@@ -544,8 +583,15 @@ def write_images(
         for note in batch["notes"]:
             if note:
                 notes.extend(str(note).split("\n"))
-        for model_id, seed, size in zip(batch["model_id"], batch["seed"], batch["batch_size"], strict=True):
-            runs.add((str(model_id), int(seed), int(size)))
+        for row, (model_id, seed, size) in enumerate(
+            zip(batch["model_id"], batch["seed"], batch["batch_size"], strict=True)
+        ):
+            seen = runs.setdefault((str(model_id), int(seed), int(size)), {"num_samples": 0})
+            seen["num_samples"] += 1
+            if batch["provenance"][row] and "line" not in seen:
+                seen["line"] = json.loads(str(batch["provenance"][row]))
+            if batch["run"][row] and "run" not in seen:
+                seen["run"] = json.loads(str(batch["run"][row]))
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
     if labels:
         buffer = io.StringIO()
@@ -556,7 +602,9 @@ def write_images(
         data = buffer.getvalue().encode("utf-8")
         (directory / "labels.csv").write_bytes(data)
         files += 1
+        first = next(iter(runs.values()), {})
         line = {
+            **first.get("line", {}),
             "path": "labels.csv",
             "sha256": hashlib.sha256(data).hexdigest(),
             "size": len(data),
@@ -568,10 +616,26 @@ def write_images(
         _append_lines(directory / "manifest.jsonl", [json.dumps(line, sort_keys=True) + "\n"])
     finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     requests = [{"model_id": m, "seed": s, "batch_size": b} for m, s, b in sorted(runs)]
-    records = [
-        dict(request, run_id=run_id, backend="ray", status="complete", started=stamp, finished=finished)
-        for request in requests
-    ]
+    records = []
+    for (model_id, seed, size), found in sorted(runs.items()):
+        # The record layout of medigan_iso's manifest (run.json): the manifest lines' fields, then what
+        # regenerating needs; the whole job is one request starting at batch 0.
+        record: dict[str, Any] = {**found.get("line", {}), **found.get("run", {})}
+        record.update(
+            run_id=run_id,
+            model_id=model_id,
+            seed=seed,
+            batch_size=size,
+            batch_offset=0,
+            num_samples=found["num_samples"],
+            writer=format,
+            command=None,
+            backend="ray",
+            status="complete",
+            started=stamp,
+            finished=finished,
+        )
+        records.append(record)
     (directory / "run.json").write_text(
         json.dumps({"format": 1, "runs": records}, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
@@ -661,7 +725,19 @@ def _write_rows(batch: dict[str, Any], *, directory: str, fmt: str, run_id: str)
         "model_id": np.asarray([str(m) for m in batch["model_id"]], dtype=object),
         "seed": np.asarray([int(s) for s in batch["seed"]], dtype=np.int64),
         "batch_size": np.asarray([int(b) for b in batch["batch_size"]], dtype=np.int64),
+        "provenance": np.asarray(
+            [str(batch["provenance"][0]) if "provenance" in batch and i == 0 else "" for i in range(count)],
+            dtype=object,
+        ),
+        "run": np.asarray([_first_run(batch) if i == 0 else "" for i in range(count)], dtype=object),
     }
+
+
+def _first_run(batch: Mapping[str, Any]) -> str:
+    for value in batch.get("run", ()):
+        if value:
+            return str(value)
+    return ""
 
 
 def _append_lines(path: Path, lines: Sequence[str]) -> None:

@@ -222,6 +222,16 @@ def test_local_ray_dataset_equals_one_machine(
             assert line["seed"] == seed and line["batch_size"] == batch_size
             assert line["batch_index"] == line["sample_index"] // batch_size
             assert line["entry_sha256"] == provenance["entry_sha256"]
+    (run,) = json.loads((out / "run.json").read_text())["runs"]
+    assert (run["model_id"], run["seed"], run["batch_size"], run["num_samples"]) == (
+        TUPLE_ID,
+        seed,
+        batch_size,
+        n,
+    )
+    assert run["batch_offset"] == 0 and run["status"] == "complete" and run["writer"] == "png"
+    assert run["entry"]["execution"]["package_sha256"] == run["package_sha256"]
+    assert run["lock"] and run["regenerable"] is True and run["run_id"] == lines[0]["run_id"]
     labels = (out / "labels.csv").read_text().splitlines()
     assert labels[0] == "sample,label" and len(labels) == n + 1
     assert labels[1] == f"sample_00000,{reference[0][2]}"
