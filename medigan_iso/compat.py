@@ -67,7 +67,7 @@ from medigan_iso.catalogue import (
     validate_catalogue,
 )
 from medigan_iso.contribute import ContributorMethods
-from medigan_iso.errors import CatalogueError, CatalogueValidationError, ConfigKeyError
+from medigan_iso.errors import CatalogueError, CatalogueValidationError, ConfigKeyError, MediganIsoError
 from medigan_iso.generation import PreparedModel, Session
 from medigan_iso.paths import cache_layout
 from medigan_iso.sandbox import SandboxConfig
@@ -173,6 +173,34 @@ class ModelExecutor:
             f"generate_method_args={self.generate_method_args})",
             max_chars=REPR_MAX_CHARS,
         )
+
+
+def _torch_module() -> Any:
+    """:mod:`medigan_iso.torch`, or a clear error when the ``torch`` extra is not installed."""
+    try:
+        from medigan_iso import torch as medigan_torch
+    except ModuleNotFoundError as exc:
+        _raise_missing_extra(exc, "torch", "torch")
+        raise
+    return medigan_torch
+
+
+def _visualize_module() -> Any:
+    """:mod:`medigan_iso.visualize`, or a clear error when the ``viz`` extra (matplotlib) is missing."""
+    try:
+        from medigan_iso import visualize as medigan_visualize
+    except ModuleNotFoundError as exc:
+        _raise_missing_extra(exc, "matplotlib", "viz")
+        raise
+    return medigan_visualize
+
+
+def _raise_missing_extra(exc: ModuleNotFoundError, package: str, extra: str) -> None:
+    if (exc.name or "").split(".")[0] == package:
+        raise MediganIsoError(
+            f"{package} is not installed in this Python ({exc})",
+            remedy=f"install the extra: pip install 'medigan-iso[{extra}]'",
+        ) from exc
 
 
 def _latent_rows(kwargs: Mapping[str, Any]) -> int | None:
@@ -618,8 +646,7 @@ class Generators(ContributorMethods):
         ``Session.generate(model_id, n, seed=seed, batch_size=chunk_size)``. ``kwargs`` go to the model.
         See :mod:`medigan_iso.torch`.
         """
-        from medigan_iso import torch as medigan_torch
-
+        medigan_torch = _torch_module()
         executor = self.get_model_executor(model_id, install_dependencies=install_dependencies)
         return medigan_torch.SyntheticDataset(
             executor.model_id,
@@ -662,6 +689,7 @@ class Generators(ContributorMethods):
         passed ``prefetch_factor=2`` always, which torch refuses with ``num_workers=0``). With
         ``num_workers > 0`` each worker process runs its own runner; no two workers produce one sample.
         """
+        medigan_torch = _torch_module()
         if dataset is None:
             if model_id is None:
                 raise ValueError(
@@ -677,10 +705,6 @@ class Generators(ContributorMethods):
                 chunk_size=chunk_size,
                 **kwargs,
             )
-        from torch.utils.data import DataLoader
-
-        from medigan_iso import torch as medigan_torch
-
         loader_args = medigan_torch.dataloader_kwargs(
             {
                 "batch_size": batch_size,
@@ -697,6 +721,8 @@ class Generators(ContributorMethods):
                 "persistent_workers": persistent_workers,
             }
         )
+        from torch.utils.data import DataLoader  # importable: _torch_module() imported torch
+
         return DataLoader(dataset, **loader_args)
 
     def visualize(
@@ -711,8 +737,7 @@ class Generators(ContributorMethods):
         when the entry declares ``condition``; every change asks the warm runner for one sample. With a
         non-interactive matplotlib backend (``MPLBACKEND=Agg``) or ``auto_close`` it renders once and
         returns. See :mod:`medigan_iso.visualize`."""
-        from medigan_iso import visualize as medigan_visualize
-
+        medigan_visualize = _visualize_module()
         executor = self.get_model_executor(model_id, install_dependencies=install_dependencies)
         medigan_visualize.show(
             self.session,
@@ -722,9 +747,7 @@ class Generators(ContributorMethods):
         )
 
     def _session_spec(self) -> Any:
-        from medigan_iso import torch as medigan_torch
-
-        return medigan_torch.SessionSpec(
+        return _torch_module().SessionSpec(
             config=self._config,
             home=self.home,
             offline=self._offline,

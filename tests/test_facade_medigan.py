@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,3 +167,33 @@ def test_compat_surface_is_pinned() -> None:
         "REPR_MAX_CHARS",
     ]
     assert all(hasattr(compat, name) for name in compat.__all__)
+
+
+@pytest.mark.parametrize(
+    ("blocked", "call", "extra"),
+    [
+        ("torch", "g.get_as_torch_dataset('demo-numpy', 1)", "torch"),
+        ("torch", "g.get_as_torch_dataloader(model_id='demo-numpy')", "torch"),
+        ("matplotlib", "g.visualize('demo-numpy')", "viz"),
+    ],
+)
+def test_a_missing_extra_is_a_clear_error_naming_it(
+    fresh_world: Path, blocked: str, call: str, extra: str
+) -> None:
+    # None in sys.modules makes `import torch` fail as if it were not installed
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules[{blocked!r}] = None
+        from medigan_iso import Generators, MediganIsoError
+        g = Generators()
+        try:
+            {call}
+        except MediganIsoError as exc:
+            print("REMEDY:", exc.remedy)
+            assert not g.model_executors  # refused before preparing anything
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"REMEDY: install the extra: pip install 'medigan-iso[{extra}]'" in proc.stdout
