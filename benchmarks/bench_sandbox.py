@@ -67,9 +67,7 @@ def main() -> None:
             if layers is not None:
                 absent = [layer for layer in layers if not support.available(layer)]
                 if absent:
-                    skipped[name] = "; ".join(
-                        f"{layer}: {support.layers[layer].detail}" for layer in absent
-                    )
+                    skipped[name] = "; ".join(f"{layer}: {support.layers[layer].detail}" for layer in absent)
                     continue
             config = SandboxConfig(policy="off" if layers is None else "require", layers=layers or ())
             try:

@@ -21,6 +21,12 @@ EXPECTED_KEYS = {
     "bench_demo_tf1": {"env_build_s", "first_generate_s", "max_abs_diff_vs_demo_numpy", "tensorflow"},
     "bench_explore": {"first_grid_s", "warm_grid_ms", "warm_sample_post_ms", "in_process_grid_ms"},
     "bench_envs": {"cache_hit_ms", "resolve_uncached_s", "new_numpy_env_uv", "new_numpy_env_virtualenv"},
+    "bench_provenance": {
+        "record_us_per_line",
+        "verify_files_per_s",
+        "generate_png_with_manifest_s",
+        "session_generate_s",
+    },
     "bench_ray": {"plain", "startup", "ray_1_node"},
     "bench_runner": {"host_rss_streaming", "overhead_warm_runner_vs_in_process", "frame_throughput"},
     "bench_sandbox": {"benchmark", "results", "host_support"},

@@ -9,7 +9,6 @@ demo-tf1 needs a Python 3.7 interpreter (pyenv's versions folder is searched): w
 with the reason, except in CI (``$CI`` set), whose machines have pyenv's 3.7, where they fail.
 """
 
-
 import json
 import os
 import re

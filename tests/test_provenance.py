@@ -206,6 +206,15 @@ def test_generators_generate_with_save_images_writes_a_manifest(
     assert medigan_iso.verify(tmp_path / "g").ok
 
 
+def test_the_sandbox_policy_does_not_change_the_bytes(world: dict[str, Path], tmp_path: Path) -> None:
+    for policy in ("off", "auto"):
+        assert generate_cli(tmp_path / policy, "-n", "4", "--seed", "31", "--sandbox", policy) == 0
+    assert hashes(tmp_path / "off") == hashes(tmp_path / "auto")
+    layers = {policy: read_manifest(tmp_path / policy)[0]["sandbox_layers"] for policy in ("off", "auto")}
+    if shutil.which("bwrap") is not None:
+        assert layers["off"] != layers["auto"]
+
+
 # --- verify ---------------------------------------------------------------------------------------------
 
 
@@ -263,10 +272,16 @@ def test_regenerate_rebuilds_a_removed_env_from_the_recorded_lock_and_reproduces
     env_dir = world["home"] / "envs" / read_manifest(out)[0]["env_key"]
     assert env_dir.is_dir()
     shutil.rmtree(env_dir)
+    trees = world["home"] / "packages" / "trees"
+    for tree in trees.iterdir():  # the package goes too: fetched again and checked by its recorded hash
+        for sub in [tree, *tree.rglob("*")]:
+            sub.chmod(0o755 if sub.is_dir() else 0o644)
+        shutil.rmtree(tree)
     capsys.readouterr()
     assert main(["verify", "--regenerate", str(out)]) == 0
     files = len(read_manifest(out))
     assert f"reproduced {files} of {files}" in capsys.readouterr().out
+    assert env_dir.is_dir() and any(trees.iterdir())
     # A tampered file is named by the regeneration too.
     (out / "sample_00001.png").write_bytes(b"tampered")
     report = medigan_iso.verify(out, regenerate=True)
