@@ -87,7 +87,9 @@ def test_public_surface_is_pinned() -> None:
         "encode_frame",
         "pack_samples",
         "read_frame",
+        "shift_refs",
         "unpack_samples",
+        "wire_array",
         "write_frame",
     ]
     assert all(hasattr(protocol, name) for name in protocol.__all__)
@@ -116,6 +118,41 @@ def test_medigan_sample_shapes_survive_the_pipe_exactly() -> None:
 def test_big_endian_bool_and_empty_arrays_round_trip() -> None:
     samples = [np.arange(6, dtype=">i4").reshape(2, 3), np.array([True, False]), np.zeros((0, 3), np.float64)]
     assert_same(roundtrip_samples(samples), samples)
+
+
+def test_the_payload_is_read_with_one_readinto_loop_and_arrays_are_views_of_it() -> None:
+    # issue 17: one read per array cost a syscall and a wake-up each; a 3-byte uint8 array first puts the
+    # float64 after it off its alignment, so that one is copied out (aligned) with the right values
+    arrays = [np.arange(3, dtype=np.uint8), np.linspace(0, 1, 5), np.arange(4, dtype=np.uint8).reshape(2, 2)]
+    data = encode({"kind": "batch", "samples": [{"a": 0}, {"a": 1}, {"a": 2}]}, arrays)
+    reader = protocol.bytes_reader(data)
+    sizes: list[int] = []
+
+    def readinto(view: memoryview) -> int | None:
+        sizes.append(len(view))
+        return reader(view)
+
+    frame = protocol.read_frame(readinto)
+    assert frame is not None
+    payload = sum(a.nbytes for a in arrays)
+    assert sizes[-1] == payload and len(sizes) == 3  # prefix, header, the whole payload
+    for got, sent in zip(frame.arrays, arrays, strict=True):
+        assert_same(got, sent)
+        assert got.flags.aligned and got.flags.c_contiguous
+    assert frame.arrays[0].base is frame.arrays[2].base  # views of one buffer
+    assert frame.arrays[1].base is not frame.arrays[0].base  # the misaligned one was copied
+
+
+def test_shift_refs_merges_the_trees_of_several_batches() -> None:
+    first, first_arrays = protocol.pack_samples([(np.zeros(2), "a"), {"k": np.ones(1)}])
+    second, second_arrays = protocol.pack_samples([[np.float32(3), None], {"a": 1, "s": np.arange(2)}])
+    merged = first + protocol.shift_refs(second, len(first_arrays))
+    arrays = first_arrays + second_arrays
+    frame = decode(encode({"kind": "batch", "samples": merged}, arrays))
+    assert frame is not None
+    got = protocol.unpack_samples(frame.header["samples"], frame.arrays)
+    want = [(np.zeros(2), "a"), {"k": np.ones(1)}, [np.float32(3), None], {"a": 1, "s": np.arange(2)}]
+    assert_same(got, want)
 
 
 def test_encoder_refuses_object_arrays_and_too_many_dims() -> None:

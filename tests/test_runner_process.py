@@ -293,6 +293,56 @@ def test_a_model_that_overwrites_its_output_buffer_still_streams_each_batch_inta
         assert all(np.all(sample == batch[0][0, 0]) for sample in batch)
 
 
+def test_small_batches_coalesce_while_the_writer_is_busy_and_keep_their_order() -> None:
+    # issue 17: the runner's writer cannot keep up with 4 KiB batches (nobody reads the pipe here until all
+    # are sent), so they merge into frames carrying "batches"; decoded, every batch is there, in order
+    from medigan_iso_runner.__main__ import Channel
+
+    host_in, runner_in = os.pipe()
+    runner_out, host_out = os.pipe()
+    channel = Channel(host_in, host_out)
+    channel.coalesce_bytes = 1024**2
+    for index in range(200):
+        tree, arrays = protocol.pack_samples([np.full(4096, index % 251, np.uint8)])
+        header = {"kind": "batch", "request": 1, "index": index, "count": 1, "samples": tree}
+        channel.send(header, arrays, copy=True)
+    channel.send({"kind": "done", "request": 1})
+    reader = os.fdopen(runner_out, "rb", buffering=0)
+    frames, batches = 0, []
+    while True:
+        frame = protocol.read_frame(reader.readinto)
+        assert frame is not None
+        if frame.kind == "done":
+            break
+        frames += 1
+        samples = protocol.unpack_samples(frame.header["samples"], frame.arrays)
+        counts = frame.header.get("batches", [len(samples)])
+        assert sum(counts) == len(samples) == frame.header["count"]
+        batches += [int(s[0]) for s in samples]
+    channel.flush()
+    reader.close()
+    for fd in (host_in, runner_in, host_out):
+        os.close(fd)
+    assert batches == [i % 251 for i in range(200)]
+    assert frames < 200
+
+
+def test_a_slow_reader_gets_the_batches_of_a_fast_one(runner: RunnerProcess) -> None:
+    # coalesced frames are split back into the batches asked for: same lists, same order, same counts
+    fast = list(runner.generate(120, batch_size=1, seed=7, kwargs={"size": 64}))
+    stream = runner.generate(120, batch_size=1, seed=7, kwargs={"size": 64})
+    time.sleep(0.5)  # let the runner run ahead so its small batches coalesce (not asserted: timing)
+    slow, indices = [], []
+    for batch in stream:
+        slow.append(batch)
+        indices.append(stream.batch_index)
+    assert indices == list(range(120))  # the global index of each batch, coalesced or not
+    assert [len(b) for b in slow] == [1] * 120 and stream.batches == 120 and stream.produced == 120
+    assert stream.frames <= stream.batches
+    for a, b in zip(fast, slow, strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+
+
 # --- seeds, kwargs, shortfalls, saving ---------------------------------------------------------------
 
 

@@ -114,27 +114,54 @@ SNAPSHOT_POOL_SIZE = 2  # batch snapshots kept for reuse (one queued, one being 
 
 
 class Channel:
-    """The protocol fds: a reader thread (see Runner.read_loop) and a writer thread fed by a 1-slot queue.
+    """The protocol fds: a reader thread (see Runner.read_loop) and a writer thread fed by a 1-slot outbox.
 
     The writer thread lets the model compute batch k+1 while batch k is still being copied into the pipe;
-    the queue's single slot bounds the runner's memory to two batches.
+    the outbox's single slot bounds the runner's memory to two batches. Small batches (issue 17) coalesce
+    while the writer is busy: a ``batch`` frame sent while a frame waits in the outbox or is being written
+    is snapshotted into a pending frame, and later small batches join it, until it holds the request's
+    ``coalesce_bytes`` (sent by the host on ``generate``; 0 or absent: never) or a frame of another kind is
+    sent; the writer takes the pending frame as soon as it is free, so no batch waits for the next one. A
+    coalesced frame carries ``batches``: the sample count of each batch it holds, in order.
     """
 
     def __init__(self, in_fd: int, out_fd: int) -> None:
         self.in_fd = in_fd
         self.out_fd = out_fd
+        self.coalesce_bytes = 0  # of the current request: set by receive() from the generate frame
         self._reader = open(in_fd, "rb", buffering=0, closefd=False)  # noqa: SIM115 - lives for the process
-        self._outbox = queue.Queue(maxsize=1)  # type: queue.Queue
-        self._pool = queue.Queue()  # type: queue.Queue
+        self._cv = threading.Condition()
+        self._outbox = None  # type: Optional[Any]
+        self._pending = None  # type: Optional[_Pending]
+        self._busy = False
+        self._pool = []  # type: List[bytearray]
         threading.Thread(target=self._write_loop, name="medigan-iso-writer", daemon=True).start()
 
     def send(self, header: Dict[str, Any], arrays: Any = (), copy: bool = False) -> None:
         """Queue one frame. ``copy`` snapshots the arrays (the model may reuse its buffers next call)."""
+        if copy and header.get("kind") == "batch" and self.coalesce_bytes > 0:
+            wire = [protocol.wire_array(a) for a in arrays]
+            nbytes = sum(a.nbytes for a in wire)
+            if nbytes < self.coalesce_bytes and isinstance(header.get("samples"), list):
+                with self._cv:
+                    if self._pending is not None or self._outbox is not None or self._busy:
+                        pending = self._pending
+                        if pending is not None and not pending.fits(nbytes):
+                            self._pending = None  # detached first: the writer may take it while we wait
+                            self._put_locked(pending.frame())
+                            pending = None
+                        if pending is None:
+                            buffer = self._spare(self.coalesce_bytes)
+                            self._pending = pending = _Pending(buffer, self.coalesce_bytes)
+                        pending.add(header, wire)
+                        self._cv.notify_all()
+                        return
         buffers = protocol.encode_frame(header, arrays)
         snapshot = None
         if copy and len(buffers) > 1:
             total = sum(len(buf) for buf in buffers[1:])
-            snapshot = self._spare(total)
+            with self._cv:
+                snapshot = self._spare(total)
             target = memoryview(snapshot)
             offset = 0
             for buf in buffers[1:]:
@@ -142,23 +169,45 @@ class Channel:
                 offset += len(buf)
             buffers = [buffers[0], target[:total]]
             target = None  # type: ignore[assignment]
-        self._outbox.put((buffers, snapshot))
+        with self._cv:
+            pending, self._pending = self._pending, None
+            if pending is not None:  # frames keep their order
+                self._put_locked(pending.frame())
+            self._put_locked((buffers, snapshot))
+
+    def _put_locked(self, item: Any) -> None:
+        while self._outbox is not None:
+            self._cv.wait()
+        self._outbox = item
+        self._cv.notify_all()
 
     def _spare(self, size: int) -> bytearray:
         """A snapshot buffer from the pool (reused buffers are already paged in), at least ``size`` long."""
-        try:
-            spare = self._pool.get_nowait()
-        except queue.Empty:
-            return bytearray(size)
-        return spare if len(spare) >= size else bytearray(size)
+        while self._pool:
+            spare = self._pool.pop()
+            if len(spare) >= size:
+                return spare
+        return bytearray(size)
 
     def flush(self) -> None:
-        self._outbox.join()
+        with self._cv:
+            while self._outbox is not None or self._pending is not None or self._busy:
+                self._cv.wait()
 
     def _write_loop(self) -> None:
         out_fd = self.out_fd
         while True:
-            buffers, snapshot = self._outbox.get()
+            with self._cv:
+                while self._outbox is None and self._pending is None:
+                    self._cv.wait()
+                if self._outbox is not None:
+                    buffers, snapshot = self._outbox
+                    self._outbox = None
+                else:
+                    buffers, snapshot = self._pending.frame()  # type: ignore[union-attr]
+                    self._pending = None
+                self._busy = True
+                self._cv.notify_all()
             try:
                 for buf in buffers:
                     view = memoryview(buf)
@@ -167,13 +216,63 @@ class Channel:
             except OSError:  # the host closed its end: nobody is left to read our frames
                 os._exit(EXIT_OK)
             buffers = buf = view = None  # release the batch before waiting for the next one
-            if snapshot is not None and self._pool.qsize() < SNAPSHOT_POOL_SIZE:
-                self._pool.put(snapshot)
-            snapshot = None
-            self._outbox.task_done()
+            with self._cv:
+                if snapshot is not None and len(self._pool) < SNAPSHOT_POOL_SIZE:
+                    self._pool.append(snapshot)
+                snapshot = None
+                self._busy = False
+                self._cv.notify_all()
 
     def receive(self) -> Optional[protocol.Frame]:
-        return protocol.read_frame(self._reader.readinto)
+        frame = protocol.read_frame(self._reader.readinto)
+        if frame is not None and frame.kind == "generate":
+            value = frame.header.get("coalesce_bytes")
+            self.coalesce_bytes = value if type(value) is int and value > 0 else 0
+        return frame
+
+
+class _Pending:
+    """Small batch frames merged into one, their arrays snapshotted back to back into one buffer."""
+
+    def __init__(self, buffer: bytearray, limit: int) -> None:
+        self.buffer = buffer
+        self.limit = min(limit, len(buffer))
+        self.used = 0
+        self.header = None  # type: Optional[Dict[str, Any]]
+        self.samples = []  # type: List[Any]
+        self.counts = []  # type: List[int]
+        self.arrays = []  # type: List[np.ndarray]
+
+    def fits(self, nbytes: int) -> bool:
+        return self.used + nbytes <= self.limit
+
+    def add(self, header: Dict[str, Any], wire: List[np.ndarray]) -> None:
+        tree = header.get("samples")
+        shifted = protocol.shift_refs(tree, len(self.arrays)) if self.arrays else tree
+        for a in wire:
+            size = a.nbytes
+            view = np.frombuffer(self.buffer, dtype=np.uint8, count=size, offset=self.used)
+            view[:] = a.reshape(-1).view(np.uint8)
+            self.arrays.append(view.view(a.dtype).reshape(a.shape))
+            self.used += size
+        if self.header is None:
+            self.header = dict(header)
+        else:
+            self.header["requested"] = self.header.get("requested", 0) + header.get("requested", 0)
+            self.header["count"] = self.header.get("count", 0) + header.get("count", 0)
+        self.samples.extend(shifted)
+        self.counts.append(len(tree))
+
+    def frame(self) -> Any:
+        header = dict(self.header or {})
+        header["samples"] = self.samples
+        if len(self.counts) > 1:
+            header["batches"] = self.counts
+        buffers = protocol.encode_frame(header, self.arrays)
+        self.arrays = []
+        if len(buffers) > 1:
+            buffers = [buffers[0], memoryview(self.buffer)[: self.used]]
+        return buffers, self.buffer
 
 
 def guard_fds() -> Channel:

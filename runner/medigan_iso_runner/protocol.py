@@ -14,10 +14,11 @@ Frame layout (all integers big-endian)::
     header      msgpack map {"kind": <str>, ...}; "arrays": [[dtype_str, [dim, ...]], ...] when a payload
     payload     the C-contiguous bytes of every array in "arrays", concatenated in order
 
-payload_len must equal the sum of prod(shape) * itemsize over "arrays". Each array is received with
-``readinto`` straight into a preallocated numpy array (no intermediate bytes object). Arrays travel one per
-sample component (a batch of 32 RGB images is 32 arrays of ndim 3), so ``MAX_NDIM = 4`` is enough for
-H x W x C x D volumes and a batch never needs a 5-d array.
+payload_len must equal the sum of prod(shape) * itemsize over "arrays". The payload is received with one
+``readinto`` loop into one preallocated buffer (no intermediate bytes object) and the arrays are views of it
+(an array whose offset breaks its dtype's alignment is copied out). Arrays travel one per sample component
+(a batch of 32 RGB images is 32 arrays of ndim 3), so ``MAX_NDIM = 4`` is enough for H x W x C x D volumes
+and a batch never needs a 5-d array.
 
 Sample structures (the model's return values) travel as a msgpack tree in the header's "samples" key:
 None, bool, int, float, str and bytes as themselves; a list as a msgpack array; a tuple as ``{"t": [...]}``;
@@ -57,7 +58,9 @@ __all__ = [
     "encode_frame",
     "pack_samples",
     "read_frame",
+    "shift_refs",
     "unpack_samples",
+    "wire_array",
     "write_frame",
 ]
 
@@ -164,7 +167,8 @@ class Frame:
 # --- encoding ---------------------------------------------------------------------------------------
 
 
-def _as_wire_array(array: np.ndarray) -> np.ndarray:
+def wire_array(array: np.ndarray) -> np.ndarray:
+    """``array`` as it crosses the pipe (C-contiguous); ProtocolError for a dtype or ndim that cannot."""
     if array.dtype.str not in ALLOWED_DTYPES:
         raise ProtocolError(
             f"arrays of dtype {array.dtype} cannot cross the pipe "
@@ -187,7 +191,7 @@ def encode_frame(header: Dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> L
         raise ProtocolError(
             f"{len(arrays)} arrays in one frame exceed the cap of {MAX_ARRAYS}; use smaller batches"
         )
-    wire = [_as_wire_array(a) for a in arrays]
+    wire = [wire_array(a) for a in arrays]
     if wire:
         header = dict(header)
         header["arrays"] = [[a.dtype.str, list(a.shape)] for a in wire]
@@ -353,11 +357,22 @@ def read_frame(
     if declared != payload_len:
         raise ProtocolError(f"payload length {payload_len} != {declared} declared by the arrays")
     arrays = []
+    if not payload_len:
+        for dtype, shape, _ in specs:
+            arrays.append(np.empty(shape, dtype=dtype))
+        return Frame(header["kind"], header, arrays)
+    # One readinto loop for the whole payload (issue 17: one read per array cost a syscall and a wake-up
+    # each); the arrays are views of it. An array whose offset breaks its dtype's alignment is copied out.
+    payload = np.empty(payload_len, dtype=np.uint8)
+    if not _read_exact(readinto, payload.data, "payload"):
+        raise ProtocolError("stream ended before the payload", eof=True)
+    offset = 0
     for dtype, shape, nbytes in specs:
-        array = np.empty(shape, dtype=dtype)
-        if nbytes and not _read_exact(readinto, array.reshape(-1).view(np.uint8).data, "payload"):
-            raise ProtocolError("stream ended before the payload", eof=True)
-        arrays.append(array)
+        part = payload[offset : offset + nbytes]
+        if offset % dtype.alignment:
+            part = part.copy()
+        arrays.append(part.view(dtype).reshape(shape))
+        offset += nbytes
     return Frame(header["kind"], header, arrays)
 
 
@@ -453,6 +468,26 @@ class _Unpacker:
             if tag == "d" and isinstance(body, dict):
                 return {k: self.walk(v, depth + 1) for k, v in body.items()}
         raise ProtocolError(f"malformed sample node {_short(node)}")
+
+
+def shift_refs(tree: Any, offset: int, depth: int = 0) -> Any:
+    """``tree`` (a :func:`pack_samples` tree) with every array reference moved by ``offset``.
+
+    The runner uses it to merge the trees of several batches into one frame.
+    """
+    if depth > MAX_DEPTH:
+        raise ProtocolError(f"sample structure nested deeper than {MAX_DEPTH}")
+    if isinstance(tree, list):
+        return [shift_refs(v, offset, depth + 1) for v in tree]
+    if isinstance(tree, dict) and len(tree) == 1:
+        ((tag, body),) = tree.items()
+        if tag in ("a", "s"):
+            return {tag: body + offset}
+        if tag == "t":
+            return {"t": [shift_refs(v, offset, depth + 1) for v in body]}
+        if tag == "d":
+            return {"d": {k: shift_refs(v, offset, depth + 1) for k, v in body.items()}}
+    return tree
 
 
 def unpack_samples(tree: Any, arrays: Sequence[np.ndarray], limits: Limits = DEFAULT_LIMITS) -> Any:
