@@ -46,10 +46,12 @@ from medigan_iso.paths import cache_layout
 from medigan_iso.runner_process import (
     RUNNER_INACTIVITY_TIMEOUT_S,
     RUNNER_READY_TIMEOUT_S,
+    THREAD_ENV,
     GenerateStream,
     RunnerProcess,
     Sample,
     draw_seed,
+    usable_cpus,
 )
 from medigan_iso.sandbox import (
     CGROUP_REMEDY,
@@ -230,6 +232,11 @@ class Session:
 
     ``as_of`` (``YYYY-MM-DD`` or ``"latest"``) overrides every model's dependencies-as-of date (see
     :mod:`medigan_iso.envs.asof`); None uses each entry's own.
+
+    ``threads`` is each runner's BLAS/OpenMP/torch/TensorFlow thread budget, set in its environment before
+    it imports numpy. None (the default): the CPUs divided among the warm runners (counting the new one)
+    when it starts, unless the caller's environment sets one of ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``,
+    ... (then the environment decides). A catalogue entry's ``execution.resources.threads`` wins over both.
     """
 
     def __init__(
@@ -247,7 +254,11 @@ class Session:
         sandbox: str | SandboxConfig | None = None,
         strict: bool = False,
         as_of: str | None = None,
+        threads: int | None = None,
     ) -> None:
+        if threads is not None and (type(threads) is not int or threads < 1):
+            raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+        self._threads = threads
         self._sandbox = resolve_policy(sandbox)
         self._as_of = as_of
         self._strict = strict
@@ -435,8 +446,10 @@ class Session:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in prepared.entry.model_id)
         log_path = layout.logs / f"runner-{safe_id}-{stamp}-{os.getpid()}-{threading.get_ident()}.log"
+        threads = self._thread_budget(prepared.entry)
         runner = RunnerProcess.start(
             prepared.env.python,
+            threads=threads,
             log_path=log_path,
             ready_timeout_s=self._ready_timeout_s,
             inactivity_timeout_s=self._inactivity_timeout_s,
@@ -451,7 +464,22 @@ class Session:
             runner.close()
             raise
         runner.hello["sandbox_layers"] = list(plan.layers)
+        runner.hello["thread_budget"] = threads
         return runner
+
+    def _thread_budget(self, entry: ModelEntry) -> int | None:
+        """The new runner's thread budget: the entry's, the Session's, or the CPUs over the warm runners."""
+        wanted = entry.resources.get("threads")
+        if type(wanted) is int and wanted > 0:
+            return wanted
+        if self._threads is not None:
+            return self._threads
+        if any(key in os.environ for key in THREAD_ENV):
+            return None  # the caller's environment decides (runner_environment passes it on)
+        with self._lock:
+            slots = list(self._slots.values())
+        warm = sum(1 for slot in slots if slot.runner is not None and slot.runner.is_alive())
+        return max(1, usable_cpus() // (warm + 1))
 
     def release(self, model_id: str | int) -> bool:
         """Stop the warm runner of ``model_id`` (after its current request); the next call respawns it.

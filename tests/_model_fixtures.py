@@ -59,6 +59,9 @@ def generate(model_file, num_samples, output_path, save_images, behaviour="plain
         return np.stack(images)
     elif behaviour == "echo_kwargs":
         return [dict(kwargs, size=size)]
+    elif behaviour == "echo_thread_env":
+        keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+        return [{key: os.environ.get(key) for key in keys}] * num_samples
     elif behaviour == "reuses_buffer":
         _CALLS[0] += 1
         _REUSED[...] = _CALLS[0] % 256

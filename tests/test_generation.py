@@ -116,6 +116,32 @@ def test_generate_returns_the_samples_and_seeds_reproduce(world: dict[str, Path]
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))
 
 
+def test_each_runner_gets_a_thread_budget_before_numpy_loads(
+    world: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 17: the CPUs divided among the warm runners by default, the Session's budget when given
+    from medigan_iso.runner_process import THREAD_ENV, usable_cpus
+
+    for key in THREAD_ENV:
+        monkeypatch.delenv(key, raising=False)
+    keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+    with Session(offline=False) as session:
+        (first,) = session.generate(ZOO_ID, 1, behaviour="echo_thread_env")
+        (second,) = session.generate(TUPLE_ID, 1, behaviour="echo_thread_env")
+    assert first == dict.fromkeys(keys, str(usable_cpus()))
+    assert second == dict.fromkeys(keys, str(max(1, usable_cpus() // 2)))  # the first runner is warm
+    with Session(offline=False, threads=3) as session:
+        (fixed,) = session.generate(ZOO_ID, 1, behaviour="echo_thread_env")
+        assert session.runner_info(ZOO_ID)["thread_budget"] == 3
+    assert fixed == dict.fromkeys(keys, "3")
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")  # the caller's own setting is left alone
+    with Session(offline=False) as session:
+        (inherited,) = session.generate(ZOO_ID, 1, behaviour="echo_thread_env")
+    assert inherited["OMP_NUM_THREADS"] == "5" and inherited["OPENBLAS_NUM_THREADS"] is None
+    with pytest.raises(ValueError, match="threads must be an int >= 1"):
+        Session(threads=0)
+
+
 def test_a_session_job_split_at_batch_boundaries_equals_the_whole(session: Session) -> None:
     whole = session.generate(ZOO_ID, 10, seed=21, batch_size=3)
     assert (whole.seed, whole.batch_size, whole.batch_offset, whole.model_id) == (21, 3, 0, ZOO_ID)

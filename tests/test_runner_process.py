@@ -101,6 +101,8 @@ def test_public_surface_is_pinned() -> None:
         "Sample",
         "draw_seed",
         "runner_environment",
+        "thread_budget_env",
+        "usable_cpus",
     ]
     assert all(hasattr(runner_process, name) for name in runner_process.__all__)
 
@@ -306,20 +308,28 @@ def test_small_batches_coalesce_while_the_writer_is_busy_and_keep_their_order() 
         tree, arrays = protocol.pack_samples([np.full(4096, index % 251, np.uint8)])
         header = {"kind": "batch", "request": 1, "index": index, "count": 1, "samples": tree}
         channel.send(header, arrays, copy=True)
-    channel.send({"kind": "done", "request": 1})
     reader = os.fdopen(runner_out, "rb", buffering=0)
     frames, batches = 0, []
-    while True:
-        frame = protocol.read_frame(reader.readinto)
-        assert frame is not None
-        if frame.kind == "done":
-            break
-        frames += 1
-        samples = protocol.unpack_samples(frame.header["samples"], frame.arrays)
-        counts = frame.header.get("batches", [len(samples)])
-        assert sum(counts) == len(samples) == frame.header["count"]
-        batches += [int(s[0]) for s in samples]
+
+    def read_all() -> None:
+        nonlocal frames
+        while True:
+            frame = protocol.read_frame(reader.readinto)
+            assert frame is not None
+            if frame.kind == "done":
+                return
+            frames += 1
+            samples = protocol.unpack_samples(frame.header["samples"], frame.arrays)
+            counts = frame.header.get("batches", [len(samples)])
+            assert sum(counts) == len(samples) == frame.header["count"]
+            batches.extend(int(s[0]) for s in samples)
+
+    thread = threading.Thread(target=read_all)
+    thread.start()  # only now does anyone read the pipe
+    channel.send({"kind": "done", "request": 1})
     channel.flush()
+    thread.join(60)
+    assert not thread.is_alive()
     reader.close()
     for fd in (host_in, runner_in, host_out):
         os.close(fd)
