@@ -27,6 +27,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 
 from ray.cluster_utils import Cluster  # noqa: E402
 
+import medigan_iso  # noqa: E402
 from medigan_iso import Session  # noqa: E402
 from medigan_iso.cli import main  # noqa: E402
 from medigan_iso.distributed import generate_dataset, split_ranges, write_images  # noqa: E402
@@ -232,6 +233,11 @@ def test_local_ray_dataset_equals_one_machine(
     assert run["batch_offset"] == 0 and run["status"] == "complete" and run["writer"] == "png"
     assert run["entry"]["execution"]["package_sha256"] == run["package_sha256"]
     assert run["lock"] and run["regenerable"] is True and run["run_id"] == lines[0]["run_id"]
+    # The folder verifies like any medigan_iso output, and regenerating it on one machine gives its bytes.
+    report = medigan_iso.verify(out)
+    assert report.ok and report.files == 2 * n + 1, report
+    again = medigan_iso.verify(out, regenerate=True, home=world["home"], sandbox="off")
+    assert again.ok and again.regenerated == again.reproduced == 2 * n + 1, again
     labels = (out / "labels.csv").read_text().splitlines()
     assert labels[0] == "sample,label" and len(labels) == n + 1
     assert labels[1] == f"sample_00000,{reference[0][2]}"
