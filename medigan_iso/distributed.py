@@ -58,7 +58,8 @@ from medigan_iso.errors import (
     RunnerTimeoutError,
 )
 from medigan_iso.generation import DEFAULT_BATCH_SIZE, Session
-from medigan_iso.images import SampleWriter, prepare_output_dir
+from medigan_iso.images import SampleWriter, prepare_output_dir, write_exclusive
+from medigan_iso.manifest import MANIFEST_FORMAT, RUN_NAME, ManifestWriter, RunContext
 from medigan_iso.untrusted import get_logger, neutralise
 
 if TYPE_CHECKING:
@@ -574,48 +575,82 @@ def write_images(
     labels: list[tuple[int, str]] = []
     notes: list[str] = []
     runs: dict[tuple[str, int, int], dict[str, Any]] = {}
-    for batch in _translated(summary.iter_batches(batch_format="numpy", batch_size=None)):
-        files += int(np.sum(batch["files"]))
-        samples += len(batch["files"])
-        for index, label in zip(batch["index"], batch["label"], strict=True):
-            if label is not None and str(label) != "":
-                labels.append((int(index), str(label)))
-        for note in batch["notes"]:
-            if note:
-                notes.extend(str(note).split("\n"))
-        for row, (model_id, seed, size) in enumerate(
-            zip(batch["model_id"], batch["seed"], batch["batch_size"], strict=True)
-        ):
-            seen = runs.setdefault((str(model_id), int(seed), int(size)), {"num_samples": 0})
-            seen["num_samples"] += 1
-            if batch["provenance"][row] and "line" not in seen:
-                seen["line"] = json.loads(str(batch["provenance"][row]))
-            if batch["run"][row] and "run" not in seen:
-                seen["run"] = json.loads(str(batch["run"][row]))
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
-    if labels:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["sample", "label"])
-        for index, label in sorted(labels):
-            writer.writerow([f"sample_{index:05d}", label])
-        data = buffer.getvalue().encode("utf-8")
-        (directory / "labels.csv").write_bytes(data)
-        files += 1
-        first = next(iter(runs.values()), {})
-        line = {
-            **first.get("line", {}),
-            "path": "labels.csv",
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "size": len(data),
-            "run_id": run_id,
-            "sample_index": None,
-            "kind": "labels",
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        _append_lines(directory / "manifest.jsonl", [json.dumps(line, sort_keys=True) + "\n"])
-    finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    requests = [{"model_id": m, "seed": s, "batch_size": b} for m, s, b in sorted(runs)]
+    status, error = "complete", None
+    try:
+        for batch in _translated(summary.iter_batches(batch_format="numpy", batch_size=None)):
+            files += int(np.sum(batch["files"]))
+            samples += len(batch["files"])
+            for index, label in zip(batch["index"], batch["label"], strict=True):
+                if label is not None and str(label) != "":
+                    labels.append((int(index), str(label)))
+            for note in batch["notes"]:
+                if note:
+                    notes.extend(str(note).split("\n"))
+            for row, (model_id, seed, size) in enumerate(
+                zip(batch["model_id"], batch["seed"], batch["batch_size"], strict=True)
+            ):
+                seen = runs.setdefault((str(model_id), int(seed), int(size)), {"num_samples": 0})
+                seen["num_samples"] += 1
+                if batch["provenance"][row] and "line" not in seen:
+                    seen["line"] = json.loads(str(batch["provenance"][row]))
+                if batch["run"][row] and "run" not in seen:
+                    seen["run"] = json.loads(str(batch["run"][row]))
+        if labels:
+            files += _write_labels(directory, labels, runs, run_id=run_id, fmt=format)
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise
+    finally:
+        _write_run_json(
+            directory, runs, run_id=run_id, fmt=format, started=started, status=status, error=error
+        )
+    return {
+        "samples": samples,
+        "files": files,
+        "requests": [{"model_id": m, "seed": s, "batch_size": b} for m, s, b in sorted(runs)],
+        "run_id": run_id,
+        "notes": notes[:100],
+    }
+
+
+def _write_labels(
+    directory: Path,
+    labels: list[tuple[int, str]],
+    runs: Mapping[tuple[str, int, int], Mapping[str, Any]],
+    *,
+    run_id: str,
+    fmt: str,
+) -> int:
+    """labels.csv (as the sample writer writes it) and its manifest line; returns the files written (1)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["sample", "label"])
+    for index, label in sorted(labels):
+        writer.writerow([f"sample_{index:05d}", label])
+    data = buffer.getvalue().encode("utf-8")
+    (model_id, seed, size), first = next(iter(runs.items()))
+    line_fields = dict(first.get("line", {}), model_id=model_id, seed=seed, batch_size=size, writer=fmt)
+    with ManifestWriter(directory, RunContext(line_fields, run_id=run_id)) as manifest:
+        write_exclusive(
+            directory / "labels.csv",
+            data,
+            before_link=lambda: manifest.record("labels.csv", data=data, kind="labels"),
+        )
+    return 1
+
+
+def _write_run_json(
+    directory: Path,
+    runs: Mapping[tuple[str, int, int], Mapping[str, Any]],
+    *,
+    run_id: str,
+    fmt: str,
+    started: float,
+    status: str,
+    error: str | None,
+) -> None:
+    """The job's run.json, written last (replacing what the workers' manifest writers kept there)."""
     records = []
     for (model_id, seed, size), found in sorted(runs.items()):
         # The record layout of medigan_iso's manifest (run.json): the manifest lines' fields, then what
@@ -628,24 +663,22 @@ def write_images(
             batch_size=size,
             batch_offset=0,
             num_samples=found["num_samples"],
-            writer=format,
+            writer=fmt,
             command=None,
             backend="ray",
-            status="complete",
-            started=stamp,
-            finished=finished,
+            status=status,
+            started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
+        if error is not None:
+            record["error"] = error
         records.append(record)
-    (directory / "run.json").write_text(
-        json.dumps({"format": 1, "runs": records}, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
-    return {
-        "samples": samples,
-        "files": files,
-        "requests": requests,
-        "run_id": run_id,
-        "notes": notes[:100],
-    }
+    if not records and not (directory / RUN_NAME).exists():
+        return
+    text = json.dumps({"format": MANIFEST_FORMAT, "runs": records}, indent=2, sort_keys=True) + "\n"
+    tmp = directory / f".{RUN_NAME}.{os.getpid()}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(directory / RUN_NAME)
 
 
 RAY_ERROR_MAX_CHARS = 12_000
@@ -675,53 +708,50 @@ def _translated(batches: Iterable[Any]) -> Iterator[Any]:
 
 
 def _write_rows(batch: dict[str, Any], *, directory: str, fmt: str, run_id: str) -> dict[str, Any]:
-    """Runs on a worker: write the files of a block of rows, append their manifest lines, return counts."""
+    """Runs on a worker: write the files of a block of rows, their manifest lines, return counts.
+
+    medigan_iso's :class:`~medigan_iso.manifest.ManifestWriter` appends each file's line as the file lands
+    (the sample writer calls it just before linking the file into place); one writer per request and node
+    in the block, all under the job's ``run_id``.
+    """
     out = Path(directory)
     indices = [int(i) for i in batch["index"]]
     count = len(indices)
-    writer = SampleWriter(out, fmt=fmt)
-    manifest_lines: list[str] = []
     written: list[int] = []
     labels: list[str] = []
+    notes: list[str] = []
     parts = [name for name in batch if name == "mask" or name.startswith("part_")]
-    for row, index in enumerate(indices):
-        sample: Any = batch["image"][row]
-        if parts:
-            sample = (sample, *(batch[name][row] for name in parts))
-        before = len(writer.files)
-        writer.write(index, sample)
-        label = str(batch["label"][row]) if "label" in batch and batch["label"][row] is not None else ""
-        labels.append(label)
-        written.append(len(writer.files) - before)
-        for file in writer.files[before:]:
-            data = file.read_bytes()
-            size = int(batch["batch_size"][row])
-            line: dict[str, Any] = {
-                "path": file.name,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "size": len(data),
-                "run_id": run_id,
-                "model_id": str(batch["model_id"][row]),
-                "sample_index": index,
-                "batch_index": index // size,
-                "seed": int(batch["seed"][row]),
-                "batch_size": size,
-                "node_id": str(batch["node_id"][row]),
-                "writer": fmt,
-                "kind": "sample",
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            if label:
-                line["label"] = label
-            if "provenance" in batch:
-                line.update(json.loads(str(batch["provenance"][row])))
-            manifest_lines.append(json.dumps(line, sort_keys=True) + "\n")
-    _append_lines(out / "manifest.jsonl", manifest_lines)
+    writers: dict[tuple[str, ...], tuple[ManifestWriter, SampleWriter]] = {}
+    try:
+        for row, index in enumerate(indices):
+            key = tuple(str(batch[name][row]) for name in ("model_id", "seed", "batch_size", "node_id"))
+            if key not in writers:
+                line_fields: dict[str, Any] = {}
+                if "provenance" in batch:
+                    line_fields.update(json.loads(str(batch["provenance"][row])))
+                line_fields.update(
+                    model_id=key[0], seed=int(key[1]), batch_size=int(key[2]), node_id=key[3], writer=fmt
+                )
+                manifest = ManifestWriter(out, RunContext(line_fields, run_id=run_id))
+                writers[key] = (manifest, SampleWriter(out, fmt=fmt, manifest=manifest))
+            writer = writers[key][1]
+            sample: Any = batch["image"][row]
+            if parts:
+                sample = (sample, *(batch[name][row] for name in parts))
+            before = len(writer.files)
+            writer.write(index, sample)
+            written.append(len(writer.files) - before)
+            label = batch["label"][row] if "label" in batch else None
+            labels.append("" if label is None else str(label))
+    finally:
+        for manifest, writer in writers.values():
+            notes.extend(writer.notes)
+            manifest.finish("complete")  # this block's part; the driver writes the job's run.json last
     return {
         "index": np.asarray(indices, dtype=np.int64),
         "files": np.asarray(written, dtype=np.int64),
         "label": np.asarray(labels, dtype=object),
-        "notes": np.asarray(["\n".join(writer.notes) if i == 0 else "" for i in range(count)], dtype=object),
+        "notes": np.asarray(["\n".join(notes) if i == 0 else "" for i in range(count)], dtype=object),
         "model_id": np.asarray([str(m) for m in batch["model_id"]], dtype=object),
         "seed": np.asarray([int(s) for s in batch["seed"]], dtype=np.int64),
         "batch_size": np.asarray([int(b) for b in batch["batch_size"]], dtype=np.int64),
@@ -738,22 +768,6 @@ def _first_run(batch: Mapping[str, Any]) -> str:
         if value:
             return str(value)
     return ""
-
-
-def _append_lines(path: Path, lines: Sequence[str]) -> None:
-    """Append each line with one O_APPEND write, so concurrent workers never interleave within a line."""
-    if not lines:
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    try:
-        for line in lines:
-            data = line.encode("utf-8")
-            view = memoryview(data)
-            while view:
-                done = os.write(fd, view)
-                view = view[done:]
-    finally:
-        os.close(fd)
 
 
 def iter_rows_sorted(dataset: ray.data.Dataset) -> Iterator[dict[str, Any]]:
