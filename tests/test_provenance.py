@@ -241,6 +241,10 @@ def test_verify_names_changed_missing_and_extra_files(
     for name in ("changed (1):", "sample_00001.png", "missing (1):", "sample_00002.png", "sneaked_in.png"):
         assert name in captured.out
     assert "verification FAILED" in captured.err
+    assert main(["verify", "--json", str(out)]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is False and data["changed"] == ["sample_00001.png"]
+    assert data["missing"] == ["sample_00002.png"] and data["extra"] == ["sneaked_in.png", "sub/deeper.txt"]
 
 
 def test_verify_treats_a_symlink_in_place_of_a_file_as_changed(

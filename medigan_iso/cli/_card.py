@@ -19,10 +19,11 @@ from medigan_iso.untrusted import neutralise
 
 CARD_NAME = "README.md"
 MAX_FIELD_CHARS = 500
+MAX_COMMENT_CHARS = 2000
 
 
-def _text(value: Any) -> str:
-    text = neutralise(value, max_chars=MAX_FIELD_CHARS)
+def _text(value: Any, max_chars: int = MAX_FIELD_CHARS) -> str:
+    text = neutralise(value, max_chars=max_chars)
     return text.replace("<", "&lt;").replace(">", "&gt;").replace("`", "\\`")
 
 
@@ -82,7 +83,7 @@ def render_card(
         "training on these images.",
     ]
     if info.comment:
-        lines += ["", f"Catalogue comment: {_text(info.comment)}"]
+        lines += ["", f"Catalogue comment: {_text(info.comment, MAX_COMMENT_CHARS)}"]
     lines += [
         "",
         "## How it was made",
