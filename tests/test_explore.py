@@ -323,25 +323,30 @@ def test_conditions_reach_the_model(server: ExploreServer) -> None:
     assert "condition, flip" in refused.json()["remedy"]
 
 
-def test_zip_holds_the_samples_and_their_manifest(server: ExploreServer) -> None:
+def test_zip_holds_the_samples_and_their_manifest(server: ExploreServer, tmp_path: Path) -> None:
     params = {"n": "5", "seed": "21", "edits": json.dumps({"2": 1.5})}
     response = get(server, "/api/models/demo-numpy/samples.zip", params=params, headers=AUTH)
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/zip"
     assert 'filename="demo-numpy-seed21.zip"' in response.headers["content-disposition"]
     with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
-        names = archive.namelist()
-        pngs = sorted(n for n in names if n.endswith(".png"))
-        assert len(pngs) == 5
-        lines = [json.loads(line) for line in archive.read("samples/manifest.jsonl").decode().splitlines()]
-        assert sorted("samples/" + line["file"] for line in lines) == pngs
-        for line in lines:
-            assert line["sha256"] == hashlib.sha256(archive.read("samples/" + line["file"])).hexdigest()
-            assert line["model_id"] == "demo-numpy" and line["seed"] == 21
-        run = json.loads(archive.read("samples/run.json"))
-        assert run["seed"] == 21 and run["num_samples"] == 5
-        assert run["latent"]["edits"] == {"2": 1.5}
-        first = np.asarray(Image.open(io.BytesIO(archive.read(pngs[0]))))
+        archive.extractall(tmp_path)
+    folder = tmp_path / "samples"
+    pngs = sorted(p.name for p in folder.glob("sample_*.png"))
+    assert len(pngs) == 5
+    lines = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(line["path"] for line in lines) == sorted([*pngs, "grid.png"])
+    for line in lines:
+        assert line["sha256"] == hashlib.sha256((folder / line["path"]).read_bytes()).hexdigest()
+        assert line["model_id"] == "demo-numpy" and line["seed"] == 21
+        assert line["kind"] == ("grid" if line["path"] == "grid.png" else "sample")
+    [run] = json.loads((folder / "run.json").read_text())["runs"]
+    assert run["status"] == "complete" and run["seed"] == 21 and run["num_samples"] == 5
+    assert run["explore"]["latent"]["edits"] == {"2": 1.5}
+    assert run["explore"]["latent"]["size"] == 100
+    report = medigan_iso.verify(folder)  # the library's own check of a folder against its manifest
+    assert report.ok and len(report.matched) == 6
+    first = np.asarray(Image.open(folder / pngs[0]))
     shown = png(
         requests.post(
             server.base + "/api/models/demo-numpy/sample",
@@ -351,6 +356,22 @@ def test_zip_holds_the_samples_and_their_manifest(server: ExploreServer) -> None
         )
     )
     assert np.array_equal(shown[2:66, 2:66], first[..., 0] if first.ndim == 3 else first)
+    assert np.array_equal(np.asarray(Image.open(folder / "grid.png")), shown)
+
+
+def test_a_zip_of_a_seeded_model_regenerates_bit_for_bit(
+    server: ExploreServer, world: dict[str, Path], tmp_path: Path
+) -> None:
+    params = {"n": "3", "seed": "8", "conditions": json.dumps({"condition": 3, "flip": True})}
+    response = get(server, "/api/models/test-cond/samples.zip", params=params, headers=AUTH)
+    assert response.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        archive.extractall(tmp_path)
+    [run] = json.loads((tmp_path / "samples" / "run.json").read_text())["runs"]
+    assert run["kwargs"] == {"condition": 3, "flip": True} and run["regenerable"] is True
+    report = medigan_iso.verify(tmp_path / "samples", regenerate=True, home=world["home"])
+    assert report.ok, report
+    assert report.reproduced == report.regenerated == 3
 
 
 def test_a_crashing_model_shows_its_error_and_the_server_stays_up(server: ExploreServer) -> None:

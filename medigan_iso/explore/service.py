@@ -12,14 +12,12 @@ here, before the templates escape it for HTML: the page shows ``\\x1b`` where a 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
 import secrets
 import tempfile
 import threading
-import time
 import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -436,6 +434,15 @@ class Explorer:
             with self._lock:
                 self._pending[model_id] -= 1
 
+    def _call(self, model_id: str, request: SampleRequest) -> tuple[int, dict[str, Any]]:
+        """(batch size, model kwargs) of a request: latent rows in one batch, or seeded batches."""
+        size = self.session.resolve(model_id).input_latent_vector_size
+        kwargs: dict[str, Any] = dict(request.conditions)
+        if size is None:
+            return min(request.n, DEFAULT_BATCH), kwargs
+        kwargs["input_latent_vector"] = latents(size, request)
+        return request.n, kwargs  # the model takes every row at once and ignores num_samples
+
     def samples(self, model_id: str, request: SampleRequest) -> list[Any]:
         """The samples a request asks for, from the Session's warm runner (blocks: call from a thread).
 
@@ -443,12 +450,7 @@ class Explorer:
         in one batch; any other gets ``n`` samples seeded with the request's seed.
         """
         entry = self.session.resolve(model_id)
-        size = entry.input_latent_vector_size
-        kwargs: dict[str, Any] = dict(request.conditions)
-        batch_size = min(request.n, DEFAULT_BATCH)
-        if size is not None:
-            kwargs["input_latent_vector"] = latents(size, request)
-            batch_size = request.n  # the model takes every row at once and ignores num_samples
+        batch_size, kwargs = self._call(entry.model_id, request)
         try:
             with self.admitted(entry.model_id):
                 return self.session.generate(
@@ -475,58 +477,71 @@ class Explorer:
         return png_sheet(self.samples(model_id, request))
 
     def zip_bytes(self, model_id: str, request: SampleRequest) -> bytes:
-        """The request's samples as PNG files in a zip, with ``manifest.jsonl`` and ``run.json``.
+        """The request's samples as PNG files in a zip, with their provenance: medigan_iso's
+        ``manifest.jsonl`` and ``run.json`` (:mod:`medigan_iso.manifest`), and the grid the page shows.
 
         The samples are the ones the page shows for the same request (same seed, latent edits and
-        conditions); ``run.json`` records all of it, and how the latent rows were drawn.
+        conditions); the run record adds how the latent rows were drawn (``explore.latent``).
         """
-        from medigan_iso.images import SampleWriter
+        from medigan_iso.images import SampleWriter, write_exclusive
+        from medigan_iso.manifest import ManifestWriter
 
         entry = self.session.resolve(model_id)
-        samples = self.samples(entry.model_id, request)
-        status = self.session.status(entry.model_id)
+        batch_size, kwargs = self._call(entry.model_id, request)
         size = entry.input_latent_vector_size
-        run: dict[str, Any] = {
-            "tool": "medigan-iso explore",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "model_id": entry.model_id,
-            "package_sha256": entry.package_sha256,
-            "env_key": (status.get("env") or {}).get("key"),
-            "num_samples": request.n,
-            "seed": request.seed,
-            "batch_size": request.n if size is not None else min(request.n, DEFAULT_BATCH),
+        explore = {
             "conditions": dict(request.conditions),
             "latent": None
             if size is None
             else {
                 "size": size,
                 "rule": LATENT_RULE,
+                "seed": request.seed,
                 "edits": {str(k): v for k, v in sorted(request.latent_edits.items())},
                 "given": None if request.latent is None else list(request.latent),
             },
         }
+        command = ["medigan-iso", "explore", f"GET /api/models/{entry.model_id}/samples.zip"]
         buffer = io.BytesIO()
         with tempfile.TemporaryDirectory(prefix="medigan-iso-explore-") as tmp:
             folder = Path(tmp) / "samples"
             writer = SampleWriter(folder, fmt="png")
-            writer.write_batch(0, samples)
-            writer.close()
+            manifest: ManifestWriter | None = None
+            shown: list[Any] = []
+            status = "failed"
+            try:
+                with self.admitted(entry.model_id):
+                    batches = self.session.stream(
+                        entry.model_id, request.n, seed=request.seed, batch_size=batch_size, **kwargs
+                    )
+                    for batch in batches:
+                        if manifest is None:
+                            manifest = ManifestWriter(
+                                folder, batches.run_context(writer="png", command=command)
+                            )
+                            writer.manifest = manifest
+                        index = batches.batch_index
+                        writer.write_batch(len(shown) if index is None else index * batches.batch_size, batch)
+                        shown.extend(batch)
+                    if manifest is None:
+                        manifest = ManifestWriter(folder, batches.run_context(writer="png", command=command))
+                writer.close()
+                sheet = png_sheet(shown)
+                recorder = manifest
+                write_exclusive(
+                    folder / "grid.png",
+                    sheet,
+                    before_link=lambda: recorder.record("grid.png", data=sheet, kind="grid"),
+                )
+                status = "complete"
+            finally:
+                self._release_least_recent(entry.model_id)
+                if manifest is not None:
+                    manifest.finish(status, explore=explore)
             with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                lines = []
                 for path in sorted(folder.iterdir()):
-                    data = path.read_bytes()
-                    archive.writestr(f"samples/{path.name}", data)
-                    index = _sample_index(path.name)
-                    line = {
-                        "file": path.name,
-                        "sha256": hashlib.sha256(data).hexdigest(),
-                        "sample_index": index,
-                        "batch_index": None if index is None else index // run["batch_size"],
-                    }
-                    line.update({k: run[k] for k in ("model_id", "package_sha256", "env_key", "seed")})
-                    lines.append(json.dumps(line, sort_keys=True))
-                archive.writestr("samples/manifest.jsonl", "".join(line + "\n" for line in lines))
-                archive.writestr("samples/run.json", json.dumps(run, indent=2, sort_keys=True) + "\n")
+                    if path.is_file() and not path.is_symlink():
+                        archive.writestr(f"samples/{path.name}", path.read_bytes())
         return buffer.getvalue()
 
 
@@ -537,14 +552,6 @@ def _as_of(entry: Any) -> str:
         return as_of_for(entry).describe()
     except ValueError as exc:
         return f"invalid: {exc}"
-
-
-def _sample_index(name: str) -> int | None:
-    stem = name.split(".", 1)[0]
-    parts = stem.split("_")
-    if len(parts) >= 2 and parts[0] == "sample" and parts[1].isdigit():
-        return int(parts[1])
-    return None
 
 
 def _latent_value(value: Any, name: str) -> float:
