@@ -40,7 +40,6 @@ from medigan_iso.envs.resolution import Resolution
 from medigan_iso.envs.spec import Interpreter, _date_args, _local_references, _locked_names, _Spec
 from medigan_iso.envs.store import _site_packages, _valid_stamp
 from medigan_iso.envs.tools import (
-    _run_uv,
     _tool_env,
     _UvUnusable,
     build_confinement,
@@ -48,6 +47,7 @@ from medigan_iso.envs.tools import (
     confined_run,
     interpreter_root,
     python_argv,
+    uv_starts,
 )
 from medigan_iso.errors import (
     EnvBuildError,
@@ -263,7 +263,7 @@ def _build(
             python = tmp / "bin" / "python"
             if builder == "uv":
                 assert uv is not None
-                uv_version = _run_uv(uv, ["--version"], capture_output=True).stdout.strip()
+                uv_version = uv_starts(uv, confinement, readable=readable)
                 say(f"creating env {key} (Python {interp.version}, {uv_version})")
                 run(
                     [

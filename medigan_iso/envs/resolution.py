@@ -42,6 +42,7 @@ from medigan_iso.envs.tools import (
     build_confinement,
     build_readables,
     confined_run,
+    uv_starts,
 )
 from medigan_iso.errors import EnvBuildError, InterpreterNotFoundError, ResolutionError
 from medigan_iso.paths import CacheLayout, cache_layout
@@ -148,16 +149,15 @@ def _compile(
             args += ["--only-binary", name]
     # resolving may build an sdist to read its metadata: its build backend runs confined
     confinement = build_confinement()
+    readable = [*build_readables(uv, interp.path, settings), *_local_references(spec.requirements)]
+    uv_starts(uv, confinement, readable=readable)  # a uv that cannot start is not a failed resolution
     try:
         return confined_run(
             confinement,
             [str(uv), *args],
             env=_tool_env(settings),
             writable=[layout.uv_cache],
-            readable=[
-                *build_readables(uv, interp.path, settings),
-                *_local_references(spec.requirements),
-            ],
+            readable=readable,
             cwd=layout.envs,
             input="\n".join(spec.requirements) + "\n",
             capture_output=True,

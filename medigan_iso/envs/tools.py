@@ -255,6 +255,44 @@ def confined_run(
     )
 
 
+def uv_starts(uv: Path, confinement: Confinement, *, readable: Iterable[Path | str] = ()) -> str:
+    """uv's ``--version`` line, run the way builds run it (inside ``confinement``, seeing ``readable``).
+
+    Raises :class:`_UvUnusable` when uv cannot start there: confined, an exec failure is bubblewrap's
+    ``execvp`` message and exit code 1, which would otherwise read as a failed resolution (issue 19).
+    Remembered per binary (path, size, mtime), confinement and readable paths.
+    """
+    try:
+        st = uv.stat()
+    except OSError as exc:
+        raise _UvUnusable(f"{uv}: {exc}") from exc
+    seen = tuple(sorted({os.path.realpath(uv), *map(os.fspath, readable)}))
+    return _uv_starts(os.fspath(uv), st.st_size, st.st_mtime_ns, confinement, seen)
+
+
+@functools.lru_cache(maxsize=32)
+def _uv_starts(uv: str, _size: int, _mtime_ns: int, confinement: Confinement, readable: tuple[str, ...]) -> str:
+    try:
+        done = confined_run(
+            confinement,
+            [uv, "--version"],
+            env=_tool_env(),
+            writable=[],
+            readable=readable,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise _UvUnusable(f"{uv}: {exc}") from exc
+    line = done.stdout.strip()
+    if done.returncode != 0 or not line.startswith("uv "):
+        said = (done.stderr.strip() or line).splitlines()
+        detail = said[-1] if said else f"exit code {done.returncode}"
+        raise _UvUnusable(f"{uv}: {detail} (`uv --version` exit code {done.returncode})")
+    return line
+
+
 def _local_path(location: str) -> str | None:
     if location.startswith("file://"):
         return unquote(urlsplit(location).path)
