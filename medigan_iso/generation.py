@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import itertools
 import os
 import stat
 import threading
@@ -77,6 +78,7 @@ __all__ = [
 ]
 
 logger = get_logger(__name__)
+_RUNNER_SERIAL = itertools.count(1)  # names runner logs apart (CacheLayout.runner_log)
 
 DEFAULT_BATCH_SIZE = 32  # medigan saves in batches of 32; also bounds host memory per batch
 RESPAWN_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # wait before the k-th respawn after consecutive crashes
@@ -443,9 +445,12 @@ class Session:
                 logger.warning("cannot create a cgroup for %s: %s", prepared.entry.model_id, exc)
         layout = cache_layout(self._home).ensure()
         auto_prune(layout.logs)  # issue 16: old logs go, at most once a day per cache
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in prepared.entry.model_id)
-        log_path = layout.logs / f"runner-{safe_id}-{stamp}-{os.getpid()}-{threading.get_ident()}.log"
+        log_path = layout.runner_log(
+            prepared.entry.model_id,
+            started=time.strftime("%Y%m%d-%H%M%S"),
+            pid=os.getpid(),
+            serial=next(_RUNNER_SERIAL),
+        )
         threads = self._thread_budget(prepared.entry)
         runner = RunnerProcess.start(
             prepared.env.python,

@@ -208,7 +208,7 @@ def rewrite_model_paths(value: Any, *, model_id: str, root: Path) -> Any:
     return value
 
 
-def _model_package(entry: PackageEntry, tree: Path, sha256: str) -> ModelPackage:
+def _model_package(entry: PackageEntry, tree: Path, sha256: str, layout: CacheLayout) -> ModelPackage:
     root = _package_root(tree, model_id=entry.model_id, package_name=entry.package_name)
     custom = rewrite_model_paths(dict(entry.custom_defaults), model_id=entry.model_id, root=root)
     return ModelPackage(
@@ -220,22 +220,18 @@ def _model_package(entry: PackageEntry, tree: Path, sha256: str) -> ModelPackage
         ),
         sha256=sha256,
         custom_defaults=MappingProxyType(custom),
-        newest_file_date=_read_newest_date(tree),
+        newest_file_date=_read_newest_date(layout.package_date(sha256)),
     )
 
 
-def _newest_date_file(tree: Path) -> Path:
-    """``packages/dates/<sha256>``: the newest member date of the archive extracted to ``trees/<sha256>``."""
-    return tree.parent.parent / "dates" / tree.name
-
-
-def _read_newest_date(tree: Path) -> date | None:
+def _read_newest_date(record: Path) -> date | None:
+    """The date kept at ``record`` (``CacheLayout.package_date``), or None."""
     with contextlib.suppress(OSError, ValueError):
-        return date.fromisoformat(_newest_date_file(tree).read_text(encoding="ascii").strip())
+        return date.fromisoformat(record.read_text(encoding="ascii").strip())
     return None
 
 
-def _record_newest_date(archive: Path, tree: Path) -> None:
+def _record_newest_date(archive: Path, target: Path) -> None:
     """Keep the date of the archive's newest member beside its tree (extraction does not keep mtimes).
 
     Zip timestamps are local times without a zone; the day is what counts. 1980-01-01 (zip's epoch, which
@@ -249,7 +245,6 @@ def _record_newest_date(archive: Path, tree: Path) -> None:
     if stamps:
         newest = max(stamps)
         with contextlib.suppress(OSError):
-            target = _newest_date_file(tree)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(date(*newest[:3]).isoformat(), encoding="ascii")
 
@@ -340,12 +335,8 @@ def _safe_name(text: str) -> str:
 # --- the store -------------------------------------------------------------------------------------
 
 
-def _trees(layout: CacheLayout) -> Path:
-    return layout.packages / "trees"
-
-
 def _lock(layout: CacheLayout, name: str) -> filelock.FileLock:
-    return filelock.FileLock(str(layout.locks / f"package-{name}.lock"))
+    return filelock.FileLock(str(layout.package_lock(name)))
 
 
 @contextlib.contextmanager
@@ -377,7 +368,7 @@ def _verify(
 
 
 def _install_tree(archive: Path, sha: str, layout: CacheLayout, limits: ExtractLimits) -> Path:
-    tree = _trees(layout) / sha
+    tree = layout.package_tree(sha)
     if tree.is_dir():
         return tree
     # Two links may serve the same bytes: the tree is locked by its hash, not by the link.
@@ -388,21 +379,20 @@ def _install_tree(archive: Path, sha: str, layout: CacheLayout, limits: ExtractL
                 logger.info("removing a leftover extraction %s", stale)
                 remove_tree(stale)
             safe_extract(archive, tree, limits=limits, read_only=True)
-            _record_newest_date(archive, tree)
+            _record_newest_date(archive, layout.package_date(sha))
     return tree
 
 
 def _write_index(layout: CacheLayout, link: str, sha: str) -> None:
-    index = layout.packages / "index"
-    index.mkdir(parents=True, exist_ok=True)
-    record = index / f"{_link_key(link)}.json"
+    record = layout.package_index_record(_link_key(link))
+    record.parent.mkdir(parents=True, exist_ok=True)
     tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"link": link, "sha256": sha}), encoding="utf-8")
     tmp.replace(record)
 
 
 def _read_index(layout: CacheLayout, link: str) -> str | None:
-    record = layout.packages / "index" / f"{_link_key(link)}.json"
+    record = layout.package_index_record(_link_key(link))
     try:
         data = json.loads(record.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -418,7 +408,7 @@ def _cached_tree(layout: CacheLayout, link: str, sha: str | None) -> tuple[Path,
     known = sha or _read_index(layout, link)
     if known is None:
         return None
-    tree = _trees(layout) / known
+    tree = layout.package_tree(known)
     return (tree, known) if tree.is_dir() else None
 
 
@@ -449,7 +439,7 @@ def _fetch_url(
         cached = _cached_tree(layout, source.link, sha)  # another process may have finished meanwhile
         if cached is not None:
             return cached
-        part = layout.packages / "downloads" / f"{_safe_name(entry.package_name)}-{key}.zip.part"
+        part = layout.package_download(_safe_name(entry.package_name), key)
         part.parent.mkdir(parents=True, exist_ok=True)
         download(source.url, part, options=options, progress=progress)
         try:
@@ -471,10 +461,10 @@ def _fetch_file(
     limits: ExtractLimits,
 ) -> tuple[Path, str]:
     assert source.path is not None
-    if sha is not None and (_trees(layout) / sha).is_dir():
-        return _trees(layout) / sha, sha
+    if sha is not None and layout.package_tree(sha).is_dir():
+        return layout.package_tree(sha), sha
     # Copy first, then hash and extract the copy: the file cannot change between check and use.
-    downloads = layout.packages / "downloads"
+    downloads = layout.package_downloads
     downloads.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{_safe_name(entry.package_name)}-", suffix=".zip", dir=downloads)
     copy = Path(name)
@@ -503,7 +493,7 @@ def _fetch_dir(
     limits: ExtractLimits = DEFAULT_EXTRACT_LIMITS,
 ) -> tuple[Path, str]:
     assert source.path is not None
-    trees = _trees(layout)
+    trees = layout.package_trees
     if sha is not None and (trees / sha).is_dir():
         return trees / sha, sha
     # Issue 16: an unpinned directory link ("/", a home folder) was copied whole into the store before its
@@ -595,4 +585,4 @@ def ensure_package(
         logger.info(
             'model %s: package is not pinned; to pin it add "package_sha256": "%s"', entry.model_id, actual
         )
-    return _model_package(entry, tree, actual)
+    return _model_package(entry, tree, actual, layout)

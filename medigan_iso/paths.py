@@ -104,8 +104,45 @@ class CacheLayout:
         root_id = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:16]
         return self.uv_cache / ".medigan-iso-builds" / root_id
 
-    def runner_log(self, label: str) -> Path:
-        return self.logs / f"runner-{label}.log"
+    # --- packages (medigan_iso.packages) ---
+    @property
+    def package_trees(self) -> Path:
+        """Extracted, read-only package trees, one per archive sha256 (or tree hash of a directory)."""
+        return self.packages / "trees"
+
+    def package_tree(self, sha256: str) -> Path:
+        return self.package_trees / sha256
+
+    def package_date(self, sha256: str) -> Path:
+        """The newest member date of the archive extracted to ``package_tree(sha256)`` (an as-of source)."""
+        return self.packages / "dates" / sha256
+
+    @property
+    def package_index(self) -> Path:
+        """Which sha256 each link produced (lets unpinned links work offline)."""
+        return self.packages / "index"
+
+    def package_index_record(self, link_key: str) -> Path:
+        return self.package_index / f"{link_key}.json"
+
+    @property
+    def package_downloads(self) -> Path:
+        """In-flight downloads and copies of archives."""
+        return self.packages / "downloads"
+
+    def package_download(self, name: str, link_key: str) -> Path:
+        return self.package_downloads / f"{name}-{link_key}.zip.part"
+
+    def package_lock(self, name: str) -> Path:
+        """Held while a link is downloaded or a tree extracted (``name``: link key or sha256)."""
+        return self.locks / f"package-{name}.lock"
+
+    # --- runners (medigan_iso.generation) ---
+    def runner_log(self, model_id: str, *, started: str, pid: int, serial: int) -> Path:
+        """The stderr log of one runner: model id (made file-name safe), start time, host pid and the
+        runner's serial number in that host process (two runners started in one second differ)."""
+        safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)[:80] or "model"
+        return self.logs / f"runner-{safe_id}-{started}-{pid}-{serial}.log"
 
 
 def is_offline(offline: bool | None = None, *, environ: Mapping[str, str] | None = None) -> bool:

@@ -68,7 +68,9 @@ def test_a_uv_that_cannot_start_falls_back_to_virtualenv_with_a_warning(
     caplog.set_level(logging.WARNING, logger="medigan_iso.envs")
     env = ensure_env(SPEC, home=online_home)
     assert env.builder == "virtualenv"
-    fallbacks = [r.getMessage() for r in caplog.records if "building with virtualenv + pip instead" in r.getMessage()]
+    fallbacks = [
+        r.getMessage() for r in caplog.records if "building with virtualenv + pip instead" in r.getMessage()
+    ]
     assert len(fallbacks) == 1, fallbacks  # one warning, naming why uv is unusable
     assert str(tmp_path / "uv") in fallbacks[0]
     import_six = [str(env.python), "-I", "-c", "import six; print(six.__version__)"]

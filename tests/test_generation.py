@@ -39,6 +39,7 @@ from medigan_iso.errors import (
     UnknownModelError,
 )
 from medigan_iso.packages import tree_sha256
+from medigan_iso.paths import cache_layout
 from medigan_iso.sandbox import probe_host
 
 ZOO_ID = "test-zoo"
@@ -140,6 +141,21 @@ def test_each_runner_gets_a_thread_budget_before_numpy_loads(
     assert inherited["OMP_NUM_THREADS"] == "5" and inherited["OPENBLAS_NUM_THREADS"] is None
     with pytest.raises(ValueError, match="threads must be an int >= 1"):
         Session(threads=0)
+
+
+def test_a_runner_logs_where_cache_layout_says(world: dict[str, Path]) -> None:
+    layout = cache_layout(world["home"])
+    before = set(layout.logs.glob("runner-*.log"))
+    for _ in range(2):  # two runners of one model in (most likely) the same second: two logs
+        with Session(offline=False) as s:
+            s.generate(ZOO_ID, 1, seed=1)
+    logs = sorted(set(layout.logs.glob("runner-*.log")) - before)
+    assert len(logs) == 2, logs
+    for log in logs:
+        day, time_of_day, pid, serial = log.name[len(f"runner-{ZOO_ID}-") : -len(".log")].split("-")
+        assert int(pid) == os.getpid()
+        started = f"{day}-{time_of_day}"
+        assert log == layout.runner_log(ZOO_ID, started=started, pid=os.getpid(), serial=int(serial))
 
 
 def test_a_session_job_split_at_batch_boundaries_equals_the_whole(session: Session) -> None:

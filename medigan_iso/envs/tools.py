@@ -266,12 +266,14 @@ def uv_starts(uv: Path, confinement: Confinement, *, readable: Iterable[Path | s
         st = uv.stat()
     except OSError as exc:
         raise _UvUnusable(f"{uv}: {exc}") from exc
-    seen = tuple(sorted({os.path.realpath(uv), *map(os.fspath, readable)}))
+    seen = tuple(sorted({os.path.realpath(uv), *(os.fspath(p) for p in readable)}))
     return _uv_starts(os.fspath(uv), st.st_size, st.st_mtime_ns, confinement, seen)
 
 
 @functools.lru_cache(maxsize=32)
-def _uv_starts(uv: str, _size: int, _mtime_ns: int, confinement: Confinement, readable: tuple[str, ...]) -> str:
+def _uv_starts(
+    uv: str, _size: int, _mtime_ns: int, confinement: Confinement, readable: tuple[str, ...]
+) -> str:
     try:
         done = confined_run(
             confinement,
