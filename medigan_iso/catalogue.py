@@ -32,19 +32,19 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import unquote, urlparse
 
 import filelock
-import requests
-from jsonschema import Draft202012Validator
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from referencing import Registry, Resource
 
 from medigan_iso.errors import CatalogueSourceError, CatalogueValidationError, UnknownModelError
 from medigan_iso.paths import OFFLINE_ENV, cache_layout, is_offline
 from medigan_iso.untrusted import get_logger
+
+if TYPE_CHECKING:  # requests and jsonschema are imported when a download or a validation happens (issue 17)
+    from jsonschema import Draft202012Validator
 
 __all__ = [
     "BUNDLED_CATALOGUE_NAME",
@@ -310,6 +310,9 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 def _catalogue_validator(*, strict: bool) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+
     catalogue_schema = load_schema(CATALOGUE_SCHEMA_NAME)
     entry_schema = load_schema(MODEL_ENTRY_SCHEMA_NAME)
     registry: Registry = Registry().with_resources(
@@ -374,11 +377,47 @@ def _package_checks(model_id: str, entry: Any, *, strict: bool) -> list[tuple[st
     return found
 
 
-def validate_catalogue(data: Any, *, source: str, strict: bool = False) -> None:
-    """Raise CatalogueValidationError listing every violation in ``data`` (a ``{model_id: entry}`` dict)."""
+VALIDATION_CACHE_VERSION = b"1"
+
+
+def _validation_key(data: Any, *, strict: bool) -> str | None:
+    """A digest of what decides a validation: the data, the mode, both schemas and the checkers' versions."""
+    import packaging
+
+    try:
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    except (TypeError, ValueError):
+        return None
+    digest = hashlib.sha256(VALIDATION_CACHE_VERSION + (b"strict" if strict else b"lenient"))
+    for name in (CATALOGUE_SCHEMA_NAME, MODEL_ENTRY_SCHEMA_NAME):
+        digest.update((resources.files("medigan_iso") / "schemas" / name).read_bytes())
+    digest.update(packaging.__version__.encode())
+    digest.update(text.encode("ascii"))
+    return digest.hexdigest()
+
+
+def validate_catalogue(
+    data: Any, *, source: str, strict: bool = False, cache_dir: str | os.PathLike[str] | None = None
+) -> None:
+    """Raise CatalogueValidationError listing every violation in ``data`` (a ``{model_id: entry}`` dict).
+
+    With ``cache_dir``, a catalogue found valid leaves a marker named by the digest of its content, the
+    mode and the schemas there, and the same content is not validated again (issue 17: every load
+    re-validated the catalogue, and importing jsonschema alone took a third of ``medigan-iso list``).
+    """
+    key = _validation_key(data, strict=strict) if cache_dir is not None else None
+    marker = None if key is None or cache_dir is None else Path(cache_dir) / key
+    if marker is not None and marker.is_file():
+        return
     violations = _violations(data, strict=strict)
     if violations:
         raise CatalogueValidationError(source, violations, strict=strict)
+    if marker is not None:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError as exc:  # a read-only cache only costs the next load a validation
+            logger.debug("cannot record the validation of %s: %s", source, exc)
 
 
 # --- sources ---------------------------------------------------------------------------------------
@@ -439,6 +478,8 @@ def _read_path(path: Path, name: str | None = None) -> list[_Source]:
 
 
 def _short_reason(exc: BaseException) -> str:
+    import requests
+
     if isinstance(exc, requests.Timeout):
         return "timed out"
     match = _ERRNO_RE.search(str(exc))
@@ -542,6 +583,8 @@ def _read_url(
         )
     if cached is not None and _age(cached[1]) < max_age_s:
         return cached[0]
+    import requests
+
     headers = {"Accept": "application/json"}
     if cached is not None and cached[1].get("etag"):
         headers["If-None-Match"] = str(cached[1]["etag"])
@@ -760,8 +803,9 @@ def load_catalogue(
         sources.extend(_read_item(item, home=home, offline=offline, max_age_s=max_age, index=index))
 
     merged: dict[str, ModelEntry] = {}
+    validated = cache_layout(home).root / "validated-catalogues"
     for source in sources:
-        validate_catalogue(source.data, source=source.name, strict=strict)
+        validate_catalogue(source.data, source=source.name, strict=strict, cache_dir=validated)
         for model_id, raw in source.data.items():
             if model_id in merged:
                 logger.debug("model %s from %s overrides %s", model_id, source.name, merged[model_id].source)

@@ -30,6 +30,7 @@ EXPECTED_KEYS = {
     "bench_ray": {"plain", "startup", "ray_1_node"},
     "bench_runner": {"host_rss_streaming", "overhead_warm_runner_vs_in_process", "frame_throughput"},
     "bench_sandbox": {"benchmark", "results", "host_support"},
+    "bench_startup": {"version_over_import_numpy", "list_over_import_numpy", "median_s"},
     "bench_soak": {"requests", "crashes", "after_warmup", "end", "end_minus_warmup", "after_close"},
     "bench_torch": {
         "session_generate",

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from medigan_iso import __version__
+from medigan_iso._version import __version__
 from medigan_iso.errors import MediganIsoError
 from medigan_iso.untrusted import neutralise
 
@@ -46,7 +46,8 @@ class _TerminalSafeFormatter(logging.Formatter):
         return terminal_safe(super().format(record))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given the command line, only what it needs (see :func:`_groups_for`)."""
     parser = argparse.ArgumentParser(
         prog="medigan-iso",
         description="Generate synthetic medical images with medigan's models, each isolated in its own env.",
@@ -54,9 +55,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medigan-iso {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (repeatable)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for register in _command_groups():
+    for register in _command_groups() if argv is None else _groups_for(argv):
         register(subparsers)
     return parser
+
+
+# Which group module defines each command, so that one command imports one group (issue 17: building the
+# whole parser imported every group's dependencies, numpy and jsonschema included, for `--version` too).
+# A command missing here still works: the whole parser is built (tests/test_cli_startup.py checks the map).
+_COMMAND_MODULES = {
+    "list": "catalogue",
+    "search": "catalogue",
+    "info": "catalogue",
+    "validate": "catalogue",
+    "generate": "generate",
+    "verify": "verify",
+    "fetch": "packages",
+    "hash": "packages",
+    "env": "env",
+    "logs": "logs",
+    "doctor": "doctor",
+    "contribute": "contribute",
+    "explore": "explore",
+}
+
+
+def _groups_for(argv: Sequence[str]) -> list[Callable[[Any], None]]:
+    """The register functions a command line needs: none for a bare ``--version``, one for a known
+    command, every group otherwise (help, usage errors, a command another group adds)."""
+    import importlib
+
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command is None and "--version" in argv:
+        return []
+    module = _COMMAND_MODULES.get(command or "")
+    if module is None:
+        return _command_groups()
+    register: Callable[[Any], None] = importlib.import_module(f"medigan_iso.cli.{module}").register
+    return [register]
 
 
 def _command_groups() -> list[Callable[[Any], None]]:
@@ -77,7 +113,8 @@ def _command_groups() -> list[Callable[[Any], None]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     log_handler = logging.StreamHandler(sys.stderr)
     log_handler.setFormatter(_TerminalSafeFormatter("medigan-iso: %(levelname)s: %(message)s"))

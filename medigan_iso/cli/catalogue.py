@@ -15,7 +15,6 @@ from typing import Any
 
 from medigan_iso.api import ModelInfo, SearchResult, search
 from medigan_iso.catalogue import Catalogue, load_catalogue, read_catalogue_source, validate_catalogue
-from medigan_iso.envs.asof import as_of_for
 from medigan_iso.errors import CatalogueValidationError
 from medigan_iso.search import OPERATORS, ORDERS
 from medigan_iso.untrusted import neutralise
@@ -147,6 +146,8 @@ def _search_rows(results: Sequence[SearchResult], metric: str | None) -> tuple[l
 
 
 def _info(args: argparse.Namespace) -> int:
+    from medigan_iso.envs.asof import as_of_for  # the envs package imports numpy: only `info` needs it
+
     entry = _catalogue(args).resolve(args.model)
     model = ModelInfo.from_entry(entry)
     try:
