@@ -10,7 +10,8 @@ Measured, in one process so the ratios hold on a loaded machine:
   (``ray.cluster_utils.Cluster``, one CPU each);
 - ``ray_1_node`` / ``ray_2_nodes``: samples/s of ``generate_dataset`` consumed by the driver
   (``iter_batches``), actor start-up, env reuse and runner spawn included, and the ratio to ``plain``;
-  and the steady rate from the first block's arrival to the last (the fixed cost of a dataset excluded);
+  and the rate from the first block's arrival to the last (the fixed cost of a dataset excluded; Ray Data
+  computes blocks ahead of the consumer, so this rate runs high: it is no steady-state figure);
 - ``write_100k``: driver peak RSS (sampled from /proc every 50 ms) while ``write_images`` writes a
   100,000-sample dataset to disk from the workers, and the wall time.
 The model does real CPU work per sample (a small matrix product chain), so the figures are about
