@@ -48,7 +48,11 @@ def server(world: dict[str, Path]) -> Iterator[ExploreServer]:
     try:
         yield srv
     finally:
-        srv.stop()
+        code = srv.stop()
+    # Ctrl-C ends it by itself even with a model hung in generate (graceful shutdown cuts the request,
+    # the Session closes the runners): 130 as after any Ctrl-C, not the SIGKILL fallback's -9.
+    assert code == 130, srv.stderr()
+    assert "medigan-iso: interrupted" in srv.stderr()
 
 
 def get(server: ExploreServer, path: str, **kwargs: object) -> requests.Response:
