@@ -24,6 +24,7 @@ regular file below a size cap; :func:`non_regular_entries` lists what else the m
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import errno
@@ -31,6 +32,7 @@ import io
 import os
 import stat
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,6 +217,14 @@ class SampleWriter:
 
     With a ``manifest`` (a :class:`~medigan_iso.manifest.ManifestWriter`), each file's line is appended
     as the file lands (just before its link into place), with the sample index it was written under.
+
+    ``workers`` > 0 encodes files (PNG compression, .npy) on a pool of that many threads, overlapping with
+    the caller reading the next batch (issue 17: encoding on the caller's thread made ``generate -n 3000``
+    1.65x slower than the same request without files). Files still land one by one in submission order,
+    each written to a temporary name and linked into place by the caller's thread, so ``files``, the
+    manifest and the directory keep the serial writer's order and atomicity; at most ``4 x workers``
+    encoded files wait in memory. :meth:`close` (or :meth:`flush`) lands everything submitted; an encoding
+    error is raised there or at a later write.
     """
 
     directory: Path
@@ -223,12 +233,19 @@ class SampleWriter:
     notes: list[str] = field(default_factory=list)
     skipped: int = 0
     manifest: ManifestWriter | None = None
+    workers: int = 0
     _labels: list[tuple[int, str]] = field(default_factory=list)
     _index: int | None = None
+    _pool: Any = None
+    _pending: collections.deque[tuple[Future[tuple[Path, bytes]], int | None]] = field(
+        default_factory=collections.deque
+    )
 
     def __post_init__(self) -> None:
         if self.fmt not in ("png", "npy"):
             raise ValueError(f"format must be 'png' or 'npy', got {self.fmt!r}")
+        if type(self.workers) is not int or self.workers < 0:
+            raise ValueError(f"workers must be an int >= 0, got {self.workers!r}")
         prepare_output_dir(self.directory)
         self.directory = Path(self.directory)
 
@@ -260,8 +277,20 @@ class SampleWriter:
         for offset, sample in enumerate(samples):
             self.write(first_index + offset, sample)
 
+    def flush(self) -> None:
+        """Land every file submitted to the pool (in order)."""
+        while self._pending:
+            self._land_next()
+
     def close(self) -> None:
-        """Write ``labels.csv`` when any sample carried a label."""
+        """Land every pending file, stop the pool, write ``labels.csv`` when any sample carried a label."""
+        try:
+            self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+                self._pending.clear()
         if not self._labels:
             return
         buffer = io.StringIO()
@@ -283,20 +312,47 @@ class SampleWriter:
 
     def _write_array(self, stem: str, array: npt.NDArray[Any]) -> None:
         image = _png_layout(array) if self.fmt == "png" else None
-        if image is None:
-            if self.fmt == "png":
-                self.notes.append(f"{stem}: shape {array.shape} is not an image; wrote .npy instead")
-            buffer = io.BytesIO()
-            np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-            path = self.directory / f"{stem}.npy"
-        else:
-            from PIL import Image  # Pillow is imported only when PNGs are written
+        if image is None and self.fmt == "png":
+            self.notes.append(f"{stem}: shape {array.shape} is not an image; wrote .npy instead")
+        if self.workers == 0:
+            path, data = self._encode(stem, array, image)
+            self._land(path, data, self._index)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="medigan-iso-writer")
+        # the model's buffer may be reused after this batch: the pool gets its own copy of the pixels
+        own = np.array(image if image is not None else array, copy=True)
+        job = self._pool.submit(self._encode, stem, own, own if image is not None else None)
+        self._pending.append((job, self._index))
+        while self._pending and (len(self._pending) > 4 * self.workers or self._pending[0][0].done()):
+            self._land_next()
 
-            buffer = io.BytesIO()
-            Image.fromarray(to_uint8(image)).save(buffer, format="PNG")
-            path = self.directory / f"{stem}.png"
-        data = buffer.getvalue()
-        manifest, index = self.manifest, self._index
+    def _encode(
+        self, stem: str, array: npt.NDArray[Any], image: npt.NDArray[Any] | None
+    ) -> tuple[Path, bytes]:
+        buffer = io.BytesIO()
+        if image is None:
+            np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            return self.directory / f"{stem}.npy", buffer.getvalue()
+        from PIL import Image  # Pillow is imported only when PNGs are written
+
+        Image.fromarray(to_uint8(image)).save(buffer, format="PNG")
+        return self.directory / f"{stem}.png", buffer.getvalue()
+
+    def _land_next(self) -> None:
+        future, index = self._pending.popleft()
+        try:
+            path, data = future.result()
+            self._land(path, data, index)
+        except BaseException:
+            # as the serial writer: nothing after the first failure lands (close() must not write on)
+            for later, _ in self._pending:
+                later.cancel()
+            self._pending.clear()
+            raise
+
+    def _land(self, path: Path, data: bytes, index: int | None) -> None:
+        manifest = self.manifest
         write_exclusive(
             path,
             data,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from medigan_iso.untrusted import neutralise
 __all__ = ["register"]
 
 GRID_MAX_SAMPLES = 64  # --grid keeps at most this many images in memory for the contact sheet
+WRITER_WORKERS = 4  # at most this many threads encode PNGs (never more than the usable CPUs)
 
 
 def register(subparsers: Any) -> None:
@@ -169,7 +171,9 @@ def _run(args: argparse.Namespace) -> int:
         from medigan_iso.cli.ray_generate import run_on_ray
 
         return run_on_ray(args, settings)
-    writer = SampleWriter(args.output, fmt=args.format)
+    # a small pool encodes the files while the next batches are read (issue 17)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    writer = SampleWriter(args.output, fmt=args.format, workers=min(WRITER_WORKERS, cpus))
     progress = _Progress(args.num_samples)
     grid_samples: list[Any] = []
     done = 0
