@@ -61,6 +61,7 @@ TRACEBACK_MAX_CHARS = 20000
 STDERR_TAIL_MAX_CHARS = 8000
 
 __all__ = [
+    "BundleError",
     "CatalogueError",
     "CatalogueSourceError",
     "CatalogueValidationError",
@@ -592,3 +593,20 @@ class ProvenanceError(MediganIsoError):
         self.directory = directory
         self.problem = problem
         super().__init__(f"{directory}: {problem}", remedy=remedy)
+
+
+# --- bundles ---------------------------------------------------------------------------------------
+
+
+class BundleError(MediganIsoError):
+    """Raised when an air-gap bundle cannot be made, verified or installed; ``problems`` names each file."""
+
+    def __init__(
+        self, bundle: str, reason: str, *, problems: Sequence[str] = (), remedy: str | None = None
+    ) -> None:
+        self.bundle = bundle
+        self.reason = reason
+        self.problems = tuple(problems)
+        listed = "".join(f"\n  {p}" for p in self.problems[:50])
+        more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
+        super().__init__(f"bundle {bundle}: {reason}{listed}{more}", remedy=remedy)

@@ -77,6 +77,7 @@ _COMMAND_MODULES = {
     "doctor": "doctor",
     "contribute": "contribute",
     "explore": "explore",
+    "bundle": "bundle",
 }
 
 
@@ -97,7 +98,18 @@ def _groups_for(argv: Sequence[str]) -> list[Callable[[Any], None]]:
 
 def _command_groups() -> list[Callable[[Any], None]]:
     """The ``register`` function of every command group, in help order (one import per group)."""
-    from medigan_iso.cli import catalogue, contribute, doctor, env, explore, generate, logs, packages, verify
+    from medigan_iso.cli import (
+        bundle,
+        catalogue,
+        contribute,
+        doctor,
+        env,
+        explore,
+        generate,
+        logs,
+        packages,
+        verify,
+    )
 
     return [
         catalogue.register,
@@ -109,6 +121,7 @@ def _command_groups() -> list[Callable[[Any], None]]:
         doctor.register,
         contribute.register,
         explore.register,
+        bundle.register,
     ]
 
 
