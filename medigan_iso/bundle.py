@@ -15,12 +15,10 @@ compatible with the target interpreter, is not fetched again).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -156,7 +154,8 @@ def verify_bundle(root: str | os.PathLike[str], *, expected_sha256: str | None =
             str(folder),
             f"{len(problems)} of {len(files)} files fail verification",
             problems=problems,
-            remedy="copy the bundle again from the connected machine (compare the manifest sha256 it printed)",
+            remedy="copy the bundle again from the connected machine (compare the manifest sha256 printed "
+            "there)",
         )
     return data
 
@@ -236,15 +235,42 @@ def _fetch_wheels(
         out_dir.mkdir()
         reqs = Path(scratch) / "requirements.txt"
         reqs.write_text(
-            "".join(f"{x.requirement} " + " ".join(f"--hash=sha256:{h}" for h in sorted(x.hashes)) + "\n" for x in lines),
+            "".join(
+                f"{x.requirement} " + " ".join(f"--hash=sha256:{h}" for h in sorted(x.hashes)) + "\n"
+                for x in lines
+            ),
             encoding="utf-8",
         )
         steps = [
-            [str(uv), "venv", "--quiet", "--seed", "--python", str(interp.path), "--cache-dir",
-             str(layout.uv_cache), *settings.uv_args(constraints=False), str(venv)],
-            [str(venv / "bin" / "python"), "-I", "-m", "pip", "wheel", "--no-deps", "--require-hashes",
-             "--no-cache-dir", "--disable-pip-version-check", "--no-input", "-w", str(out_dir), "-r",
-             str(reqs), *_pip_args(settings)],
+            [
+                str(uv),
+                "venv",
+                "--quiet",
+                "--seed",
+                "--python",
+                str(interp.path),
+                "--cache-dir",
+                str(layout.uv_cache),
+                *settings.uv_args(constraints=False),
+                str(venv),
+            ],
+            [
+                str(venv / "bin" / "python"),
+                "-I",
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--require-hashes",
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+                "--no-input",
+                "-w",
+                str(out_dir),
+                "-r",
+                str(reqs),
+                *_pip_args(settings),
+            ],
         ]
         for argv in steps:
             done = confined_run(
@@ -313,7 +339,9 @@ def _fill_wheelhouse(
     added: list[str] = []
     if missing:
         logger.info("fetching %d wheel(s) of %s for Python %s", len(missing), label, interp.minor)
-        for wheel in _fetch_wheels(missing, interp, dest=wheels, layout=layout, settings=settings, label=label):
+        for wheel in _fetch_wheels(
+            missing, interp, dest=wheels, layout=layout, settings=settings, label=label
+        ):
             sha = sha256_file(wheel)
             rel = _rel(root, wheel)
             if rel not in files:
@@ -324,14 +352,14 @@ def _fill_wheelhouse(
                 built[wheel.name] = sorted(line.hashes)[0]  # any hash of the sdist it came from
     out = []
     for line in lines:
-        rel = chosen(line)
-        if rel is None:
+        found = chosen(line)
+        if found is None:
             raise BundleError(
                 str(root),
                 f"no wheel of {line.requirement} for Python {interp.minor} after fetching ({label})",
                 remedy="that version may have no wheel for this platform and no sdist",
             )
-        out.append(f"{line.requirement} \\\n    --hash=sha256:{files[rel]}")
+        out.append(f"{line.requirement} \\\n    --hash=sha256:{files[found]}")
     return "\n".join(out) + "\n", added
 
 
@@ -342,7 +370,9 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:80] or "model"
 
 
-def _bundle_package(entry: ModelEntry, root: Path, manifest: dict[str, Any], home: Path | None) -> tuple[str, str]:
+def _bundle_package(
+    entry: ModelEntry, root: Path, manifest: dict[str, Any], home: Path | None
+) -> tuple[str, str]:
     """Copy the package of ``entry`` into the bundle, verified against its pin; (relative link, sha)."""
     package = ensure_package(entry, home=home)  # verifies the pin (archive or tree) and fills the store
     files: dict[str, str] = manifest.setdefault("files", {})
@@ -429,13 +459,15 @@ def create_bundle(
     catalogue_only: bool = False,
     config: Any = None,
     home: str | os.PathLike[str] | None = None,
+    find_links: Sequence[str | os.PathLike[str]] = (),
     progress: ProgressFn | None = None,
 ) -> BundleReport:
     """Write (or extend) the bundle in ``out`` for ``model_ids``; see the module docstring.
 
     ``pythons`` ("3.11", ...) are the destination's interpreters (default: the one each env would use
     here); ``catalogue_only`` bundles entries and packages but no envs; ``config`` is passed to
-    :func:`~medigan_iso.catalogue.load_catalogue`.
+    :func:`~medigan_iso.catalogue.load_catalogue`; ``find_links`` adds local package folders to the
+    index settings translated from pip's configuration.
     """
     say = progress or (lambda _m: None)
     root = Path(out).absolute()
@@ -444,7 +476,7 @@ def create_bundle(
     layout = cache_layout(home).ensure()
     manifest = _manifest(root) or {"format": BUNDLE_FORMAT, "files": {}, "models": {}, "runner": {}}
     before = dict(manifest["files"])
-    settings = index_settings(offline=False)
+    settings = index_settings(find_links=find_links, offline=False)
     catalogue = load_catalogue(config, home=home, offline=False)
     entries = [catalogue.resolve(m) for m in model_ids]
     targets: list[Interpreter | None] = list(_target_interpreters(pythons, layout)) if pythons else [None]
@@ -462,7 +494,12 @@ def create_bundle(
         execution.pop("package_md5", None)
         spec = _normalise_spec(entry)
         execution["dependencies_as_of"] = spec.as_of.label  # the date envs resolved with, made explicit
-        record: dict[str, Any] = {"package": link, "package_sha256": sha, "as_of": spec.as_of.as_json(), "envs": {}}
+        record: dict[str, Any] = {
+            "package": link,
+            "package_sha256": sha,
+            "as_of": spec.as_of.as_json(),
+            "envs": {},
+        }
         if not catalogue_only:
             for target in targets:
                 say(f"{entry.model_id}: resolving")
@@ -470,8 +507,13 @@ def create_bundle(
                 interp = resolution.interpreter
                 say(f"{entry.model_id}: wheels for Python {interp.minor}")
                 lock, _added = _fill_wheelhouse(
-                    resolution.lock, interp, root=root, manifest=manifest, layout=layout,
-                    settings=settings, label=entry.model_id,
+                    resolution.lock,
+                    interp,
+                    root=root,
+                    manifest=manifest,
+                    layout=layout,
+                    settings=settings,
+                    label=entry.model_id,
                 )
                 rel = f"{LOCKS_DIR}/{_safe(entry.model_id)}-py{interp.minor}.txt"
                 (root / LOCKS_DIR).mkdir(exist_ok=True)
@@ -482,16 +524,21 @@ def create_bundle(
         bundled_catalogue[entry.model_id] = raw
     if not catalogue_only:
         # the runner's own requirements for each target interpreter (msgpack and numpy of today)
-        minors = {
-            e["python"]: m for r in manifest["models"].values() for m, e in r["envs"].items()
-        }
+        minors = {e["python"]: m for r in manifest["models"].values() for m, e in r["envs"].items()}
         layout_interps = {i.minor: i for i in discover_interpreters(layout)}
         for minor in sorted(set(minors.values())):
             interp = layout_interps.get(minor) or _find_interpreter(None, name=None, layout=layout)
             spec = _normalise_spec(list(RUNNER_REQUIREMENTS))
-            resolution = _resolve_on(spec, interp, layout=layout, settings=settings, uv=_find_uv(), refresh=False)
+            resolution = _resolve_on(
+                spec, interp, layout=layout, settings=settings, uv=_find_uv(), refresh=False
+            )
             lock, _added = _fill_wheelhouse(
-                resolution.lock, interp, root=root, manifest=manifest, layout=layout, settings=settings,
+                resolution.lock,
+                interp,
+                root=root,
+                manifest=manifest,
+                layout=layout,
+                settings=settings,
                 label="the runner",
             )
             rel = f"{LOCKS_DIR}/{_RUNNER_ID}-py{minor}.txt"
@@ -513,7 +560,9 @@ def create_bundle(
 # --- installing a bundle -------------------------------------------------------------------------
 
 
-def _seed_resolution(spec: _Spec, lock: str, interp: Interpreter, settings: IndexSettings, layout: CacheLayout) -> None:
+def _seed_resolution(
+    spec: _Spec, lock: str, interp: Interpreter, settings: IndexSettings, layout: CacheLayout
+) -> None:
     """Record ``lock`` as the resolution of ``spec`` under ``settings``, so nothing resolves again."""
     uv = _find_uv()
     cache = _resolution_cache(spec, interp, settings, uv, layout)
@@ -544,9 +593,7 @@ def install_bundle(
     manifest = verify_bundle(folder, expected_sha256=expected_sha256)
     sha = manifest_sha256(folder)
     layout = cache_layout(home).ensure()
-    catalogue = load_catalogue(
-        [str(folder / CATALOGUE_NAME)], home=home, offline=True, official_url=""
-    )
+    catalogue = load_catalogue([str(folder / CATALOGUE_NAME)], home=home, offline=True, official_url="")
     local = {i.minor: i for i in discover_interpreters(layout)}
     wheels = os.fspath(folder / WHEELS_DIR)
     install_settings = IndexSettings(find_links=(wheels,), no_index=True, offline=True)
@@ -621,8 +668,11 @@ def install_from_environment(home: str | os.PathLike[str] | None = None) -> Inst
         if _installed_record(layout, manifest_sha256(folder)).is_file():
             return None
     except OSError as exc:
-        raise BundleError(str(folder), f"${BUNDLE_ENV} names no readable bundle: {exc}",
-                          remedy=f"point ${BUNDLE_ENV} at the folder `medigan-iso bundle` wrote") from exc
+        raise BundleError(
+            str(folder),
+            f"${BUNDLE_ENV} names no readable bundle: {exc}",
+            remedy=f"point ${BUNDLE_ENV} at the folder `medigan-iso bundle` wrote",
+        ) from exc
     return install_bundle(folder, home=home)
 
 

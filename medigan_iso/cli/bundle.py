@@ -29,7 +29,9 @@ def register(subparsers: Any) -> None:
         "--python", action="append", default=[], metavar="X.Y", help="a destination interpreter (repeatable)"
     )
     bundle.add_argument("--catalogue-only", action="store_true", help="entries and packages, no envs")
-    bundle.add_argument("--sha256", metavar="HASH", help="verify/install: the manifest hash printed at bundling")
+    bundle.add_argument(
+        "--sha256", metavar="HASH", help="verify/install: the manifest hash printed at bundling"
+    )
     bundle.set_defaults(handler=_run)
 
 
@@ -46,7 +48,8 @@ def _run(args: argparse.Namespace) -> int:
             raise SystemExit(f"medigan-iso bundle {verb}: error: give exactly one DIR")
         if verb == "verify":
             data = bundle.verify_bundle(args.words[1], expected_sha256=args.sha256)
-            print(f"ok: {len(data['files'])} files verified; bundle.json sha256 {bundle.manifest_sha256(args.words[1])}")
+            digest = bundle.manifest_sha256(args.words[1])
+            print(f"ok: {len(data['files'])} files verified; bundle.json sha256 {digest}")
             return 0
         report = bundle.install_bundle(args.words[1], expected_sha256=args.sha256, progress=_say)
         for model_id in report.models:
@@ -61,7 +64,11 @@ def _run(args: argparse.Namespace) -> int:
     made = bundle.create_bundle(
         args.words, args.output, pythons=args.python, catalogue_only=args.catalogue_only, progress=_say
     )
-    print(neutralise(f"bundle {made.path}: {len(made.models)} model(s), {made.total_bytes / MB:.1f} MB, "
-                     f"{len(made.added_files)} file(s) added"))
+    print(
+        neutralise(
+            f"bundle {made.path}: {len(made.models)} model(s), {made.total_bytes / MB:.1f} MB, "
+            f"{len(made.added_files)} file(s) added"
+        )
+    )
     print(f"bundle.json sha256 {made.manifest_sha256}")
     return 0
