@@ -373,12 +373,16 @@ def _safe(text: str) -> str:
 def _bundle_package(
     entry: ModelEntry, root: Path, manifest: dict[str, Any], home: Path | None
 ) -> tuple[str, str]:
-    """Copy the package of ``entry`` into the bundle, verified against its pin; (relative link, sha)."""
-    package = ensure_package(entry, home=home)  # verifies the pin (archive or tree) and fills the store
+    """Copy the package of ``entry`` into the bundle, verified against its pin; (relative link, sha).
+
+    A directory package is copied as a directory (pinned by its tree hash); an archive is downloaded or
+    copied once into the bundle and imported into the store from there (pinned by its sha256).
+    """
     files: dict[str, str] = manifest.setdefault("files", {})
     link = entry.package_link.strip()
     local = (entry.catalogue_dir / link) if entry.catalogue_dir and "://" not in link else None
     if local is not None and local.is_dir():
+        package = ensure_package(entry, home=home)  # verifies the tree hash and fills the store
         rel_dir = f"{PACKAGES_DIR}/{_safe(entry.model_id)}"
         target = root / rel_dir
         if not target.is_dir() or tree_sha256(target) != package.sha256:
@@ -394,24 +398,32 @@ def _bundle_package(
         for rel, path in walk_package_dir(target):
             files[f"{rel_dir}/{rel}"] = sha256_file(path)
         return rel_dir, package.sha256
-    rel = f"{PACKAGES_DIR}/{_safe(entry.model_id)}-{package.sha256[:16]}.zip"
+    pin = (entry.package_sha256 or "").strip().lower() or None
+    rel = f"{PACKAGES_DIR}/{_safe(entry.model_id)}.zip"
     target = root / rel
-    if not (target.is_file() and sha256_file(target) == package.sha256):
+    if not (pin and target.is_file() and sha256_file(target) == pin):
         part = target.with_name(target.name + ".part")
         part.parent.mkdir(parents=True, exist_ok=True)
         if local is not None and local.is_file():
             shutil.copyfile(local, part)
         else:
             download(link, part)
-        if sha256_file(part) != package.sha256:
-            part.unlink(missing_ok=True)
-            raise BundleError(
-                str(root),
-                f"the archive of {entry.model_id} from {neutralise(link)} does not match its pin "
-                f"{package.sha256}",
-                remedy="the package changed upstream; ask the catalogue maintainer",
-            )
         part.replace(target)
+    actual = sha256_file(target)
+    if pin is not None and actual != pin:
+        target.unlink(missing_ok=True)
+        raise BundleError(
+            str(root),
+            f"the archive of {entry.model_id} from {neutralise(link)} has sha256 {actual}, not its pin {pin}",
+            remedy="the package changed upstream or the download was altered; ask the catalogue maintainer",
+        )
+    try:  # extracts it into the store (layout checks, md5 pin if any)
+        package = ensure_package(
+            dataclasses.replace(entry, package_link=os.fspath(target), catalogue_dir=root), home=home
+        )
+    except MediganIsoError:
+        target.unlink(missing_ok=True)
+        raise
     files[rel] = package.sha256
     return rel, package.sha256
 

@@ -10,6 +10,7 @@ a network address. Tampered wheels and packages are refused and leave nothing in
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -107,7 +108,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         with serve() as server:
             server.state.files["/zoo.zip"] = archive
             catalogue = root / "catalogue.json"
-            entry = _zoo_entry(server.url("/zoo.zip"), sha256_file_bytes(archive))
+            entry = _zoo_entry(server.url("/zoo.zip"), hashlib.sha256(archive).hexdigest())
             catalogue.write_text(json.dumps({ZOO_ID: entry}), encoding="utf-8")
             out = root / "bundle"
             first = create_bundle(MODELS, out, config=[str(catalogue)], find_links=[sdists])
@@ -116,12 +117,6 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             yield {"root": root, "out": out, "first": first, "again": again, "downloads": downloads}
     finally:
         mp.undo()
-
-
-def sha256_file_bytes(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
 
 
 def _manifest(out: Path) -> dict[str, Any]:
@@ -282,7 +277,10 @@ def test_offline_install_and_generate_in_a_network_namespace(made: dict[str, Any
     home.mkdir()
     # the detector can fail: a connection attempt in the same setup is seen
     control = tmp_path / "control.txt"
-    probe = "import socket\ntry:\n    socket.create_connection(('192.0.2.1', 80), timeout=1)\nexcept OSError:\n    pass"
+    probe = (
+        "import socket\ntry:\n    socket.create_connection(('192.0.2.1', 80), timeout=1)\n"
+        "except OSError:\n    pass"
+    )
     _offline_run(home, control, sys.executable, "-c", probe)
     assert _network_attempts(control), control.read_text()
     cli = [sys.executable, "-m", "medigan_iso"]
