@@ -28,6 +28,7 @@ from medigan_iso_runner.protocol import SEED_LIMIT
 from medigan_iso.catalogue import Catalogue, ConfigSource, ModelEntry, load_catalogue
 from medigan_iso.cgroups import RunnerCgroup
 from medigan_iso.envs import ModelEnv, ensure_env
+from medigan_iso.envs.asof import planned_as_of
 from medigan_iso.errors import (
     EnvError,
     EnvNotBuiltError,
@@ -356,6 +357,10 @@ class Session:
                     find_links=self._find_links,
                     offline=self._offline,
                     strict=self._strict,
+                    # the same date as `medigan-iso env build` and `info`: Session(as_of=) first, then
+                    # the entry's own, then the newest file of the package just fetched
+                    as_of=self._as_of,
+                    package_date=package.newest_file_date,
                 )
             except EnvNotBuiltError as exc:
                 reason = self._build_reason if install_dependencies is None else "install_dependencies=False"
@@ -501,6 +506,20 @@ class Session:
             running = slot.runner is not None and slot.runner.is_alive()
             self._drop_runner(slot)
             return running
+
+    def dependencies_as_of(self, model_id: str | int) -> str:
+        """The as-of date of ``model_id``'s dependencies and where it came from, as this Session builds it:
+        the prepared env's, else what a build would use now (nothing is fetched or built to find out).
+
+        The same text as ``medigan-iso info`` and ``env build`` (an invalid date raises ValueError).
+        """
+        entry = self.resolve(model_id)
+        with self._lock:
+            slot = self._slots.get(entry.model_id)
+        if slot is not None:
+            env = slot.prepared.env
+            return f"{env.as_of} (from {env.as_of_source})" if env.as_of_source else env.as_of
+        return planned_as_of(entry, override=self._as_of, home=self._home).describe()
 
     def status(self, model_id: str | int) -> dict[str, Any]:
         """What this Session knows of ``model_id`` now, without preparing or starting anything.

@@ -72,6 +72,7 @@ from medigan_iso.downloads import (
     download,
 )
 from medigan_iso.errors import (
+    MediganIsoError,
     PackageDownloadError,
     PackageIntegrityError,
     PackageLayoutError,
@@ -88,11 +89,13 @@ __all__ = [
     "ModelPackage",
     "PackageEntry",
     "ProgressCallback",
+    "StoredPackageDate",
     "download",
     "ensure_package",
     "rewrite_model_paths",
     "safe_extract",
     "sha256_file",
+    "stored_package_date",
     "tree_sha256",
 ]
 
@@ -231,8 +234,8 @@ def _read_newest_date(record: Path) -> date | None:
     return None
 
 
-def _record_newest_date(archive: Path, target: Path) -> None:
-    """Keep the date of the archive's newest member beside its tree (extraction does not keep mtimes).
+def _newest_member_date(archive: Path) -> date | None:
+    """The date of the archive's newest member (extraction does not keep mtimes), or None.
 
     Zip timestamps are local times without a zone; the day is what counts. 1980-01-01 (zip's epoch, which
     reproducible-build tools write) is no date at all.
@@ -240,13 +243,58 @@ def _record_newest_date(archive: Path, target: Path) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
             stamps = [info.date_time for info in zf.infolist() if info.date_time[0] > 1980]
-    except (OSError, zipfile.BadZipFile):
-        return
-    if stamps:
-        newest = max(stamps)
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    return date(*max(stamps)[:3]) if stamps else None
+
+
+def _record_newest_date(archive: Path, target: Path) -> None:
+    """Keep the date of the archive's newest member at ``target`` (``CacheLayout.package_date``)."""
+    newest = _newest_member_date(archive)
+    if newest is not None:
         with contextlib.suppress(OSError):
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(date(*newest[:3]).isoformat(), encoding="ascii")
+            target.write_text(newest.isoformat(), encoding="ascii")
+
+
+@dataclass(frozen=True)
+class StoredPackageDate:
+    """What the store knows of a package's archive date without fetching anything.
+
+    ``known``: the package is available here (in the store, or a local file or directory), so ``date`` is
+    what a build will use (None: its archive has no dated member, or it is a directory). Not ``known``: a
+    download is needed first, and a build reads the date of what it downloads.
+    """
+
+    known: bool
+    date: date | None = None
+
+
+def stored_package_date(
+    entry: PackageEntry, *, home: str | os.PathLike[str] | None = None
+) -> StoredPackageDate:
+    """The newest member date of ``entry``'s package as a build would see it, reading only local bytes.
+
+    A downloaded package's date comes from the store (``CacheLayout.package_date``); a local zip file's from
+    its central directory; a directory has none. Nothing is downloaded, copied or extracted.
+    """
+    layout = cache_layout(home)
+    try:
+        source = _classify(entry)
+        sha, _md5 = _pinned(entry, source.link)
+    except MediganIsoError:
+        return StoredPackageDate(False)
+    if source.kind == "url":
+        cached = _cached_tree(layout, source.link, sha)
+        if cached is None:
+            return StoredPackageDate(False)
+        return StoredPackageDate(True, _read_newest_date(layout.package_date(cached[1])))
+    if source.kind == "file":
+        assert source.path is not None
+        if sha is not None and layout.package_tree(sha).is_dir():
+            return StoredPackageDate(True, _read_newest_date(layout.package_date(sha)))
+        return StoredPackageDate(source.path.is_file(), _newest_member_date(source.path))
+    return StoredPackageDate(True, None)
 
 
 # --- sources ---------------------------------------------------------------------------------------

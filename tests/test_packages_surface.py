@@ -14,11 +14,13 @@ def test_packages_public_surface_is_pinned() -> None:
         "ModelPackage",
         "PackageEntry",
         "ProgressCallback",
+        "StoredPackageDate",
         "download",
         "ensure_package",
         "rewrite_model_paths",
         "safe_extract",
         "sha256_file",
+        "stored_package_date",
         "tree_sha256",
     ]
     for name in packages.__all__:

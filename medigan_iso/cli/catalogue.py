@@ -146,12 +146,12 @@ def _search_rows(results: Sequence[SearchResult], metric: str | None) -> tuple[l
 
 
 def _info(args: argparse.Namespace) -> int:
-    from medigan_iso.envs.asof import as_of_for  # the envs package imports numpy: only `info` needs it
+    from medigan_iso.envs.asof import planned_as_of  # the envs package imports numpy: only `info` needs it
 
     entry = _catalogue(args).resolve(args.model)
     model = ModelInfo.from_entry(entry)
     try:
-        as_of = as_of_for(entry).describe()
+        as_of = planned_as_of(entry).describe()  # what generate / env build will use
     except ValueError as exc:
         as_of = f"invalid: {exc}"
     if args.json:

@@ -360,6 +360,7 @@ def _list(args: argparse.Namespace) -> int:
                 "builder": i.builder,
                 "python": i.python_version,
                 "as_of": i.as_of,
+                "as_of_source": i.as_of_source,
                 "models": list(i.models),
             }
             for i in infos

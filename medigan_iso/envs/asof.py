@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
 
-__all__ = ["LATEST", "AsOf", "as_of_for", "parse_as_of", "parse_loose_date"]
+__all__ = ["LATEST", "AsOf", "PlannedAsOf", "as_of_for", "parse_as_of", "parse_loose_date", "planned_as_of"]
 
 LATEST = "latest"
 # setuptools 81 (uploaded 2026-02-06) dropped pkg_resources; envs of an earlier date get setuptools of
@@ -142,7 +142,7 @@ def as_of_for(
     if chosen is not None:
         return chosen
     if package_date is not None:
-        return AsOf(package_date, "the newest file in the model package")
+        return AsOf(package_date, PACKAGE_DATE_SOURCE)
     description = getattr(spec, "description", None) or {}
     provided = description.get("provided_date") if hasattr(description, "get") else None
     parsed = parse_loose_date(provided)
@@ -154,3 +154,40 @@ def as_of_for(
     if parsed is not None and re.fullmatch(r"\d{4}", str(year).strip()):
         return AsOf(parsed, f"selection.year {year}")
     return AsOf(None, "no date in the entry")
+
+
+PACKAGE_DATE_SOURCE = "the newest file in the model package"
+
+
+@dataclass(frozen=True)
+class PlannedAsOf:
+    """The as-of date a build of an entry would use now (``as_of``), and whether fetching its package
+    first may still replace it (``pending``: the package is not here and no explicit date outranks it)."""
+
+    as_of: AsOf
+    pending: bool = False
+
+    def describe(self) -> str:
+        text = self.as_of.describe()
+        if self.pending:
+            text += (
+                "; the package is not fetched yet: a build uses its newest file date instead, if it has one "
+                "(`medigan-iso fetch MODEL` shows it)"
+            )
+        return text
+
+
+def planned_as_of(entry: Any, *, override: str | date | None = None, home: Any = None) -> PlannedAsOf:
+    """The as-of date and source ``generate`` and ``env build`` will use for ``entry``, without fetching:
+    :func:`as_of_for` with the package date the store (or a local archive) already knows.
+
+    ``info``, the explorer and ``env`` commands show this, so what they show is what a build uses.
+    """
+    from medigan_iso.packages import stored_package_date  # envs sits above packages
+
+    stored = stored_package_date(entry, home=home) if getattr(entry, "package_link", None) else None
+    dated = as_of_for(entry, override=override, package_date=stored.date if stored else None)
+    outranked = (
+        dated.source in ("--as-of", "execution.dependencies_as_of") or dated.source == PACKAGE_DATE_SOURCE
+    )
+    return PlannedAsOf(dated, pending=stored is not None and not stored.known and not outranked)

@@ -64,6 +64,7 @@ class EnvInfo:
     builder: str | None
     python_version: str | None
     as_of: str | None = None  # ISO date or "latest"; None for envs stamped before as-of dates existed
+    as_of_source: str | None = None  # where that date came from (the stamp's)
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,7 @@ def list_envs(*, home: str | os.PathLike[str] | None = None) -> list[EnvInfo]:
                 builder=stamp.get("builder") if stamp else None,
                 python_version=stamp["interpreter"]["version"] if stamp else None,
                 as_of=(stamp.get("as_of") or {}).get("date", "latest") if stamp else None,
+                as_of_source=(stamp.get("as_of") or {}).get("source") if stamp else None,
             )
         )
     return infos

@@ -294,7 +294,7 @@ class Explorer:
             "dependencies": [text(d, max_chars=300) for d in info.dependencies],
             # The date its env resolves the dependencies as of, and where that date comes from (the
             # same rule the env build uses; `medigan-iso info` shows it too).
-            "dependencies_as_of": text(_as_of(entry)),
+            "dependencies_as_of": text(_as_of(self.session, info.model_id)),
             "provided_date": text(description.get("provided_date") or ""),
             "package_link": text(info.package_link, max_chars=500),
             "package_sha256": text(info.package_sha256 or ""),
@@ -545,11 +545,9 @@ class Explorer:
         return buffer.getvalue()
 
 
-def _as_of(entry: Any) -> str:
-    from medigan_iso.envs.asof import as_of_for
-
+def _as_of(session: Session, model_id: str) -> str:
     try:
-        return as_of_for(entry).describe()
+        return session.dependencies_as_of(model_id)  # what its build uses (a stored package's date too)
     except ValueError as exc:
         return f"invalid: {exc}"
 
