@@ -768,8 +768,3 @@ def _first_run(batch: Mapping[str, Any]) -> str:
         if value:
             return str(value)
     return ""
-
-
-def iter_rows_sorted(dataset: ray.data.Dataset) -> Iterator[dict[str, Any]]:
-    """The dataset's rows in index order (materialises the sort on the cluster, not the driver)."""
-    yield from dataset.sort("index").iter_rows()
