@@ -297,6 +297,11 @@ class Session:
     ) -> None:
         self.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (a closed Session refuses new requests)."""
+        return self._closed
+
     def close(self) -> None:
         """Stop every runner (shutdown frame, grace, SIGTERM, SIGKILL). The Session cannot be reused."""
         with self._lock:

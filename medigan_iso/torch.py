@@ -18,9 +18,10 @@ a torch method is called) and never prints.
   ...``, so no two workers produce one sample.
 
 Processes: in the process that made it, a dataset uses the Session it was given (the Generators' warm
-runner) or one it opens itself; in any other process (a DataLoader worker, forked or spawned) it opens its
-own Session from a picklable :class:`SessionSpec`, so each worker has its own runner, kept alive as long as
-the worker (``persistent_workers=True`` reuses it across epochs). The runner dies with its worker.
+runner; once that is closed, one of its own) or one it opens itself; in any other process (a DataLoader
+worker, forked or spawned) it opens its own Session from a picklable :class:`SessionSpec`, so each worker
+has its own runner, kept alive as long as the worker (``persistent_workers=True`` reuses it across
+epochs). The runner dies with its worker.
 
 Items keep medigan's shape: ``{"sample": array}`` plus ``"mask"``, ``"other_imaging_output"`` (tuple
 positions 1 and 2) and ``"label"`` (any string in the tuple) when the model returns them. ``transform`` is
@@ -180,9 +181,10 @@ class _Source:
         return state
 
     def session(self) -> Session:
-        if self._session is None or self._session_pid != os.getpid():
+        if self._session is None or self._session_pid != os.getpid() or self._session.closed:
             # A forked worker holds a copy of the parent's Session whose runner and threads belong to the
-            # parent: never touch it, open this process's own.
+            # parent: never touch it, open this process's own. A dataset outliving the Generators that
+            # made it (``with Generators() as g: loader = ...``) opens its own as well.
             self._session = self.spec.open()
             self._session_pid = os.getpid()
             self._owns_session = True

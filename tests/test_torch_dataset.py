@@ -256,3 +256,15 @@ def test_torch_surface_is_pinned(medigan_torch: Any) -> None:
         "synthetic_dataset",
     ]
     assert all(hasattr(medigan_torch, name) for name in medigan_torch.__all__)
+
+
+def test_a_dataloader_outlives_the_generators_that_made_it(world: Path, torch: Any) -> None:
+    with Generators() as generators:
+        loader = generators.get_as_torch_dataloader(model_id=PLAIN_ID, num_samples=6, seed=3, batch_size=3)
+        expected = [
+            _key(generators.get_as_torch_dataset(PLAIN_ID, num_samples=6, seed=3)[i]["sample"])
+            for i in range(6)
+        ]
+    got = [_key(s) for batch in loader for s in batch["sample"].numpy()]
+    assert got == expected
+    loader.dataset.close()
