@@ -42,7 +42,7 @@ from medigan_iso.errors import (
 )
 from medigan_iso.images import non_regular_entries, prepare_output_dir
 from medigan_iso.logfiles import auto_prune
-from medigan_iso.manifest import ManifestWriter, RunContext, entry_sha256, jsonable
+from medigan_iso.manifest import ManifestWriter, RunContext, entry_sha256, file_sha256, jsonable
 from medigan_iso.packages import ModelPackage, ensure_package
 from medigan_iso.paths import cache_layout
 from medigan_iso.runner_process import (
@@ -745,12 +745,15 @@ class Session:
         """Run the model's own saving code into ``output_path`` (medigan's ``save_images=True``).
 
         Files are named as medigan names them (``batch_<n>_<file>``); returns how many files the runner
-        reported written.
+        reported written. The model writes into ``<output_path>/.medigan-iso-staging``; as each batch
+        lands the host hashes its files, appends their manifest lines, then moves them into
+        ``output_path``, so a killed run never leaves a file in ``output_path`` its manifest does not name.
         """
         _check_counts(num_samples, batch_size)
         seed = _check_seed(seed)
         batch_offset = _check_offset(batch_offset)
         out = prepare_output_dir(output_path)
+        staging = prepare_output_dir(out / STAGING_DIR_NAME)
         slot = self._slot(model_id)
         with self._request(
             slot,
@@ -759,7 +762,7 @@ class Session:
             seed=seed,
             batch_offset=batch_offset,
             kwargs=model_kwargs,
-            output_path=out,
+            output_path=staging,
             save_images=True,
         ) as request:
             context = self._run_context(
@@ -772,10 +775,11 @@ class Session:
             )
             with ManifestWriter(out, context) as manifest:
                 request.on_saved = functools.partial(
-                    _record_saved, manifest, out, int(request.batch_size or 1)
+                    _land_saved, manifest, staging, out, int(request.batch_size or 1)
                 )
                 for _ in request:
                     pass
+            _empty_staging(staging, out)
             odd = non_regular_entries(out)
             if odd:
                 # The output directory is hostile after a run: report, never follow or open these.
@@ -902,8 +906,15 @@ def _holds_arrays(value: Any) -> bool:
     return hasattr(value, "__array__") and not isinstance(value, int | float | bool | str)
 
 
-def _record_saved(manifest: ManifestWriter, out: Path, batch_size: int, index: int, names: list[str]) -> None:
-    """Manifest lines for the files one save_images batch wrote (walking directories a model saved)."""
+STAGING_DIR_NAME = ".medigan-iso-staging"  # inside a Session.save folder: where the model writes
+
+
+def _land_saved(
+    manifest: ManifestWriter, staging: Path, out: Path, batch_size: int, index: int, names: list[str]
+) -> None:
+    """Land the files one save_images batch wrote: hash each, append its manifest line, then move it from
+    ``staging`` into ``out`` (walking directories a model saved). Line before move: a run killed in between
+    leaves its last line naming a file that did not land, never a landed file without a line."""
     first = index * batch_size
     for name in names:
         if "/" in name or name in ("", ".", "..") or not name.startswith(f"batch_{index}_"):
@@ -912,16 +923,36 @@ def _record_saved(manifest: ManifestWriter, out: Path, batch_size: int, index: i
         stack = [name]
         while stack:
             relpath = stack.pop()
+            source = staging / relpath
             try:
-                mode = os.lstat(out / relpath).st_mode
+                mode = os.lstat(source).st_mode
             except OSError:
                 continue
             if stat.S_ISDIR(mode):
-                stack.extend(
-                    sorted((f"{relpath}/{child.name}" for child in (out / relpath).iterdir()), reverse=True)
-                )
+                (out / relpath).mkdir(exist_ok=True)
+                stack.extend(sorted((f"{relpath}/{child.name}" for child in source.iterdir()), reverse=True))
             elif stat.S_ISREG(mode):
-                manifest.record(relpath, batch_index=index, samples=(first, first + batch_size))
+                digest, size = file_sha256(source)
+                manifest.record(
+                    relpath, sha256=(digest, size), batch_index=index, samples=(first, first + batch_size)
+                )
+                source.replace(out / relpath)
+
+
+def _empty_staging(staging: Path, out: Path) -> None:
+    """Move what the model left in the staging folder outside its batches into ``out`` (as medigan would have
+    it, unrecorded: verify names it), then remove the staging folder."""
+    for entry in sorted(staging.iterdir()) if staging.is_dir() else []:
+        target = out / entry.name
+        if entry.is_dir() and not entry.is_symlink() and target.is_dir() and not target.is_symlink():
+            _empty_staging(entry, target)  # a batch directory whose files already landed
+            continue
+        if os.path.lexists(target):
+            logger.warning("leaving %s in %s: %s exists", entry.name, staging, target)
+            continue
+        entry.rename(target)
+    with contextlib.suppress(OSError):
+        staging.rmdir()
 
 
 def _check_seed(seed: int | None) -> int:

@@ -184,13 +184,17 @@ class ManifestWriter:
         batch_index: int | None = None,
         samples: tuple[int, int] | None = None,
         kind: str = "sample",
+        sha256: tuple[str, int] | None = None,
     ) -> dict[str, Any]:
         """Append the line of a file that has landed in the folder; ``data`` are its bytes when known.
 
         ``kind`` is ``sample`` (generated output), ``labels`` (labels.csv), ``card`` (README.md) or ``grid``
-        (a contact sheet): ``verify --regenerate`` makes only samples and labels again."""
+        (a contact sheet): ``verify --regenerate`` makes only samples and labels again. ``sha256`` is
+        ``(hex digest, size)`` when the caller hashed the file already (before moving it into place)."""
         if data is not None:
             digest, size = hashlib.sha256(data).hexdigest(), len(data)
+        elif sha256 is not None:
+            digest, size = sha256
         else:
             digest, size = file_sha256(self.directory / relpath)
         if batch_index is None and sample_index is not None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from medigan_iso.catalogue import Catalogue, ModelEntry
 from medigan_iso.errors import ProvenanceError
-from medigan_iso.generation import Session
+from medigan_iso.generation import STAGING_DIR_NAME, Session
 from medigan_iso.images import SampleWriter
 from medigan_iso.manifest import MANIFEST_NAME, RUN_NAME, file_sha256, read_manifest, read_runs
 from medigan_iso.sandbox import SandboxConfig
@@ -87,6 +87,8 @@ def _walk(directory: Path) -> tuple[list[str], list[str]]:
                 stack.append(rel / entry.name)
             elif relpath in OWN_FILES:
                 continue
+            elif rel.parts[:1] == (STAGING_DIR_NAME,):
+                partial.append(relpath)  # a killed Session.save: written by the model, never landed
             elif entry.name.startswith(".") and entry.name.endswith((".part", ".tmp")):
                 partial.append(relpath)
             else:

@@ -326,8 +326,10 @@ def test_writes_outside_the_output_directory_leave_no_file(
     ]
     out = tmp_path / "out"
     control = out / "control.txt"
+    # The model can write only where Session.save stages its output (moved into `out` when the run ends).
+    staged = out / ".medigan-iso-staging" / "control.txt"
     try:
-        session.save(ADV, 1, out, attack="write", paths=[*map(str, targets), str(control)])
+        session.save(ADV, 1, out, attack="write", paths=[*map(str, targets), str(staged)])
         assert [p for p in targets if p.exists()] == []
         assert control.read_text() == "escaped"  # the output directory is writable: the model did run
     finally:
