@@ -780,6 +780,10 @@ class Session:
                 for _ in request:
                     pass
             _empty_staging(staging, out)
+            if not staging.exists():
+                # A sandboxed runner sees the staging folder through a bind mount of the removed inode:
+                # the next save (which makes a new one) needs a new runner.
+                slot.output_dir = None
             odd = non_regular_entries(out)
             if odd:
                 # The output directory is hostile after a run: report, never follow or open these.

@@ -323,6 +323,32 @@ def test_a_killed_runs_manifest_verifies_the_files_it_wrote(world: dict[str, Pat
     assert regenerated.ok and regenerated.reproduced == report.files
 
 
+def test_a_killed_session_save_leaves_no_unlisted_file(world: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "saved"
+    script = textwrap.dedent(
+        f"""
+        from medigan_iso import Session
+        with Session() as session:
+            session.save({ZOO_ID!r}, 100000, {str(out)!r}, batch_size=2, seed=3)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "manifest.jsonl").is_file() and len(read_manifest(out)) >= 20:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the save ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+    report = medigan_iso.verify(out)
+    assert report.ok, report
+    assert report.files >= 20 and report.extra == ()
+    assert all(path.startswith(".medigan-iso-staging/") for path in report.partial)
+
+
 # --- the dataset card -----------------------------------------------------------------------------------
 
 
