@@ -174,7 +174,13 @@ def main(argv: list[str]) -> int:
         report["plain"] = {"samples": n, "seconds": round(plain_s, 2), "samples_per_s": round(n / plain_s, 1)}
 
         started = time.perf_counter()
-        ray.init(num_cpus=1, object_store_memory=OBJECT_STORE, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=1,
+            object_store_memory=OBJECT_STORE,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
         report["startup"] = {"local_1_node_s": round(time.perf_counter() - started, 2)}
         one = _ray_run(options, n, batch_size)
         one["ratio_to_plain"] = round(one["samples_per_s"] / report["plain"]["samples_per_s"], 3)

@@ -168,17 +168,16 @@ def connect(
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    local = {"address": "local", "num_cpus": num_cpus, "object_store_memory": object_store_memory}
     if address == "local" or address is None:
-        kwargs.update(num_cpus=num_cpus, object_store_memory=object_store_memory)
-        ray.init(**kwargs)
+        ray.init(**kwargs, **local)  # a new instance, even when another one runs on this machine
         return
     if address == "auto":
         try:
             ray.init(address="auto", **kwargs)
             return
         except ConnectionError:
-            kwargs.update(num_cpus=num_cpus, object_store_memory=object_store_memory)
-            ray.init(**kwargs)
+            ray.init(**kwargs, **local)
             return
     try:
         ray.init(address=address, **kwargs)

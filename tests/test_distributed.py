@@ -182,7 +182,13 @@ def test_errors_cross_process_boundaries_whole() -> None:
 
 @pytest.fixture(scope="module")
 def local_ray(world: dict[str, Path]) -> Iterator[None]:
-    ray.init(num_cpus=1, object_store_memory=OBJECT_STORE, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=1,
+        object_store_memory=OBJECT_STORE,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     try:
         yield
     finally:
