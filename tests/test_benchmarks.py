@@ -32,6 +32,7 @@ EXPECTED_KEYS = {
     "bench_sandbox": {"benchmark", "results", "host_support"},
     "bench_startup": {"version_over_import_numpy", "list_over_import_numpy", "median_s"},
     "bench_soak": {"requests", "crashes", "after_warmup", "end", "end_minus_warmup", "after_close"},
+    "bench_writer": {"cli_png_over_session_generate", "median_s"},
     "bench_torch": {
         "session_generate",
         "dataloader_map_w2",
