@@ -2,8 +2,8 @@
 
 Usage: ``python benchmarks/bench_writer.py [--samples N] [--rounds R] [--smoke]`` from the tox
 ``py``/``bench`` env. The bundled demo-numpy model (64x64 uint8) in a temporary MEDIGAN_ISO_HOME (env built
-once, before the clock); each variant is a fresh process (start-up, runner spawn, model load included on both sides), run
-interleaved ``--rounds`` times (default 3), medians compared:
+once, before the clock); each variant is a fresh process (start-up, runner spawn, model load included on
+both sides), run interleaved ``--rounds`` times (default 3), medians compared:
 
 - ``session_generate``: ``Session().generate("demo-numpy", N, batch_size=32, seed=0)`` in memory;
 - ``cli_png``: ``medigan-iso generate demo-numpy -n N --batch-size 32 --seed 0 -o DIR`` (PNG files, manifest).
