@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from _envs_for_tests import build_runner_env  # noqa: E402
-from _model_fixtures import write_numpy_zoo  # noqa: E402
+from _model_fixtures import write_numpy_zoo, write_torch_model  # noqa: E402
 
+from medigan_iso.errors import MediganIsoError  # noqa: E402
 from medigan_iso.runner_process import RunnerProcess  # noqa: E402
 
 OVERHEAD_TARGET_PCT = 5.0
@@ -120,11 +121,17 @@ MALLOC_PINNED_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 * 2**20), "MALLOC_TRIM_TH
 
 
 def bench_overhead(
-    python: Path, zoo: Path, work: Path, n: int, repeats: int, *, extra_env: dict[str, str] | None = None
+    python: Path,
+    zoo: Path,
+    work: Path,
+    n: int,
+    repeats: int,
+    *,
+    extra_env: dict[str, str] | None = None,
+    size: int = 128,
 ) -> dict[str, Any]:
     """Warm runner vs the same generate called in-process by the env's interpreter (same batches, seed)."""
     batch = 32
-    size = 128
     weights = str(zoo / "weights.npy")
 
     def in_process(encode: bool = False) -> tuple[float, float]:
@@ -160,13 +167,15 @@ def bench_overhead(
     return {
         "env": extra_env or {},
         "n": n,
-        "image": "128x128x3 uint8",
+        "image": f"{size}x{size}x3 uint8",
         "batch_size": batch,
         "repeats": repeats,
         "in_process_s": round(best_in, 4),
         "warm_runner_s": round(best_run, 4),
         "in_process_median_s": round(statistics.median(in_proc_s), 4),
         "warm_runner_median_s": round(statistics.median(runner_s), 4),
+        "ratio": round(best_run / best_in, 3),
+        "ratio_medians": round(statistics.median(runner_s) / statistics.median(in_proc_s), 3),
         "overhead_pct": round(100 * (best_run - best_in) / best_in, 2),
         "overhead_pct_medians": round(
             100 * (statistics.median(runner_s) - statistics.median(in_proc_s)) / statistics.median(in_proc_s),
@@ -274,6 +283,16 @@ def bench_throughput(
     }
 
 
+def bench_torch_overhead(work: Path, n: int, repeats: int) -> dict[str, Any]:
+    """The overhead case for a torch model (tests/_model_fixtures.py's), in an env with torch==2.13.0."""
+    try:
+        python = build_runner_env(work / "home-torch", ["numpy", "msgpack", "torch==2.13.0"])
+    except MediganIsoError as exc:
+        return {"skipped": f"no torch env: {str(exc).splitlines()[0]}"}
+    package = write_torch_model(work / "bench-torch")
+    return bench_overhead(python, package, work, n, repeats, size=64)
+
+
 def bench_spawn(python: Path, fast: Path, work: Path, repeats: int) -> dict[str, Any]:
     hello_ms, ready_ms = [], []
     for _ in range(repeats):
@@ -374,6 +393,9 @@ def main() -> int:
                 python, zoo, work, overhead_n, repeats, extra_env=MALLOC_PINNED_ENV
             ),
         }
+        report["overhead_warm_runner_vs_in_process"]["torch_model"] = bench_torch_overhead(
+            work, overhead_n, repeats
+        )
         report["frame_throughput"] = bench_throughput(
             python, fast, work, throughput_repeats, volume_bytes=volume
         )
