@@ -29,7 +29,7 @@ from typing import Any
 from packaging.tags import Tag, compatible_tags, cpython_tags, platform_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from medigan_iso import __version__
+from medigan_iso._version import __version__
 from medigan_iso.archives import sha256_file, tree_sha256, walk_package_dir
 from medigan_iso.catalogue import ModelEntry, load_catalogue, store_local_entry, thaw
 from medigan_iso.downloads import download
@@ -54,8 +54,8 @@ from medigan_iso.envs.tools import (
     confined_run,
 )
 from medigan_iso.errors import BundleError, MediganIsoError
-from medigan_iso.packages import ensure_package
-from medigan_iso.paths import CacheLayout, cache_layout
+from medigan_iso.packages import ModelPackage, ensure_package
+from medigan_iso.paths import BUNDLE_ENV, CacheLayout, cache_layout
 from medigan_iso.untrusted import get_logger, neutralise
 
 logger = get_logger(__name__)
@@ -66,7 +66,6 @@ CATALOGUE_NAME = "catalogue.json"
 WHEELS_DIR = "wheels"
 LOCKS_DIR = "locks"
 PACKAGES_DIR = "packages"
-BUNDLE_ENV = "MEDIGAN_ISO_BUNDLE"
 _RUNNER_ID = "_runner"  # lock name of the runner's own requirements
 
 ProgressFn = Callable[[str], None]
@@ -233,6 +232,8 @@ def _fetch_wheels(
         venv = Path(scratch) / "venv"
         out_dir = Path(scratch) / "out"
         out_dir.mkdir()
+        tmp = Path(scratch) / "tmp"
+        tmp.mkdir()
         reqs = Path(scratch) / "requirements.txt"
         reqs.write_text(
             "".join(
@@ -255,6 +256,10 @@ def _fetch_wheels(
                 str(venv),
             ],
             [
+                # downloads go to the scratch folder on disk, not the sandbox's /tmp (memory): a CUDA torch
+                # wheel alone is 2 GB
+                "/usr/bin/env",
+                f"TMPDIR={tmp}",
                 str(venv / "bin" / "python"),
                 "-I",
                 "-m",
@@ -372,8 +377,8 @@ def _safe(text: str) -> str:
 
 def _bundle_package(
     entry: ModelEntry, root: Path, manifest: dict[str, Any], home: Path | None
-) -> tuple[str, str]:
-    """Copy the package of ``entry`` into the bundle, verified against its pin; (relative link, sha).
+) -> tuple[str, ModelPackage]:
+    """Copy the package of ``entry`` into the bundle, verified against its pin; (relative link, package).
 
     A directory package is copied as a directory (pinned by its tree hash); an archive is downloaded or
     copied once into the bundle and imported into the store from there (pinned by its sha256).
@@ -397,7 +402,7 @@ def _bundle_package(
                 )
         for rel, path in walk_package_dir(target):
             files[f"{rel_dir}/{rel}"] = sha256_file(path)
-        return rel_dir, package.sha256
+        return rel_dir, package
     pin = (entry.package_sha256 or "").strip().lower() or None
     rel = f"{PACKAGES_DIR}/{_safe(entry.model_id)}.zip"
     target = root / rel
@@ -425,7 +430,7 @@ def _bundle_package(
         target.unlink(missing_ok=True)
         raise
     files[rel] = package.sha256
-    return rel, package.sha256
+    return rel, package
 
 
 # --- making a bundle -----------------------------------------------------------------------------
@@ -498,13 +503,15 @@ def create_bundle(
     )
     for entry in entries:
         say(f"{entry.model_id}: package")
-        link, sha = _bundle_package(entry, root, manifest, home_path)
+        link, package = _bundle_package(entry, root, manifest, home_path)
+        sha = package.sha256
         raw = thaw(entry.raw)
         execution = raw.setdefault("execution", {})
         execution["package_link"] = link
         execution["package_sha256"] = sha
         execution.pop("package_md5", None)
-        spec = _normalise_spec(entry)
+        # the date a Session here would build with (the entry's, else the package's newest file)
+        spec = _normalise_spec(entry, package_date=package.newest_file_date)
         execution["dependencies_as_of"] = spec.as_of.label  # the date envs resolved with, made explicit
         record: dict[str, Any] = {
             "package": link,

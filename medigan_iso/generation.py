@@ -44,7 +44,7 @@ from medigan_iso.images import non_regular_entries, prepare_output_dir
 from medigan_iso.logfiles import auto_prune
 from medigan_iso.manifest import ManifestWriter, RunContext, entry_sha256, file_sha256, jsonable
 from medigan_iso.packages import ModelPackage, ensure_package
-from medigan_iso.paths import cache_layout
+from medigan_iso.paths import BUNDLE_ENV, cache_layout
 from medigan_iso.runner_process import (
     RUNNER_INACTIVITY_TIMEOUT_S,
     RUNNER_READY_TIMEOUT_S,
@@ -320,6 +320,10 @@ class Session:
     def catalogue(self) -> Catalogue:
         with self._lock:
             if self._catalogue is None:
+                if os.environ.get(BUNDLE_ENV, "").strip():  # an air-gap bundle to install once
+                    from medigan_iso.bundle import install_from_environment
+
+                    install_from_environment(self._home)
                 self._catalogue = load_catalogue(
                     self._config, home=self._home, offline=self._offline, strict=self._strict
                 )

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import platformdirs
 
-__all__ = ["CACHEDIR_TAG_NAME", "OFFLINE_ENV", "CacheLayout", "cache_layout", "is_offline"]
+__all__ = ["BUNDLE_ENV", "CACHEDIR_TAG_NAME", "OFFLINE_ENV", "CacheLayout", "cache_layout", "is_offline"]
 
 HOME_ENV = "MEDIGAN_ISO_HOME"
 UV_CACHE_ENV = "MEDIGAN_ISO_UV_CACHE"
 OFFLINE_ENV = "MEDIGAN_ISO_OFFLINE"
+BUNDLE_ENV = "MEDIGAN_ISO_BUNDLE"  # an air-gap bundle folder Session installs once (medigan_iso.bundle)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 CACHEDIR_TAG_NAME = "CACHEDIR.TAG"
 # https://bford.info/cachedir/ : backup tools skip directories holding this file.

@@ -317,3 +317,27 @@ def test_offline_install_and_generate_in_a_network_namespace(made: dict[str, Any
     for trace in traces:
         assert _network_attempts(trace) == [], trace
     shutil.rmtree(home, ignore_errors=True)  # a torch env's unpacked wheels: about 1 GB
+
+
+def test_session_installs_the_bundle_named_by_the_environment_once(
+    made: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medigan_iso import Session
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEDIGAN_ISO_BUNDLE", str(made["out"]))
+    monkeypatch.setenv("MEDIGAN_ISO_HOME", str(home))
+    monkeypatch.setenv("MEDIGAN_ISO_CATALOGUE_URL", "")
+    monkeypatch.setenv("MEDIGAN_ISO_OFFLINE", "1")
+    record = cache_layout(home).root / "bundles" / f"{manifest_sha256(made['out'])}.json"
+    try:
+        with Session() as session:
+            assert ZOO_ID in session.catalogue  # the bundle's entries are in the local catalogue now
+            first = record.stat().st_mtime_ns
+            images = session.generate(ZOO_ID, 2, seed=1)
+            assert len(images) == 2
+        with Session() as session:
+            assert ZOO_ID in session.catalogue
+        assert record.stat().st_mtime_ns == first  # installed once, not again
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
