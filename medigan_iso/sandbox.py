@@ -66,6 +66,7 @@ __all__ = [
     "probe_host",
     "protection_gaps",
     "resolve_policy",
+    "runner_user",
     "seccomp_program",
     "stricter",
     "verify_hello",
@@ -465,6 +466,22 @@ for name, soft, hard in cfg["rlimits"]:
     except (ValueError, OSError) as exc:
         os.write(2, ("medigan_iso sandbox: cannot set %s: %s\n" % (name, exc)).encode())
         os._exit(126)
+run_as = cfg.get("run_as")
+if run_as:
+    try:
+        os.setgroups([])
+        os.setresgid(run_as[1], run_as[1], run_as[1])
+        os.setresuid(run_as[0], run_as[0], run_as[0])
+    except OSError as exc:
+        os.write(2, ("medigan_iso sandbox: cannot switch to uid %s: %s\n" % (run_as[0], exc)).encode())
+        os._exit(126)
+    if os.getuid() != run_as[0] or os.geteuid() != run_as[0] or os.getgid() != run_as[1]:
+        os.write(2, b"medigan_iso sandbox: the uid switch did not hold\n")
+        os._exit(126)
+    # the switch made the process non-dumpable, so its own /proc/self files became root's: restore that
+    # (ptrace stays refused by seccomp; core dumps by RLIMIT_CORE 0)
+    if libc.prctl(4, 1, 0, 0, 0) != 0:
+        fail("PR_SET_DUMPABLE")
 if libc.prctl(38, 1, 0, 0, 0) != 0:
     fail("PR_SET_NO_NEW_PRIVS")
 ll = cfg.get("landlock")
@@ -538,6 +555,32 @@ class LaunchPlan:
     cgroup: CgroupLimits | None = None  # the runner's cgroup limits, when a cgroup can be made
     gaps: tuple[str, ...] = ()  # what the applied layers leave open (protection_gaps)
     gpus: tuple[str, ...] = ()  # NVIDIA device nodes passed in
+    run_as: tuple[int, int] | None = None  # (uid, gid) the trampoline switches to; None: the host's own
+    run_as_detail: str = ""  # which user the runner runs as, and why
+
+
+# A root host's runner switches to this uid/gid (nobody/nogroup) inside bubblewrap, so that RLIMIT_NPROC
+# binds (the kernel exempts real uid 0) and nothing of the host's root-owned files is writable to it.
+RUNNER_UID = 65534
+RUNNER_GID = 65534
+# bubblewrap for a root host whose runner switches uid: no user namespace (as root, bubblewrap would map the
+# sandbox's uid to the host's uid 0, so every uid inside is still root for the kernel's limits), and only
+# the two capabilities the trampoline needs to switch; it loses them with the switch (setresuid from 0).
+_BWRAP_ROOT_FLAGS = (
+    "--unshare-ipc",
+    "--unshare-pid",
+    "--unshare-net",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+    "--die-with-parent",
+    "--new-session",
+    "--cap-drop",
+    "ALL",
+    "--cap-add",
+    "CAP_SETUID",
+    "--cap-add",
+    "CAP_SETGID",
+)
 
 
 _BWRAP_FLAGS = (
@@ -667,9 +710,19 @@ def plan_launch(
         reads.append(os.fspath(package_root))
     overrides: dict[str, str | None] = {}
     prefix: list[str] = []
+    trampoline = [layer for layer in active if layer != "bubblewrap"]
+    run_as, run_as_detail = _runner_identity(
+        bwrap=support.bwrap if bwrapped else None,
+        trampoline=bool(trampoline),
+        output_dir=output_dir,
+        reads=[python_path, *roots, *([Path(package_root)] if package_root is not None else [])],
+    )
     if bwrapped:
         assert support.bwrap is not None
-        prefix = [support.bwrap, *_bwrap_args(limits, roots, package_root, output_dir, gpus=devices)]
+        prefix = [
+            support.bwrap,
+            *_bwrap_args(limits, roots, package_root, output_dir, gpus=devices, run_as=run_as),
+        ]
         # The runner is pid 2 under bubblewrap's init (pid 1), which dies with bwrap (--die-with-parent)
         # and takes the whole pid namespace with it; the runner's parent must stay that init.
         overrides.update(
@@ -682,9 +735,10 @@ def plan_launch(
         )
     elif active:
         overrides["MEDIGAN_ISO_RUNNER_PARENT_PID"] = str(os.getpid())  # the trampoline execs in place
-    trampoline = [layer for layer in active if layer != "bubblewrap"]
     if trampoline:
         cfg: dict[str, Any] = {"rlimits": limits.rlimits() if "rlimits" in active else []}
+        if run_as is not None:
+            cfg["run_as"] = list(run_as)
         if "landlock" in active:
             rules = [[p, "r"] for p in reads] + [["/dev", "dev"], ["/dev/null", "w-file"]]
             rules += [[device, "gpu"] for device in devices]
@@ -714,7 +768,62 @@ def plan_launch(
         cgroup=cgroup,
         gpus=tuple(devices),
         gaps=tuple(reason for _, reason, _ in gaps),
+        run_as=run_as,
+        run_as_detail=run_as_detail,
     )
+
+
+def runner_user(support: HostSupport) -> str:
+    """Which user runners of this host run as under ``auto``/``require`` (for ``doctor``)."""
+    uid = os.geteuid()
+    if uid != 0:
+        return f"uid {uid} (the host's own, not root)"
+    if support.bwrap is None:
+        return "root: switching uid needs bubblewrap (RLIMIT_NPROC does not bind for root)"
+    works, detail = _bwrap_runs_without_userns(support.bwrap)
+    if not works:
+        return f"root: bubblewrap cannot run without a user namespace here ({detail})"
+    return (
+        f"uid {RUNNER_UID} inside bubblewrap (host is root; RLIMIT_NPROC binds); runners that write an "
+        "output folder of the host themselves (save_images) stay root"
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _bwrap_runs_without_userns(bwrap: str) -> tuple[bool, str]:
+    """Whether bubblewrap works with the flags of a uid-switching root runner (no user namespace: a
+    container without CAP_SYS_ADMIN may allow only the user-namespace form)."""
+    argv = [bwrap, *_BWRAP_ROOT_FLAGS, "--ro-bind", "/", "/", "--", "/bin/true"]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=BWRAP_PROBE_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, str(exc)
+    return done.returncode == 0, done.stderr.strip() or f"exit code {done.returncode}"
+
+
+def _runner_identity(
+    *, bwrap: str | None, trampoline: bool, output_dir: str | os.PathLike[str] | None, reads: Sequence[Path]
+) -> tuple[tuple[int, int] | None, str]:
+    """Which uid the runner runs as: a root host's runner switches to RUNNER_UID where that is safe."""
+    uid = os.geteuid()
+    if uid != 0:
+        return None, f"uid {uid} (the host's own, not root)"
+    if bwrap is None or not trampoline:
+        return None, "root: switching uid needs bubblewrap and the trampoline (RLIMIT_NPROC does not bind)"
+    works, detail = _bwrap_runs_without_userns(bwrap)
+    if not works:
+        return None, f"root: bubblewrap cannot run without a user namespace here ({detail})"
+    if output_dir is not None:
+        # the model writes there itself (save_images); files it made as another uid would be foreign there
+        return None, "root: this runner writes an output folder of the host (RLIMIT_NPROC does not bind)"
+    for path in reads:
+        with contextlib.suppress(OSError):
+            mode = Path(path).resolve().stat().st_mode
+            if not mode & 0o004 or (Path(path).is_dir() and not mode & 0o001):
+                return None, f"root: {path} is not readable by other users (RLIMIT_NPROC does not bind)"
+    return (RUNNER_UID, RUNNER_GID), f"uid {RUNNER_UID} inside bubblewrap (host is root; RLIMIT_NPROC binds)"
 
 
 def protection_gaps(support: HostSupport, active: Sequence[str]) -> list[tuple[str, str, str]]:
@@ -764,8 +873,9 @@ def _bwrap_args(
     output_dir: str | os.PathLike[str] | None,
     *,
     gpus: Sequence[str] = (),
+    run_as: tuple[int, int] | None = None,
 ) -> list[str]:
-    args = list(_BWRAP_FLAGS)
+    args = list(_BWRAP_FLAGS if run_as is None else _BWRAP_ROOT_FLAGS)
     for path in SYSTEM_DIRS:
         if os.path.islink(path):  # noqa: PTH114 - merged /usr: /lib -> usr/lib
             args += ["--symlink", os.readlink(path), path]
@@ -783,8 +893,15 @@ def _bwrap_args(
             if not path.startswith("/proc/"):  # bwrap's own /proc shows /proc/driver already
                 args += ["--ro-bind-try", path, path]
     size = str(limits.tmpfs_bytes)
-    args += ["--size", size, "--tmpfs", SANDBOX_TMP, "--size", size, "--tmpfs", "/dev/shm"]
-    args += ["--dir", SANDBOX_HOME]
+    # a runner under another uid than bubblewrap's own needs its private dirs writable (sticky, like /tmp)
+    perms = ["--perms", "1777"] if run_as is not None else []
+    args += [*perms, "--size", size, "--tmpfs", SANDBOX_TMP, *perms, "--size", size, "--tmpfs", "/dev/shm"]
+    args += [*perms, "--dir", SANDBOX_HOME]
+    if run_as is not None:
+        # bubblewrap makes the missing parents of a bind's destination 0700 (/root, /root/.pyenv, ...):
+        # make them 0755 first, or a runner under another uid cannot reach what is bound below them
+        bound = [*map(str, roots), *(os.fspath(p) for p in (package_root, output_dir) if p is not None)]
+        args += _traversable_parents(bound)
     for root in roots:
         args += ["--ro-bind", str(root), str(root)]
     if package_root is not None:
@@ -792,6 +909,23 @@ def _bwrap_args(
     if output_dir is not None:
         args += ["--bind", os.fspath(output_dir), os.fspath(output_dir)]
     args += ["--chdir", SANDBOX_TMP, "--"]
+    return args
+
+
+def _traversable_parents(paths: Sequence[str]) -> list[str]:
+    """``--perms 0755 --dir`` for each missing parent of ``paths`` (not /, /tmp, /dev, /proc or system
+    dirs, which exist already; folders below /tmp are on the sandbox's own tmpfs, so they are made too)."""
+    mounted = ("/dev", "/proc", *SYSTEM_DIRS)
+    parents: list[str] = []
+    for path in paths:
+        for parent in reversed(Path(path).parents):
+            text = str(parent)
+            skip = text in ("/", SANDBOX_TMP) or any(text == m or text.startswith(m + "/") for m in mounted)
+            if not skip and text not in parents:
+                parents.append(text)
+    args: list[str] = []
+    for folder in sorted(parents, key=lambda p: p.count("/")):
+        args += ["--perms", "0755", "--dir", folder]
     return args
 
 
@@ -807,8 +941,14 @@ def _host_namespaces() -> dict[str, str]:
     return out
 
 
-def layers_in_force(report: Any, *, limits: Limits | None = None) -> frozenset[str]:
-    """The confining layers a runner's hello ``sandbox`` report proves, compared with this host's view."""
+def layers_in_force(
+    report: Any, *, limits: Limits | None = None, run_as: tuple[int, int] | None = None
+) -> frozenset[str]:
+    """The confining layers a runner's hello ``sandbox`` report proves, compared with this host's view.
+
+    With ``run_as`` (a root host's runner switched uid) bubblewrap made no user namespace: the report must
+    show that uid instead of a user namespace of its own.
+    """
     if not isinstance(report, Mapping):
         return frozenset({"hygiene"})
     found = {"hygiene"}
@@ -817,7 +957,12 @@ def layers_in_force(report: Any, *, limits: Limits | None = None) -> frozenset[s
     if (
         host
         and isinstance(namespaces, Mapping)
-        and all(namespaces.get(name) not in (None, host_id) for name, host_id in host.items())
+        and all(
+            namespaces.get(name) not in (None, host_id)
+            for name, host_id in host.items()
+            if not (run_as is not None and name == "user")
+        )
+        and (run_as is None or [report.get("uid"), report.get("gid")] == list(run_as))
     ):
         found.add("bubblewrap")
     if report.get("seccomp") == 2 and report.get("no_new_privs") == 1:
@@ -840,7 +985,7 @@ def verify_hello(plan: LaunchPlan, hello: Mapping[str, Any], *, model_id: str | 
     """
     if plan.policy == "off":
         return
-    in_force = layers_in_force(hello.get("sandbox"), limits=plan.limits)
+    in_force = layers_in_force(hello.get("sandbox"), limits=plan.limits, run_as=plan.run_as)
     absent = [layer for layer in plan.layers if layer not in in_force]
     if absent:
         raise SandboxError(

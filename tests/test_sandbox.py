@@ -622,6 +622,7 @@ def test_public_surface_is_pinned() -> None:
         "probe_host",
         "protection_gaps",
         "resolve_policy",
+        "runner_user",
         "seccomp_program",
         "stricter",
         "verify_hello",

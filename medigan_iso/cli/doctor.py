@@ -27,6 +27,7 @@ from medigan_iso.sandbox import (
     probe_host,
     protection_gaps,
     resolve_policy,
+    runner_user,
 )
 
 __all__ = ["register"]
@@ -104,6 +105,7 @@ def _report(args: argparse.Namespace) -> dict[str, Any]:
             "policy": policy,
             "policy_source": SANDBOX_ENV,
             "layers": layers,
+            "runner_user": runner_user(support),
             "resource_limits": {
                 "mechanism": support.limits_mechanism,
                 "cgroup": support.cgroups.mechanism,
@@ -154,6 +156,7 @@ def _doctor(args: argparse.Namespace) -> int:
     res = sandbox["resource_limits"]
     memory = f"{res['memory_bytes'] / 2**30:.1f} GiB" if res["memory_bytes"] else "none"
     print(f"resource limits: {res['mechanism']}; default memory {memory}, {res['pids']} tasks")
+    print(f"runners run as: {sandbox['runner_user']}")
     gpus = sandbox["gpus"]
     print(f"GPUs a CUDA runner would see: {', '.join(gpus) if gpus else 'none (no /dev/nvidia*)'}")
     if sandbox["auto_gaps"]:

@@ -379,6 +379,10 @@ def sandbox_report() -> Dict[str, Any]:
         with contextlib.suppress(OSError):
             namespaces[name] = os.readlink("/proc/self/ns/" + name)
     report["namespaces"] = namespaces
+    # a root host's runner switches to an unprivileged uid (RLIMIT_NPROC does not bind for uid 0)
+    report["uid"] = os.getuid()
+    report["euid"] = os.geteuid()
+    report["gid"] = os.getgid()
     abi = 0
     try:
         libc = ctypes.CDLL(None, use_errno=True)
