@@ -341,3 +341,33 @@ def test_session_installs_the_bundle_named_by_the_environment_once(
         assert record.stat().st_mtime_ns == first  # installed once, not again
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_python_targets_get_their_own_locks_and_wheels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from _interpreters import skip_without_python
+
+    monkeypatch.setenv("MEDIGAN_ISO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MEDIGAN_ISO_CATALOGUE_URL", "")
+    monkeypatch.delenv("MEDIGAN_ISO_BUNDLED", raising=False)
+    out = tmp_path / "bundle"
+    with pytest.raises(BundleError, match=r"no Python 3\.99 on this machine") as caught:
+        create_bundle(["demo-numpy"], out, pythons=["3.99"])
+    assert caught.value.remedy and "pyenv install 3.99" in caught.value.remedy
+    try:
+        create_bundle(["demo-numpy"], out, pythons=["3.12", "3.11"])
+    except BundleError as exc:
+        if "no Python 3.12" not in str(exc):
+            raise
+        skip_without_python("3.12", exc)
+    manifest = _manifest(out)
+    assert set(manifest["models"]["demo-numpy"]["envs"]) == {"3.11", "3.12"}
+    assert set(manifest["runner"]) == {"3.11", "3.12"}
+    wheels = [p.name for p in (out / "wheels").iterdir()]
+    for tag in ("cp311", "cp312"):
+        assert any(w.startswith("numpy-") and f"-{tag}-" in w for w in wheels), wheels
+        assert any(w.startswith("msgpack-") and f"-{tag}-" in w for w in wheels), wheels
+    lock_312 = (out / manifest["models"]["demo-numpy"]["envs"]["3.12"]["lock"]).read_text()
+    numpy_312 = next(w for w in wheels if w.startswith("numpy-") and "-cp312-" in w)
+    assert manifest["files"][f"wheels/{numpy_312}"] in lock_312
