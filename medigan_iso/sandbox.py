@@ -468,6 +468,10 @@ for name, soft, hard in cfg["rlimits"]:
         os._exit(126)
 run_as = cfg.get("run_as")
 if run_as:
+    # empty the capability bounding set first (CAP_SETPCAP), so nothing can ever be regained
+    for cap in range(64):
+        if libc.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:
+            fail("PR_CAPBSET_DROP")
     try:
         os.setgroups([])
         os.setresgid(run_as[1], run_as[1], run_as[1])
@@ -478,6 +482,10 @@ if run_as:
     if os.getuid() != run_as[0] or os.geteuid() != run_as[0] or os.getgid() != run_as[1]:
         os.write(2, b"medigan_iso sandbox: the uid switch did not hold\n")
         os._exit(126)
+    # the switch cleared the effective and permitted sets; clear the inheritable one bubblewrap left too
+    hdr = ctypes.create_string_buffer(struct.pack("=Ii", 0x20080522, 0), 8)
+    if libc.capset(hdr, ctypes.create_string_buffer(24)) != 0:
+        fail("capset")
     # the switch made the process non-dumpable, so its own /proc/self files became root's: restore that
     # (ptrace stays refused by seccomp; core dumps by RLIMIT_CORE 0)
     if libc.prctl(4, 1, 0, 0, 0) != 0:
@@ -565,7 +573,8 @@ RUNNER_UID = 65534
 RUNNER_GID = 65534
 # bubblewrap for a root host whose runner switches uid: no user namespace (as root, bubblewrap would map the
 # sandbox's uid to the host's uid 0, so every uid inside is still root for the kernel's limits), and only
-# the two capabilities the trampoline needs to switch; it loses them with the switch (setresuid from 0).
+# the capabilities the trampoline needs: it empties the bounding set (CAP_SETPCAP), then switches uid/gid
+# (CAP_SETUID, CAP_SETGID) and so loses the rest (setresuid from 0 to non-zero clears them).
 _BWRAP_ROOT_FLAGS = (
     "--unshare-ipc",
     "--unshare-pid",
@@ -580,6 +589,8 @@ _BWRAP_ROOT_FLAGS = (
     "CAP_SETUID",
     "--cap-add",
     "CAP_SETGID",
+    "--cap-add",
+    "CAP_SETPCAP",
 )
 
 

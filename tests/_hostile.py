@@ -76,6 +76,10 @@ def generate(model_file, num_samples, output_path, save_images, attack="none", s
         os.close(w)
         pid = int(os.read(r, 32) or b"0")
         return [np.array([pid], dtype=np.int64)]
+    if attack == "capabilities":
+        with open("/proc/self/status") as fh:
+            caps = [line.split() for line in fh if line.startswith("Cap")]
+        return [" ".join("%s=%d" % (key.rstrip(":"), int(value, 16)) for key, value in caps)]
     if attack == "proc_read":
         try:
             with open("/proc/%d/environ" % int(kwargs["pid"]), "rb") as fh:

@@ -102,7 +102,7 @@ def test_a_root_hosts_plan_switches_uid_inside_bubblewrap_without_a_user_namespa
     assert "--unshare-user" not in bwrap and "--unshare-all" not in bwrap
     assert {"--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"} <= set(bwrap)
     adds = [bwrap[i + 1] for i, arg in enumerate(bwrap) if arg == "--cap-add"]
-    assert sorted(adds) == ["CAP_SETGID", "CAP_SETUID"]
+    assert sorted(adds) == ["CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID"]
     assert bwrap.index("--cap-drop") < bwrap.index("--cap-add")
     assert json.loads(argv[-1])["run_as"] == [RUNNER_UID, RUNNER_UID]
     # a runner that writes a host folder itself keeps the host's uid (and its own user namespace)
@@ -122,6 +122,8 @@ def test_the_runner_reports_uid_65534_and_rlimit_nproc_binds(session_factory: An
     session = session_factory(SandboxConfig(policy="require", limits=Limits(processes=48)))
     report = session.runner_info(PLAIN)["sandbox"]
     assert (report["uid"], report["euid"], report["gid"]) == (RUNNER_UID, RUNNER_UID, RUNNER_UID)
+    [status] = session.generate(PLAIN, 1, attack="capabilities")
+    assert status == "CapInh=0 CapPrm=0 CapEff=0 CapBnd=0 CapAmb=0", status  # none, none can come back
     # the cgroup allows 1024 tasks; RLIMIT_NPROC (48) stops the bomb first, as EAGAIN inside the model
     with pytest.raises(ModelError) as info:
         session.generate(PLAIN, 1, attack="fork_bomb")
