@@ -315,14 +315,22 @@ def _catalogue_validator(*, strict: bool) -> Draft202012Validator:
 
     catalogue_schema = load_schema(CATALOGUE_SCHEMA_NAME)
     entry_schema = load_schema(MODEL_ENTRY_SCHEMA_NAME)
+    schema: dict[str, Any] = (
+        {"$ref": catalogue_schema["$id"] + "#/$defs/strict"} if strict else catalogue_schema
+    )
+    try:
+        from referencing import Registry, Resource  # jsonschema >= 4.18
+    except ImportError:  # jsonschema 4.0-4.17 (a 2022 env): the resolver those releases have
+        from jsonschema import RefResolver
+
+        store = {catalogue_schema["$id"]: catalogue_schema, entry_schema["$id"]: entry_schema}
+        resolver = RefResolver.from_schema(catalogue_schema, store=store)
+        return Draft202012Validator(schema, resolver=resolver)
     registry: Registry = Registry().with_resources(
         [
             (catalogue_schema["$id"], Resource.from_contents(catalogue_schema)),
             (entry_schema["$id"], Resource.from_contents(entry_schema)),
         ]
-    )
-    schema: dict[str, Any] = (
-        {"$ref": catalogue_schema["$id"] + "#/$defs/strict"} if strict else catalogue_schema
     )
     return Draft202012Validator(schema, registry=registry)
 

@@ -217,7 +217,7 @@ def _jsonable(value: object) -> object:
     except (TypeError, ValueError):
         if isinstance(value, Mapping):
             return {str(k): _jsonable(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
+        if isinstance(value, (list, tuple)):
             return [_jsonable(v) for v in value]
         if isinstance(value, np.ndarray):
             return {"ndarray": {"dtype": str(value.dtype), "shape": list(value.shape)}}
@@ -302,8 +302,8 @@ class _RangeGenerator:
 
     def __call__(self, ranges: Mapping[str, Any]) -> dict[str, Any]:
         rows: list[dict[str, Any]] = []
-        for first_batch, first_sample, count in zip(
-            ranges["first_batch"], ranges["first_sample"], ranges["num_samples"], strict=True
+        for first_batch, first_sample, count in _zip_columns(
+            ranges["first_batch"], ranges["first_sample"], ranges["num_samples"]
         ):
             rows.extend(self._range(int(first_batch), int(first_sample), int(count)))
         return _columns(rows)
@@ -409,6 +409,15 @@ def _sample_row(sample: object, index: int, *, model_id: str) -> dict[str, Any]:
     )
 
 
+def _zip_columns(*columns: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+    """zip() over the columns of one Ray batch, which have one length by construction (Python 3.9 has no
+    zip(strict=True); this is that check)."""
+    lengths = {len(column) for column in columns}
+    if len(lengths) > 1:
+        raise AssertionError(f"columns of one batch differ in length: {sorted(lengths)}")
+    return zip(*columns)
+
+
 def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Rows as a numpy batch: arrays of equal shape stacked, ragged ones kept as an object column."""
     if not rows:
@@ -508,7 +517,7 @@ def generate_dataset(
     if home is not None:
         options["home"] = str(home)
     if config is not None:
-        options["config"] = [str(c) for c in config] if isinstance(config, list | tuple) else str(config)
+        options["config"] = [str(c) for c in config] if isinstance(config, (list, tuple)) else str(config)
     entry_id = str(model_id)
     items = [
         {"first_batch": r.first_batch, "first_sample": r.first_sample, "num_samples": r.num_samples}
@@ -579,14 +588,14 @@ def write_images(
         for batch in _translated(summary.iter_batches(batch_format="numpy", batch_size=None)):
             files += int(np.sum(batch["files"]))
             samples += len(batch["files"])
-            for index, label in zip(batch["index"], batch["label"], strict=True):
+            for index, label in _zip_columns(batch["index"], batch["label"]):
                 if label is not None and str(label) != "":
                     labels.append((int(index), str(label)))
             for note in batch["notes"]:
                 if note:
                     notes.extend(str(note).split("\n"))
             for row, (model_id, seed, size) in enumerate(
-                zip(batch["model_id"], batch["seed"], batch["batch_size"], strict=True)
+                _zip_columns(batch["model_id"], batch["seed"], batch["batch_size"])
             ):
                 seen = runs.setdefault((str(model_id), int(seed), int(size)), {"num_samples": 0})
                 seen["num_samples"] += 1

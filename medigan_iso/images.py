@@ -259,12 +259,12 @@ class SampleWriter:
             self._write_array(stem, sample)
         elif isinstance(sample, tuple):
             arrays = [part for part in sample if isinstance(part, np.ndarray)]
-            for part, suffix in zip(arrays, TUPLE_PART_SUFFIXES, strict=False):
+            for part, suffix in zip(arrays, TUPLE_PART_SUFFIXES):
                 self._write_array(stem + suffix, part)
             for extra_index, part in enumerate(arrays[len(TUPLE_PART_SUFFIXES) :], start=3):
                 self._write_array(f"{stem}_{extra_index}", part)
             for part in sample:
-                if isinstance(part, str | int | float) and not isinstance(part, bool):
+                if isinstance(part, (str, int, float)) and not isinstance(part, bool):
                     self._labels.append((index, str(part)))
         elif isinstance(sample, list):
             for k, part in enumerate(sample):

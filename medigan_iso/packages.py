@@ -206,7 +206,7 @@ def rewrite_model_paths(value: Any, *, model_id: str, root: Path) -> Any:
         return str(root.joinpath(*parts))
     if isinstance(value, Mapping):
         return {key: rewrite_model_paths(item, model_id=model_id, root=root) for key, item in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return [rewrite_model_paths(item, model_id=model_id, root=root) for item in value]
     return value
 

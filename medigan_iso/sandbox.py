@@ -184,7 +184,7 @@ def effective_limits(
         out = replace(out, memory_bytes=min(wanted, ram) if ram else wanted)
     if isinstance(res.get("processes"), int) and res["processes"] > 0:
         out = replace(out, pids=int(res["processes"]))
-    if isinstance(res.get("cpus"), int | float) and res["cpus"] > 0:
+    if isinstance(res.get("cpus"), (int, float)) and res["cpus"] > 0:
         out = replace(out, cpus=float(res["cpus"]))
     if isinstance(res.get("tmpfs_mb"), int) and res["tmpfs_mb"] > 0:
         tmpfs = int(res["tmpfs_mb"]) * MIB

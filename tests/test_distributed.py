@@ -25,6 +25,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'medigan-iso[ray]')")
 
+from _compat import zip_strict  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 import medigan_iso  # noqa: E402
@@ -143,7 +144,7 @@ def _sorted_rows(dataset: Any) -> list[dict[str, Any]]:
 
 def _assert_equal_to(rows: list[dict[str, Any]], reference: list[Any]) -> None:
     assert [int(row["index"]) for row in rows] == list(range(len(reference)))
-    for row, sample in zip(rows, reference, strict=True):
+    for row, sample in zip_strict(rows, reference):
         image = sample[0] if isinstance(sample, tuple) else sample
         assert row["image"].dtype == image.dtype and row["image"].shape == image.shape
         assert row["image"].tobytes() == image.tobytes(), f"sample {row['index']} differs"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _compat import zip_strict
 from _model_fixtures import write_numpy_zoo
 from _pkgserver import serve
 from _zipcraft import package_zip
@@ -165,7 +166,7 @@ def test_a_session_job_split_at_batch_boundaries_equals_the_whole(session: Sessi
     middle = session.generate(ZOO_ID, 6, seed=21, batch_size=3, batch_offset=1)
     last = session.generate(ZOO_ID, 1, seed=21, batch_size=3, batch_offset=3)
     assert middle.batch_offset == 1
-    for got, want in zip(list(middle) + list(last), whole[3:], strict=True):
+    for got, want in zip_strict(list(middle) + list(last), whole[3:]):
         np.testing.assert_array_equal(got, want)
     batches = session.stream(ZOO_ID, 6, seed=21, batch_size=3, batch_offset=1)
     assert (batches.seed, batches.batch_size, batches.batch_offset, batches.batch_index) == (21, 3, 1, None)
@@ -174,7 +175,7 @@ def test_a_session_job_split_at_batch_boundaries_equals_the_whole(session: Sessi
         assert batches.batch_index is not None
         indices.append(batches.batch_index)
         first = batches.batch_index * 3
-        for got, want in zip(batch, whole[first : first + 3], strict=True):
+        for got, want in zip_strict(batch, whole[first : first + 3]):
             np.testing.assert_array_equal(got, want)
     assert indices == [1, 2]
 
@@ -183,7 +184,7 @@ def test_a_request_without_a_seed_records_the_seed_it_drew(session: Session) -> 
     drawn = session.generate(ZOO_ID, 4, batch_size=2)
     assert isinstance(drawn.seed, int) and 0 <= drawn.seed < 2**63
     again = session.generate(ZOO_ID, 4, batch_size=2, seed=drawn.seed)
-    assert all(np.array_equal(a, b) for a, b in zip(drawn, again, strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip_strict(drawn, again))
     batches = session.stream(ZOO_ID, 2)
     assert isinstance(batches.seed, int) and batches.seed != drawn.seed
     batches.close()

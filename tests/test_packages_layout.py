@@ -145,7 +145,7 @@ def test_upstream_models_paths_in_custom_defaults_point_into_the_package(
                     assert after == str(pkg.root / before[len(prefix) + 1 :])
                 else:
                     assert after == before
-            if not isinstance(value, str | list | dict):
+            if not isinstance(value, (str, list, dict)):
                 assert got[key] == value
         assert not any(s.startswith("models/") for s in _custom_strings(dict(got)))
     assert rewritten >= 7  # the upstream models that ship inputs inside their package

@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+from _compat import zip_strict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -43,9 +44,9 @@ def assert_same(a: Any, b: Any) -> None:
     elif isinstance(a, np.generic):
         assert a.dtype == b.dtype
         assert (a == b) or (a != a and b != b)
-    elif isinstance(a, list | tuple):
+    elif isinstance(a, (list, tuple)):
         assert len(a) == len(b)
-        for x, y in zip(a, b, strict=True):
+        for x, y in zip_strict(a, b):
             assert_same(x, y)
     elif isinstance(a, dict):
         assert list(a) == list(b)

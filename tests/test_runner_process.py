@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _compat import zip_strict
 from _envs_for_tests import build_runner_env
 from _interpreters import skip_without_python
 from _model_fixtures import write_broken, write_hanging_import, write_numpy_zoo, write_torch_model
@@ -360,9 +361,9 @@ def test_seeded_generation_is_reproducible_and_seeds_differ(runner: RunnerProces
     a = collect(runner, 5, seed=1234)
     b = collect(runner, 5, seed=1234)
     c = collect(runner, 5, seed=99)
-    for x, y in zip(a, b, strict=True):
+    for x, y in zip_strict(a, b):
         np.testing.assert_array_equal(x, y)
-    assert any(not np.array_equal(x, z) for x, z in zip(a, c, strict=True))
+    assert any(not np.array_equal(x, z) for x, z in zip_strict(a, c))
 
 
 def test_batch_seed_follows_its_documented_formula() -> None:
@@ -387,12 +388,12 @@ def test_a_request_split_at_batch_boundaries_equals_the_whole(runner: RunnerProc
     tail = list(runner.generate(4, batch_size=4, seed=11, batch_offset=4))
     split = parts[0] + parts[1] + tail
     assert len(split) == len(whole)
-    for got, want in zip(split, whole, strict=True):
-        for x, y in zip(got, want, strict=True):
+    for got, want in zip_strict(split, whole):
+        for x, y in zip_strict(got, want):
             np.testing.assert_array_equal(x, y)
     # Out of order too: batch 3 alone is batch 3 of the whole.
     alone = list(runner.generate(4, batch_size=4, seed=11, batch_offset=3))
-    for x, y in zip(alone[0], whole[3], strict=True):
+    for x, y in zip_strict(alone[0], whole[3]):
         np.testing.assert_array_equal(x, y)
     # Each batch is seeded on its own: batches of one request differ.
     assert not np.array_equal(whole[0][0], whole[1][0])
@@ -404,7 +405,7 @@ def test_a_request_without_a_seed_draws_one_that_reproduces_it(runner: RunnerPro
     assert isinstance(stream.seed, int) and 0 <= stream.seed < protocol.SEED_LIMIT
     assert (stream.batch_size, stream.batch_offset, stream.batch_index) == (2, 0, 2)
     again = collect(runner, 6, batch_size=2, seed=stream.seed)
-    for x, y in zip(first, again, strict=True):
+    for x, y in zip_strict(first, again):
         np.testing.assert_array_equal(x, y)
     other = runner.generate(6, batch_size=2)
     list(other)
@@ -732,9 +733,9 @@ def test_torch_model_generates_reproducibly_with_a_seed(tmp_path_factory: pytest
         b = collect(proc, 4, seed=7)
         c = collect(proc, 4, seed=8)
     assert all(x.dtype == np.uint8 and x.shape == (8, 8, 3) for x in a)
-    for x, y in zip(a, b, strict=True):
+    for x, y in zip_strict(a, b):
         np.testing.assert_array_equal(x, y)
-    assert any(not np.array_equal(x, z) for x, z in zip(a, c, strict=True))
+    assert any(not np.array_equal(x, z) for x, z in zip_strict(a, c))
 
 
 @pytest.mark.parametrize("version", [OLDEST_PYTHON, "3.8"])

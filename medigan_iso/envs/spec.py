@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Union, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 from medigan_iso_runner.protocol import PROTOCOL_VERSION
@@ -59,7 +59,7 @@ class EnvSpec:
     as_of: str | None = None  # ISO date or "latest"; None: no cut-off (requirement lists have no date)
 
 
-SpecLike = ModelEntryLike | EnvSpec | Sequence[str]
+SpecLike = Union[ModelEntryLike, EnvSpec, Sequence[str]]  # a runtime alias: Python 3.9 has no X | Y on types
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def _normalise_spec(
 ) -> _Spec:
     """Validate and canonicalise ``spec``; ``as_of`` overrides its date, ``package_date`` is the newest
     file of its fetched package (a date source after ``execution.dependencies_as_of``)."""
-    if isinstance(spec, str | bytes):
+    if isinstance(spec, (str, bytes)):
         raise TypeError(
             f"ensure_env got the string {spec!r}; pass a list of requirement strings, an EnvSpec "
             "or a catalogue ModelEntry"

@@ -307,6 +307,11 @@ def build_readables(uv: Path | None, python: Path, settings: IndexSettings) -> l
     """What a confined build reads outside the system dirs: uv, the interpreter's installation and
     local package sources (find-links folders, file:// indexes, constraint files, the CA bundle)."""
     paths = [os.fspath(interpreter_root(python))]
+    # a virtualenv's python (the host's own, e.g. a researcher's venv) is a symlink into its base
+    # installation: uv reads the venv too (pyvenv.cfg, site-packages) before it accepts the interpreter
+    venv = Path(os.path.abspath(python)).parent.parent  # noqa: PTH100
+    if (venv / "pyvenv.cfg").is_file() and os.fspath(venv) not in paths:
+        paths.append(os.fspath(venv))
     if uv is not None:
         paths.append(os.path.realpath(uv))
     paths += [p for p in map(_local_path, settings.find_links) if p]
