@@ -889,7 +889,7 @@ def _bwrap_args(
     args = list(_BWRAP_FLAGS if run_as is None else _BWRAP_ROOT_FLAGS)
     for path in SYSTEM_DIRS:
         if os.path.islink(path):  # noqa: PTH114 - merged /usr: /lib -> usr/lib
-            args += ["--symlink", os.readlink(path), path]
+            args += ["--symlink", os.fspath(Path(path).readlink()), path]
         elif os.path.isdir(path):  # noqa: PTH112
             args += ["--ro-bind", path, path]
     for path in SYSTEM_FILES:
@@ -948,7 +948,7 @@ def _host_namespaces() -> dict[str, str]:
     out = {}
     for name in ("mnt", "net", "pid", "user", "ipc", "uts"):
         with contextlib.suppress(OSError):
-            out[name] = os.readlink(f"/proc/self/ns/{name}")
+            out[name] = os.fspath(Path(f"/proc/self/ns/{name}").readlink())
     return out
 
 

@@ -162,7 +162,7 @@ class Confinement:
         args = [self.bwrap, *_BUILD_BWRAP_FLAGS]
         for path in SYSTEM_DIRS:
             if os.path.islink(path):  # noqa: PTH114 - merged /usr: /lib -> usr/lib
-                args += ["--symlink", os.readlink(path), path]
+                args += ["--symlink", os.fspath(Path(path).readlink()), path]
             elif os.path.isdir(path):  # noqa: PTH112
                 args += ["--ro-bind", path, path]
         for path in (*SYSTEM_FILES, *BUILD_ETC_FILES):
