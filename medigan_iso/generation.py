@@ -65,7 +65,7 @@ from medigan_iso.sandbox import (
     stricter,
     verify_hello,
 )
-from medigan_iso.untrusted import get_logger
+from medigan_iso.untrusted import get_logger, neutralise
 
 __all__ = [
     "BUILD_POLICY_ENV",
@@ -291,6 +291,18 @@ class Session:
 
     def __enter__(self) -> Session:
         return self
+
+    def __repr__(self) -> str:
+        """What a notebook shows for a Session: open or closed, warm runners (model and pid), sandbox."""
+        with self._lock:
+            warm = [
+                f"{neutralise(model_id, max_chars=80)} (pid {slot.runner.pid})"
+                for model_id, slot in self._slots.items()
+                if slot.runner is not None and slot.runner.is_alive()
+            ]
+        state = "closed" if self._closed else "open"
+        runners = ", ".join(warm) if warm else "none"
+        return f"<medigan_iso.Session {state}; warm runners: {runners}; sandbox: {self._sandbox.policy}>"
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

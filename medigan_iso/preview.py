@@ -14,6 +14,7 @@ are min-max scaled over the sheet too; bool samples become 0/255.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,12 +25,23 @@ import numpy.typing as npt
 
 from medigan_iso.untrusted import get_logger
 
-__all__ = ["contact_sheet"]
+__all__ = ["ContactSheet", "contact_sheet"]
 
 _log = get_logger(__name__)
 
 PADDING_VALUE = 255  # grid lines are white: medical images are mostly black at their borders
 MAX_SHEET_PIXELS = 100_000_000  # guards against an accidental 100k-sample sheet eating the host's memory
+
+
+class ContactSheet(np.ndarray):  # type: ignore[type-arg,unused-ignore]
+    """The uint8 array contact_sheet returns; Jupyter shows it inline as a PNG (``_repr_png_``)."""
+
+    def _repr_png_(self) -> bytes:
+        from PIL import Image
+
+        out = io.BytesIO()
+        Image.fromarray(np.asarray(self, dtype=np.uint8)).save(out, format="PNG")
+        return out.getvalue()
 
 
 def _image_part(sample: Any, index: int) -> npt.NDArray[Any]:
@@ -99,13 +111,14 @@ def contact_sheet(
     *,
     columns: int | None = None,
     padding: int = 2,
-) -> npt.NDArray[np.uint8]:
+) -> ContactSheet:
     """Tile ``samples`` into one uint8 image (H x W for greyscale samples, H x W x 3 if any has colour).
 
     ``samples`` is a sequence of arrays or medigan tuples, or one array stacked along its first axis.
     ``columns`` defaults to ceil(sqrt(n)); ``padding`` pixels of white separate and surround the cells;
     cells of smaller samples are centred in the largest sample's cell. With ``path``, the sheet is also
-    written there as a PNG (parent directories are created).
+    written there as a PNG (parent directories are created). The result is a numpy array (a subclass
+    that Jupyter displays inline as the image).
     """
     if columns is not None and (isinstance(columns, bool) or not isinstance(columns, int) or columns < 1):
         raise ValueError(f"columns must be a positive integer or None, got {columns!r}")
@@ -133,7 +146,7 @@ def contact_sheet(
         top = padding + row * (cell_h + padding) + (cell_h - cell.shape[0]) // 2
         left = padding + col * (cell_w + padding) + (cell_w - cell.shape[1]) // 2
         sheet[top : top + cell.shape[0], left : left + cell.shape[1], :] = cell  # broadcasts 1 -> 3 channels
-    result = sheet[:, :, 0] if channels == 1 else sheet
+    result = (sheet[:, :, 0] if channels == 1 else sheet).view(ContactSheet)
     if path is not None:
         from PIL import Image  # only when writing: tiling itself needs numpy alone
 
