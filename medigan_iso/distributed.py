@@ -379,7 +379,7 @@ def _holds_arrays(value: object) -> bool:
         return True
     if isinstance(value, Mapping):
         return any(_holds_arrays(v) for v in value.values())
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return any(_holds_arrays(v) for v in value)
     return False
 

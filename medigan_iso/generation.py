@@ -921,9 +921,9 @@ def _own_version() -> str:
 def _holds_arrays(value: Any) -> bool:
     if isinstance(value, Mapping):
         return any(_holds_arrays(v) for v in value.values())
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return any(_holds_arrays(v) for v in value)
-    return hasattr(value, "__array__") and not isinstance(value, int | float | bool | str)
+    return hasattr(value, "__array__") and not isinstance(value, (int, float, bool, str))
 
 
 STAGING_DIR_NAME = ".medigan-iso-staging"  # inside a Session.save folder: where the model writes

@@ -72,7 +72,7 @@ def jsonable(value: Any) -> Any:
     arrays as ``{"ndarray": {"dtype", "shape", "sha256"}}`` (a fingerprint, not the data)."""
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
         data = np.ascontiguousarray(value)
@@ -85,7 +85,7 @@ def jsonable(value: Any) -> Any:
         }
     if isinstance(value, np.generic):
         return value.item()
-    if value is None or isinstance(value, bool | int | float | str):
+    if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return repr(value)
 

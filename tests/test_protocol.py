@@ -137,7 +137,7 @@ def test_the_payload_is_read_with_one_readinto_loop_and_arrays_are_views_of_it()
     assert frame is not None
     payload = sum(a.nbytes for a in arrays)
     assert sizes[-1] == payload and len(sizes) == 3  # prefix, header, the whole payload
-    for got, sent in zip(frame.arrays, arrays, strict=True):
+    for got, sent in zip_strict(frame.arrays, arrays):
         assert_same(got, sent)
         assert got.flags.aligned and got.flags.c_contiguous
     assert frame.arrays[0].base is frame.arrays[2].base  # views of one buffer

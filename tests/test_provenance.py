@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _compat import zip_strict
 from _model_fixtures import write_numpy_zoo
 
 import medigan_iso
@@ -444,7 +445,7 @@ def test_readme_provenance_commands_and_example_work_as_written(
     exec(python, namespace)
     whole, part, drawn = namespace["whole"], namespace["part"], namespace["drawn"]
     assert len(whole) == 200 and len(part) == 40
-    assert all(np.array_equal(a, b) for a, b in zip(part, whole[40:80], strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip_strict(part, whole[40:80]))
     assert isinstance(drawn.seed, int) and len(drawn) == 5
 
 

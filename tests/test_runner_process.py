@@ -350,7 +350,7 @@ def test_a_slow_reader_gets_the_batches_of_a_fast_one(runner: RunnerProcess) -> 
     assert indices == list(range(120))  # the global index of each batch, coalesced or not
     assert [len(b) for b in slow] == [1] * 120 and stream.batches == 120 and stream.produced == 120
     assert stream.frames <= stream.batches
-    for a, b in zip(fast, slow, strict=True):
+    for a, b in zip_strict(fast, slow):
         np.testing.assert_array_equal(a[0], b[0])
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _compat import zip_strict
 
 from medigan_iso.errors import OutputExistsError
 from medigan_iso.images import SampleWriter
@@ -41,7 +42,7 @@ def test_the_pool_writes_the_serial_writers_files_in_its_order(tmp_path: Path, f
     pooled = write_all(tmp_path / "pooled", 3, fmt)
     assert [p.name for p in pooled.files] == [p.name for p in serial.files]
     assert len(pooled.files) > 40 and pooled.notes == serial.notes
-    for a, b in zip(serial.files, pooled.files, strict=True):
+    for a, b in zip_strict(serial.files, pooled.files):
         assert a.read_bytes() == b.read_bytes(), a.name
     assert sorted(p.name for p in (tmp_path / "pooled").iterdir()) == sorted(
         p.name for p in (tmp_path / "serial").iterdir()
