@@ -290,7 +290,8 @@ def bench_torch_overhead(work: Path, n: int, repeats: int) -> dict[str, Any]:
     except MediganIsoError as exc:
         return {"skipped": f"no torch env: {str(exc).splitlines()[0]}"}
     package = write_torch_model(work / "bench-torch")
-    return bench_overhead(python, package, work, n, repeats, size=64)
+    # 10 x the samples of the numpy case: 1000 64x64 samples take ~50 ms, too short to time on a loaded machine
+    return bench_overhead(python, package, work, 10 * n, repeats, size=64)
 
 
 def bench_spawn(python: Path, fast: Path, work: Path, repeats: int) -> dict[str, Any]:
