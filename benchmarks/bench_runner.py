@@ -290,7 +290,7 @@ def bench_torch_overhead(work: Path, n: int, repeats: int) -> dict[str, Any]:
     except MediganIsoError as exc:
         return {"skipped": f"no torch env: {str(exc).splitlines()[0]}"}
     package = write_torch_model(work / "bench-torch")
-    # 10 x the samples of the numpy case: 1000 64x64 samples take ~50 ms, too short to time on a loaded machine
+    # 10 x the samples of the numpy case: 1000 64x64 samples take ~50 ms, too short to time under load
     return bench_overhead(python, package, work, 10 * n, repeats, size=64)
 
 
