@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import os
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -211,6 +212,44 @@ class _Slot:
     output_dir: Path | None = None  # the writable directory the runner's sandbox was given
     consecutive_crashes: int = 0
     last_failure: BaseException | None = None
+
+
+PROGRESS_ENV = "MEDIGAN_ISO_PROGRESS"  # "1" forces the progress bar on, "0" off; unset: when interactive
+PROGRESS_MIN_SAMPLES = 64  # shorter requests show no bar
+
+
+def _interactive() -> bool:
+    """A Jupyter kernel (stderr is not a terminal there, but the page shows a bar) or a terminal."""
+    shell = sys.modules.get("IPython")
+    if shell is not None and "ipykernel" in sys.modules:
+        get_ipython = getattr(shell, "get_ipython", None)
+        if get_ipython is not None and get_ipython() is not None:
+            return True
+    stream = sys.stderr
+    return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
+
+
+def _progress_bar(total: int, description: str) -> Any:
+    """A tqdm.auto bar (a widget in notebooks, text in terminals) for long interactive requests, else None.
+
+    Off when not interactive (pipes, CI, logs) and when tqdm is not installed (extra ``notebook``).
+    """
+    wanted = os.environ.get(PROGRESS_ENV, "").strip()
+    if wanted == "0" or (wanted != "1" and (total < PROGRESS_MIN_SAMPLES or not _interactive())):
+        return None
+    try:
+        import warnings
+
+        from tqdm import tqdm as text_bar
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    with warnings.catch_warnings():  # tqdm.auto warns when ipywidgets is missing, then draws text
+        warnings.simplefilter("ignore")
+        try:
+            return tqdm(total=total, desc=description, unit="sample", leave=False)
+        except ImportError:  # older tqdm in a kernel without ipywidgets: no widget, text then
+            return text_bar(total=total, desc=description, unit="sample", leave=False)
 
 
 class Session:
@@ -739,8 +778,15 @@ class Session:
             **model_kwargs,
         )
         samples = Samples()
-        for batch in batches:
-            samples.extend(batch)
+        bar = _progress_bar(num_samples, f"{neutralise(model_id, max_chars=40)}")
+        try:
+            for batch in batches:
+                samples.extend(batch)
+                if bar is not None:
+                    bar.update(len(batch))
+        finally:
+            if bar is not None:
+                bar.close()
         samples.model_id = batches.model_id
         samples.seed = batches.seed
         samples.batch_size = batches.batch_size

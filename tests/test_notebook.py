@@ -12,6 +12,7 @@ import queue
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +33,7 @@ class Kernel:
     def run(self, code: str, *, timeout: float = 600) -> dict[str, Any]:
         """Execute ``code``; its reply status, stdout text, results ({mime: data}) and error name."""
         msg_id = self.kc.execute(code)
-        out: dict[str, Any] = {"stdout": "", "results": [], "error": None, "status": None}
+        out: dict[str, Any] = {"stdout": "", "stderr": "", "results": [], "error": None, "status": None}
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -42,8 +43,8 @@ class Kernel:
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
             kind, content = msg["msg_type"], msg["content"]
-            if kind == "stream" and content["name"] == "stdout":
-                out["stdout"] += content["text"]
+            if kind == "stream":
+                out[content["name"]] += content["text"]
             elif kind in ("execute_result", "display_data"):
                 out["results"].append(content["data"])
             elif kind == "error":
@@ -63,7 +64,7 @@ class Kernel:
 
     def ok(self, code: str, *, timeout: float = 600) -> dict[str, Any]:
         out = self.run(code, timeout=timeout)
-        assert out["status"] == "ok", out
+        assert out["status"] == "ok", out.get("traceback", out)
         return out
 
 
@@ -87,7 +88,7 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
 
 
 def test_generate_session_stream_and_contact_sheet_in_a_kernel(kernel: Kernel) -> None:
-    kernel.ok("import medigan_iso, numpy as np\nfrom medigan_iso.preview import contact_sheet")
+    kernel.ok("import os, medigan_iso, numpy as np\nfrom medigan_iso.preview import contact_sheet")
     out = kernel.ok(
         "samples = medigan_iso.generate('demo-numpy', 4, seed=3)\n"
         "print(len(samples), samples[0].shape, samples[0].dtype)"
@@ -110,6 +111,15 @@ def test_generate_session_stream_and_contact_sheet_in_a_kernel(kernel: Kernel) -
 
     raw = base64.b64decode(png)
     assert raw.startswith(b"\x89PNG\r\n\x1a\n")
+    # a long request draws a tqdm.auto progress bar in the page; MEDIGAN_ISO_PROGRESS=0 turns it off
+    out = kernel.ok("long = session.generate('demo-numpy', 128, seed=3, batch_size=32)")
+    assert "128/128" in out["stderr"] and "sample" in out["stderr"], out
+    out = kernel.ok(
+        "os.environ['MEDIGAN_ISO_PROGRESS'] = '0'\n"
+        "quiet = session.generate('demo-numpy', 128, seed=3, batch_size=32)\n"
+        "del os.environ['MEDIGAN_ISO_PROGRESS']"
+    )
+    assert out["stderr"] == ""
     out = kernel.ok("session.close()\nsession")
     assert out["results"][-1]["text/plain"].startswith("<medigan_iso.Session closed")
 
@@ -161,3 +171,19 @@ def test_kernel_interrupt_stops_the_runner_and_keeps_the_kernel_usable(kernel: K
     assert "warm runners: none" in out["stdout"]
     out = kernel.ok("again = s2.generate('demo-numpy', 2, seed=1)\nprint(len(again))\ns2.close()")
     assert out["stdout"].strip() == "2"  # the kernel and the Session still work (a fresh runner)
+
+
+def test_no_progress_bar_when_not_interactive(capfd: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Here stderr is a pipe (pytest captures it): a long request draws nothing."""
+    import medigan_iso
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDIGAN_ISO_HOME", str(tmp_path / "home"))
+    mp.setenv("MEDIGAN_ISO_CATALOGUE_URL", "")
+    mp.delenv("MEDIGAN_ISO_PROGRESS", raising=False)
+    try:
+        samples = medigan_iso.generate("demo-numpy", 128, seed=3, batch_size=32)
+    finally:
+        mp.undo()
+    assert len(samples) == 128
+    assert "sample/s" not in capfd.readouterr().err
