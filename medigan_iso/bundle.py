@@ -125,7 +125,7 @@ def manifest_sha256(root: str | os.PathLike[str]) -> str:
 
 def verify_bundle(root: str | os.PathLike[str], *, expected_sha256: str | None = None) -> dict[str, Any]:
     """Check every file ``bundle.json`` lists; return the manifest or raise :class:`BundleError` naming
-    each missing or altered file. ``expected_sha256`` also pins ``bundle.json`` itself."""
+    each missing or altered file, and each file in the folder it does not list. ``expected_sha256`` also pins ``bundle.json`` itself."""
     folder = Path(root).absolute()
     data = _manifest(folder)
     if data is None:
@@ -148,10 +148,14 @@ def verify_bundle(root: str | os.PathLike[str], *, expected_sha256: str | None =
             problems.append(f"{neutralise(rel)}: missing")
         elif sha256_file(path) != want:
             problems.append(f"{neutralise(rel)}: altered (sha256 differs from {MANIFEST_NAME})")
+    for path in sorted(folder.rglob("*")):
+        rel = _rel(folder, path)
+        if rel != MANIFEST_NAME and rel not in files and (path.is_file() or path.is_symlink()):
+            problems.append(f"{neutralise(rel)}: not listed in {MANIFEST_NAME} (an extra file)")
     if problems:
         raise BundleError(
             str(folder),
-            f"{len(problems)} of {len(files)} files fail verification",
+            f"{len(problems)} file(s) fail verification ({len(files)} listed)",
             problems=problems,
             remedy="copy the bundle again from the connected machine (compare the manifest sha256 printed "
             "there)",

@@ -213,6 +213,23 @@ def test_a_tampered_wheel_is_refused(
     _nothing_installed(home)
 
 
+def test_verify_names_and_refuses_files_the_manifest_does_not_list(
+    made: dict[str, Any], tmp_path: Path
+) -> None:
+    bundle = _copy(made["out"], tmp_path / "bundle")
+    verify_bundle(bundle)
+    (bundle / "wheels" / "evil-1.0-py3-none-any.whl").write_bytes(b"not listed")
+    (bundle / "packages" / "demo-numpy" / "extra.py").write_text("print('hi')\n", encoding="utf-8")
+    (bundle / "notes.txt").symlink_to("/etc/hostname")
+    with pytest.raises(BundleError) as caught:
+        verify_bundle(bundle)
+    assert sorted(caught.value.problems) == [
+        "notes.txt: not listed in bundle.json (an extra file)",
+        "packages/demo-numpy/extra.py: not listed in bundle.json (an extra file)",
+        "wheels/evil-1.0-py3-none-any.whl: not listed in bundle.json (an extra file)",
+    ]
+
+
 def test_a_tampered_package_is_refused(
     made: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

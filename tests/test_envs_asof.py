@@ -9,6 +9,7 @@ from 127.0.0.1.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import threading
@@ -102,6 +103,19 @@ def test_date_sources_first_found_wins() -> None:
     assert undated.date is None and undated.label == "latest"
     with pytest.raises(ValueError, match="not a date"):
         as_of_for(entry, override="yesterday-ish")
+
+
+def test_an_explicit_latest_is_not_reported_as_a_missing_date(caplog: pytest.LogCaptureFixture) -> None:
+    from medigan_iso.envs.spec import _normalise_spec
+
+    with caplog.at_level(logging.INFO, logger="medigan_iso.envs"):
+        _normalise_spec(DatedEntry(dependencies_as_of="latest"))
+    assert "has no date" not in caplog.text
+    assert "00099_DATED: the entry asks for 'latest'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="medigan_iso.envs"):
+        _normalise_spec(DatedEntry())
+    assert "00099_DATED: the entry has no date" in caplog.text
 
 
 def test_strict_catalogue_mode_requires_dependencies_as_of(tmp_path: Path) -> None:

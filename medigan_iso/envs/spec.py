@@ -169,7 +169,13 @@ def _normalise_spec(
             ) from exc
     else:
         dated = as_of_for(None, override=as_of)
-    if dated.date is None and is_entry and as_of is None:
+    if dated.date is None and is_entry and as_of is None and dated.source == "execution.dependencies_as_of":
+        logger.info(
+            "%s: the entry asks for 'latest' (execution.dependencies_as_of); resolving against the index as "
+            "it is today",
+            name,
+        )
+    elif dated.date is None and is_entry and as_of is None:
         logger.warning(
             "%s: the entry has no date (execution.dependencies_as_of, description.provided_date or "
             "selection.year); resolving against the index as it is today",
