@@ -32,7 +32,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from medigan_iso._version import __version__
 from medigan_iso.archives import sha256_file, tree_sha256, walk_package_dir
 from medigan_iso.catalogue import ModelEntry, load_catalogue, store_local_entry, thaw
-from medigan_iso.downloads import download
+from medigan_iso.downloads import discard_partial, download
 from medigan_iso.envs._common import _sha256_text, _write_atomic
 from medigan_iso.envs.ensure import _ensure
 from medigan_iso.envs.index import IndexSettings, index_settings
@@ -125,7 +125,8 @@ def manifest_sha256(root: str | os.PathLike[str]) -> str:
 
 def verify_bundle(root: str | os.PathLike[str], *, expected_sha256: str | None = None) -> dict[str, Any]:
     """Check every file ``bundle.json`` lists; return the manifest or raise :class:`BundleError` naming
-    each missing or altered file, and each file in the folder it does not list. ``expected_sha256`` also pins ``bundle.json`` itself."""
+    each missing or altered file, and each file in the folder it does not list. ``expected_sha256``
+    also pins ``bundle.json`` itself."""
     folder = Path(root).absolute()
     data = _manifest(folder)
     if data is None:
@@ -187,9 +188,32 @@ def _parse_lock(lock: str) -> list[_LockLine]:
     return out
 
 
-def _supported_tags(interp: Interpreter) -> set[Tag]:
+_PLATFORM = re.compile(r"(x86_64|aarch64|i686|ppc64le|s390x|armv7l)-manylinux_2_(\d+)")
+
+
+def _platform_tags(target: str | None) -> list[str]:
+    """The wheel platform tags a machine of ``target`` (uv's ``--python-platform``, e.g.
+    ``aarch64-manylinux_2_28``) installs, newest first; None: this machine's."""
+    if target is None:
+        return list(platform_tags())
+    found = _PLATFORM.fullmatch(target)
+    if found is None:
+        raise BundleError(
+            "-",
+            f"--platform {neutralise(target)!r} is not a platform bundles support",
+            remedy="give ARCH-manylinux_2_N (uv's --python-platform form), e.g. aarch64-manylinux_2_28 or "
+            "x86_64-manylinux_2_17; ARCH is one of x86_64, aarch64, i686, ppc64le, s390x, armv7l",
+        )
+    arch, glibc = found.group(1), int(found.group(2))
+    tags = [f"manylinux_2_{minor}_{arch}" for minor in range(glibc, 4, -1)]
+    legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+    tags += [f"{name}_{arch}" for minor, name in legacy.items() if minor <= glibc]
+    return tags
+
+
+def _supported_tags(interp: Interpreter, target: str | None = None) -> set[Tag]:
     version = tuple(int(x) for x in interp.version.split(".")[:2])
-    platforms = list(platform_tags())
+    platforms = _platform_tags(target)
     tags = set(cpython_tags(version, platforms=platforms))
     tags |= set(compatible_tags(version, f"cp{version[0]}{version[1]}", platforms))
     return tags
@@ -224,9 +248,11 @@ def _fetch_wheels(
     layout: CacheLayout,
     settings: IndexSettings,
     label: str,
+    target: str | None = None,
 ) -> list[Path]:
     """``pip wheel --no-deps --require-hashes`` of ``lines`` for ``interp`` into ``dest``, confined: wheels
-    are saved as downloaded, sdists are built into wheels (their build scripts run inside bubblewrap)."""
+    are saved as downloaded, sdists are built into wheels (their build scripts run inside bubblewrap).
+    For another platform (``target``) ``pip download --only-binary :all:`` of that platform's wheels."""
     uv = _find_uv()
     if uv is None:
         raise BundleError(str(dest), "bundling needs uv", remedy="install uv (`pip install uv`)")
@@ -246,6 +272,14 @@ def _fetch_wheels(
             ),
             encoding="utf-8",
         )
+        if target is None:
+            fetch = ["wheel", "-w", str(out_dir)]
+        else:
+            abi = f"cp{interp.minor.replace('.', '')}"
+            fetch = ["download", "-d", str(out_dir), "--only-binary", ":all:", "--implementation", "cp"]
+            fetch += ["--python-version", interp.minor, "--abi", abi, "--abi", "abi3", "--abi", "none"]
+            for tag in _platform_tags(target):
+                fetch += ["--platform", tag]
         steps = [
             [
                 str(uv),
@@ -268,14 +302,12 @@ def _fetch_wheels(
                 "-I",
                 "-m",
                 "pip",
-                "wheel",
+                *fetch,
                 "--no-deps",
                 "--require-hashes",
                 "--no-cache-dir",
                 "--disable-pip-version-check",
                 "--no-input",
-                "-w",
-                str(out_dir),
                 "-r",
                 str(reqs),
                 *_pip_args(settings),
@@ -297,13 +329,19 @@ def _fetch_wheels(
                     f"cannot fetch the wheels of {label} for Python {interp.minor}:\n"
                     + neutralise((done.stderr or done.stdout)[-3000:], max_chars=3000),
                     remedy="check the index settings and that every locked package has a wheel or an "
-                    "sdist that builds on this machine",
+                    "sdist that builds on this machine"
+                    + (
+                        f" (for --platform {target}: a wheel of that platform; sdists are not built for "
+                        "another platform)"
+                        if target
+                        else ""
+                    ),
                 )
         moved = []
         for wheel in sorted(out_dir.glob("*.whl")):
-            target = dest / wheel.name
-            if target.exists():
-                if sha256_file(target) != sha256_file(wheel):
+            saved = dest / wheel.name
+            if saved.exists():
+                if sha256_file(saved) != sha256_file(wheel):
                     raise BundleError(
                         str(dest),
                         f"{wheel.name} exists with other content (a wheel built again from its sdist "
@@ -311,8 +349,8 @@ def _fetch_wheels(
                         remedy="remove that wheel from the bundle and bundle again",
                     )
             else:
-                shutil.move(str(wheel), target)
-            moved.append(target)
+                shutil.move(str(wheel), saved)
+            moved.append(saved)
         return moved
 
 
@@ -325,6 +363,7 @@ def _fill_wheelhouse(
     layout: CacheLayout,
     settings: IndexSettings,
     label: str,
+    target: str | None = None,
 ) -> tuple[str, list[str]]:
     """Make sure every line of ``lock`` has a wheel for ``interp`` in the wheelhouse; return the lock
     rewritten to pin exactly those wheels, and the wheel files added."""
@@ -332,7 +371,7 @@ def _fill_wheelhouse(
     wheels.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = manifest.setdefault("files", {})
     built: dict[str, str] = manifest.setdefault("built_from_sdist", {})  # wheel file -> sdist sha256
-    tags = _supported_tags(interp)
+    tags = _supported_tags(interp, target)
     lines = _parse_lock(lock)
 
     def chosen(line: _LockLine) -> str | None:
@@ -349,7 +388,7 @@ def _fill_wheelhouse(
     if missing:
         logger.info("fetching %d wheel(s) of %s for Python %s", len(missing), label, interp.minor)
         for wheel in _fetch_wheels(
-            missing, interp, dest=wheels, layout=layout, settings=settings, label=label
+            missing, interp, dest=wheels, layout=layout, settings=settings, label=label, target=target
         ):
             sha = sha256_file(wheel)
             rel = _rel(root, wheel)
@@ -366,7 +405,7 @@ def _fill_wheelhouse(
             raise BundleError(
                 str(root),
                 f"no wheel of {line.requirement} for Python {interp.minor} after fetching ({label})",
-                remedy="that version may have no wheel for this platform and no sdist",
+                remedy=f"that version may have no wheel for {target or 'this platform'} and no sdist",
             )
         out.append(f"{line.requirement} \\\n    --hash=sha256:{files[found]}")
     return "\n".join(out) + "\n", added
@@ -418,6 +457,7 @@ def _bundle_package(
         else:
             download(link, part)
         part.replace(target)
+    discard_partial(target.with_name(target.name + ".part"))  # and its resume metadata: not a bundle file
     actual = sha256_file(target)
     if pin is not None and actual != pin:
         target.unlink(missing_ok=True)
@@ -456,11 +496,18 @@ def _target_interpreters(pythons: Sequence[str], layout: CacheLayout) -> list[In
 
 
 def _resolve_for(
-    spec: _Spec, interp: Interpreter | None, layout: CacheLayout, settings: IndexSettings
+    spec: _Spec,
+    interp: Interpreter | None,
+    layout: CacheLayout,
+    settings: IndexSettings,
+    target: str | None = None,
 ) -> Resolution:
     uv = _find_uv()
     if interp is None:
-        return _resolve(spec, layout=layout, settings=settings, uv=uv, refresh=False)
+        here = _resolve(spec, layout=layout, settings=settings, uv=uv, refresh=False)
+        if target is None:
+            return here
+        interp = here.interpreter  # the interpreter of the entry's era, resolved again for the target
     return _resolve_on(
         spec,
         interp,
@@ -469,6 +516,7 @@ def _resolve_for(
         uv=uv,
         refresh=False,
         only_binary=COMPILED_PACKAGES if spec.as_of.date else (),
+        python_platform=target,
     )
 
 
@@ -481,6 +529,7 @@ def create_bundle(
     config: Any = None,
     home: str | os.PathLike[str] | None = None,
     find_links: Sequence[str | os.PathLike[str]] = (),
+    platform: str | None = None,
     progress: ProgressFn | None = None,
 ) -> BundleReport:
     """Write (or extend) the bundle in ``out`` for ``model_ids``; see the module docstring.
@@ -488,14 +537,23 @@ def create_bundle(
     ``pythons`` ("3.11", ...) are the destination's interpreters (default: the one each env would use
     here); ``catalogue_only`` bundles entries and packages but no envs; ``config`` is passed to
     :func:`~medigan_iso.catalogue.load_catalogue`; ``find_links`` adds local package folders to the
-    index settings translated from pip's configuration.
+    index settings translated from pip's configuration; ``platform`` (uv's ``--python-platform`` form,
+    e.g. ``aarch64-manylinux_2_28``) resolves and fetches wheels for another platform (wheels only).
     """
     say = progress or (lambda _m: None)
     root = Path(out).absolute()
     root.mkdir(parents=True, exist_ok=True)
     home_path = Path(home) if home is not None else None
     layout = cache_layout(home).ensure()
+    tags_wanted = _platform_tags(platform)  # refuses an unsupported platform before any work
     manifest = _manifest(root) or {"format": BUNDLE_FORMAT, "files": {}, "models": {}, "runner": {}}
+    if manifest.get("files") and manifest.get("target_platform") != platform:
+        raise BundleError(
+            str(root),
+            f"this bundle was made for {neutralise(manifest.get('target_platform') or 'its machine')}, "
+            f"not {platform or 'this machine'}",
+            remedy="bundle each platform into its own folder",
+        )
     before = dict(manifest["files"])
     settings = index_settings(find_links=find_links, offline=False)
     catalogue = load_catalogue(config, home=home, offline=False)
@@ -526,7 +584,7 @@ def create_bundle(
         if not catalogue_only:
             for target in targets:
                 say(f"{entry.model_id}: resolving")
-                resolution = _resolve_for(spec, target, layout, settings)
+                resolution = _resolve_for(spec, target, layout, settings, platform)
                 interp = resolution.interpreter
                 say(f"{entry.model_id}: wheels for Python {interp.minor}")
                 lock, _added = _fill_wheelhouse(
@@ -537,6 +595,7 @@ def create_bundle(
                     layout=layout,
                     settings=settings,
                     label=entry.model_id,
+                    target=platform,
                 )
                 rel = f"{LOCKS_DIR}/{_safe(entry.model_id)}-py{interp.minor}.txt"
                 (root / LOCKS_DIR).mkdir(exist_ok=True)
@@ -553,7 +612,13 @@ def create_bundle(
             interp = layout_interps.get(minor) or _find_interpreter(None, name=None, layout=layout)
             spec = _normalise_spec(list(RUNNER_REQUIREMENTS))
             resolution = _resolve_on(
-                spec, interp, layout=layout, settings=settings, uv=_find_uv(), refresh=False
+                spec,
+                interp,
+                layout=layout,
+                settings=settings,
+                uv=_find_uv(),
+                refresh=False,
+                python_platform=platform,
             )
             lock, _added = _fill_wheelhouse(
                 resolution.lock,
@@ -563,6 +628,7 @@ def create_bundle(
                 layout=layout,
                 settings=settings,
                 label="the runner",
+                target=platform,
             )
             rel = f"{LOCKS_DIR}/{_RUNNER_ID}-py{minor}.txt"
             (root / LOCKS_DIR).mkdir(exist_ok=True)
@@ -573,7 +639,9 @@ def create_bundle(
     _write_atomic(cat_path, text)
     manifest["files"][CATALOGUE_NAME] = _sha256_text(text)
     manifest["medigan_iso_version"] = __version__
-    manifest["platform"] = next(iter(platform_tags()))
+    manifest["platform"] = platform or next(iter(platform_tags()))
+    manifest["target_platform"] = platform  # None: the machine that made it
+    manifest["platform_tags"] = tags_wanted  # install refuses a machine that supports none of them
     _write_atomic(root / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True))
     total = sum((root / rel).stat().st_size for rel in manifest["files"])
     added = tuple(sorted(set(manifest["files"]) - set(before)))
@@ -608,13 +676,24 @@ def install_bundle(
     expected_sha256: str | None = None,
     progress: ProgressFn | None = None,
 ) -> InstallReport:
-    """Verify the bundle in ``root``, import its packages, build its envs offline from its wheelhouse and
-    add its entries to the local catalogue (last, so a failed install leaves no model pointing at it)."""
+    """Verify the bundle in ``root``, import its packages into the store, build its envs offline from its
+    wheelhouse and add its entries to the local catalogue (last, so a failed install leaves no model
+    pointing at it). The entries link the packages' trees in the store, not the bundle folder, which can
+    be deleted afterwards."""
     say = progress or (lambda _m: None)
     started = time.monotonic()
     folder = Path(root).absolute()
     manifest = verify_bundle(folder, expected_sha256=expected_sha256)
     sha = manifest_sha256(folder)
+    wanted = manifest.get("platform_tags")
+    if isinstance(wanted, list) and wanted and not set(map(str, wanted)) & set(platform_tags()):
+        raise BundleError(
+            str(folder),
+            f"the bundle was made for the platform {neutralise(manifest.get('platform'))}; this machine is "
+            f"{next(iter(platform_tags()))} and can install none of its wheels",
+            remedy="make a bundle for this machine on the connected one (`medigan-iso bundle MODEL -o DIR "
+            "--platform ARCH-manylinux_2_N`, or without --platform on a machine like this one)",
+        )
     layout = cache_layout(home).ensure()
     catalogue = load_catalogue([str(folder / CATALOGUE_NAME)], home=home, offline=True, official_url="")
     local = {i.minor: i for i in discover_interpreters(layout)}
@@ -626,12 +705,13 @@ def install_bundle(
         raise BundleError(str(folder), "installing a bundle needs uv", remedy="install uv with medigan-iso")
     envs: dict[str, str] = {}
     skipped: list[str] = []
+    stored: dict[str, str] = {}  # model -> its package's key in the store (archive sha256 or tree hash)
     models = sorted(manifest.get("models", {}))
     for model_id in models:
         record = manifest["models"][model_id]
         entry = catalogue.resolve(model_id)
         say(f"{model_id}: package")
-        ensure_package(entry, home=home, offline=True, require_hashes=True)
+        stored[model_id] = ensure_package(entry, home=home, offline=True, require_hashes=True).sha256
         spec = _normalise_spec(entry)
         usable = [m for m in record.get("envs", {}) if m in local]
         skipped += [f"{model_id} (Python {m})" for m in record.get("envs", {}) if m not in local]
@@ -672,7 +752,10 @@ def install_bundle(
             envs[model_id] = env.key
     for model_id in models:
         raw = thaw(catalogue.resolve(model_id).raw)
-        raw["execution"]["package_link"] = os.fspath(folder / raw["execution"]["package_link"])
+        # the package's tree in the store, pinned by the same hash (found there without reading the link):
+        # the bundle folder may be moved or deleted once installed
+        raw["execution"]["package_link"] = os.fspath(layout.package_tree(stored[model_id]))
+        raw["execution"]["package_sha256"] = stored[model_id]
         store_local_entry(model_id, raw, home=home)
     record_path = _installed_record(layout, sha)
     record_path.parent.mkdir(parents=True, exist_ok=True)

@@ -360,6 +360,31 @@ def test_session_installs_the_bundle_named_by_the_environment_once(
         shutil.rmtree(home, ignore_errors=True)
 
 
+def test_the_bundle_folder_can_be_deleted_after_install(
+    made: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medigan_iso import Session
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(made["out"], bundle)
+    manifest = _manifest(bundle)
+    del manifest["models"]["demo-torch"]  # its 1 GB env is built by the namespace test
+    (bundle / "bundle.json").write_text(json.dumps(manifest), encoding="utf-8")
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEDIGAN_ISO_HOME", str(home))
+    monkeypatch.setenv("MEDIGAN_ISO_CATALOGUE_URL", "")
+    monkeypatch.delenv("MEDIGAN_ISO_BUNDLE", raising=False)
+    install_bundle(bundle)
+    shutil.rmtree(bundle)
+    monkeypatch.setenv("MEDIGAN_ISO_OFFLINE", "1")
+    trees = cache_layout(home).package_trees
+    with Session() as session:
+        for model_id in ("demo-numpy", ZOO_ID):
+            link = session.catalogue.resolve(model_id).package_link
+            assert Path(link).parent == trees, link
+            assert len(session.generate(model_id, 2, seed=1)) == 2
+
+
 def test_python_targets_get_their_own_locks_and_wheels(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -388,3 +413,40 @@ def test_python_targets_get_their_own_locks_and_wheels(
     lock_312 = (out / manifest["models"]["demo-numpy"]["envs"]["3.12"]["lock"]).read_text()
     numpy_312 = next(w for w in wheels if w.startswith("numpy-") and "-cp312-" in w)
     assert manifest["files"][f"wheels/{numpy_312}"] in lock_312
+
+
+def test_a_bundle_for_another_platform_holds_its_wheels_and_refuses_this_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from packaging.tags import platform_tags
+
+    target = "aarch64-manylinux_2_28"
+    if any("aarch64" in tag for tag in platform_tags()):
+        target = "x86_64-manylinux_2_28"  # "another platform" on an arm machine
+    arch = target.split("-")[0]
+    monkeypatch.setenv("MEDIGAN_ISO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MEDIGAN_ISO_CATALOGUE_URL", "")
+    monkeypatch.delenv("MEDIGAN_ISO_BUNDLED", raising=False)
+    out = tmp_path / "bundle"
+    with pytest.raises(BundleError, match="not a platform bundles support") as caught:
+        create_bundle(["demo-numpy"], out, platform="sparc-solaris")
+    assert caught.value.remedy and "aarch64-manylinux_2_28" in caught.value.remedy
+    create_bundle(["demo-numpy"], out, platform=target)
+    manifest = _manifest(out)
+    assert manifest["target_platform"] == target and manifest["platform"] == target
+    assert f"manylinux_2_28_{arch}" in manifest["platform_tags"]
+    wheels = [p.name for p in (out / "wheels").iterdir()]
+    for name in ("numpy", "msgpack"):
+        fitting = [w for w in wheels if w.startswith(f"{name}-")]
+        assert fitting and all(w.endswith(f"_{arch}.whl") for w in fitting), wheels
+    lock = (out / manifest["models"]["demo-numpy"]["envs"]["3.11"]["lock"]).read_text()
+    numpy_wheel = next(w for w in wheels if w.startswith("numpy-"))
+    assert manifest["files"][f"wheels/{numpy_wheel}"] in lock
+    verify_bundle(out)
+    with pytest.raises(BundleError, match=f"made for the platform {target}") as refused:
+        install_bundle(out, home=tmp_path / "dest")
+    assert refused.value.remedy and "--platform" in refused.value.remedy
+    _nothing_installed(tmp_path / "dest")
+    # one folder holds one platform
+    with pytest.raises(BundleError, match="bundle each platform into its own folder"):
+        create_bundle(["demo-numpy"], out)

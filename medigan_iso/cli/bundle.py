@@ -21,12 +21,19 @@ def register(subparsers: Any) -> None:
     bundle = subparsers.add_parser(
         "bundle",
         help="write an air-gap bundle (MODEL... -o DIR), or `bundle verify DIR` / `bundle install DIR`",
-        description="bundle MODEL... -o DIR | bundle verify DIR [--sha256 HASH] | bundle install DIR",
+        description="bundle MODEL... -o DIR [--python X.Y] [--platform P] | "
+        "bundle verify DIR [--sha256 HASH] | bundle install DIR",
     )
     bundle.add_argument("words", nargs="+", metavar="MODEL|verify|install", help="model ids, or verb and DIR")
     bundle.add_argument("-o", "--output", metavar="DIR", help="the bundle folder (created or extended)")
     bundle.add_argument(
         "--python", action="append", default=[], metavar="X.Y", help="a destination interpreter (repeatable)"
+    )
+    bundle.add_argument(
+        "--platform",
+        metavar="ARCH-manylinux_2_N",
+        help="resolve and fetch wheels for another platform (uv's --python-platform, e.g. "
+        "aarch64-manylinux_2_28); install refuses a machine of another platform",
     )
     bundle.add_argument("--catalogue-only", action="store_true", help="entries and packages, no envs")
     bundle.add_argument(
@@ -62,7 +69,12 @@ def _run(args: argparse.Namespace) -> int:
     if not args.output:
         raise SystemExit("medigan-iso bundle: error: -o DIR is required when bundling models")
     made = bundle.create_bundle(
-        args.words, args.output, pythons=args.python, catalogue_only=args.catalogue_only, progress=_say
+        args.words,
+        args.output,
+        pythons=args.python,
+        catalogue_only=args.catalogue_only,
+        platform=args.platform,
+        progress=_say,
     )
     print(
         neutralise(

@@ -128,6 +128,7 @@ def _compile(
     layout: CacheLayout,
     *,
     only_binary: Sequence[str] = (),
+    python_platform: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     args = [
         "pip",
@@ -143,6 +144,7 @@ def _compile(
         str(layout.uv_cache),
         *settings.uv_args(),
         *_date_args(spec),
+        *(["--python-platform", python_platform] if python_platform else []),
     ]
     if not settings.wheels_only:  # --no-build (strict mode) already means wheels only, for everything
         for name in only_binary:
@@ -234,14 +236,19 @@ def _resolve_with_uv(
     layout: CacheLayout,
     *,
     only_binary: Sequence[str] = (),
+    python_platform: str | None = None,
 ) -> str:
-    out = _compile(uv, spec, interp, settings, layout, only_binary=only_binary)
+    out = _compile(
+        uv, spec, interp, settings, layout, only_binary=only_binary, python_platform=python_platform
+    )
     if out.returncode == 0:
         return out.stdout
 
     def offline_retry() -> bool:
         offline = dataclasses.replace(settings, offline=True)
-        retry = _compile(uv, spec, interp, offline, layout, only_binary=only_binary)
+        retry = _compile(
+            uv, spec, interp, offline, layout, only_binary=only_binary, python_platform=python_platform
+        )
         return retry.returncode == 0
 
     raise _resolution_error(spec, out, offline_retry, settings)
@@ -375,8 +382,12 @@ def _resolve_on(
     uv: Path | None,
     refresh: bool,
     only_binary: Sequence[str] = (),
+    python_platform: str | None = None,
 ) -> Resolution:
-    """Resolve ``spec`` for ``interp`` (cached by requirements, interpreter, index, date, resolver)."""
+    """Resolve ``spec`` for ``interp`` (cached by requirements, interpreter, index, date, resolver);
+    ``python_platform`` (uv's ``--python-platform``, needs uv) resolves for another platform instead."""
+    if python_platform is not None:  # cached apart from the host's resolution
+        interp = dataclasses.replace(interp, platform=f"uv:{python_platform}")
     cache = _resolution_cache(spec, interp, settings, uv, layout)
     rkey = cache.stem
     if not refresh and cache.is_file():
@@ -387,7 +398,16 @@ def _resolve_on(
             return _resolution(spec, cache.read_text(encoding="utf-8"), interp, from_cache=True)
         started = time.monotonic()
         if uv is not None:
-            lock = _resolve_with_uv(uv, spec, interp, settings, layout, only_binary=only_binary)
+            lock = _resolve_with_uv(
+                uv, spec, interp, settings, layout, only_binary=only_binary, python_platform=python_platform
+            )
+        elif python_platform is not None:
+            raise ResolutionError(
+                spec.name,
+                list(spec.requirements),
+                f"resolving for the platform {python_platform} needs uv",
+                remedy="install uv (`pip install uv`)",
+            )
         else:
             if spec.as_of.date is not None:
                 logger.warning(
