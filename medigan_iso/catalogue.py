@@ -311,7 +311,6 @@ def load_schema(name: str) -> dict[str, Any]:
 
 def _catalogue_validator(*, strict: bool) -> Draft202012Validator:
     from jsonschema import Draft202012Validator
-    from referencing import Registry, Resource
 
     catalogue_schema = load_schema(CATALOGUE_SCHEMA_NAME)
     entry_schema = load_schema(MODEL_ENTRY_SCHEMA_NAME)
