@@ -234,8 +234,61 @@ class _Source:
         self._session = None
 
 
-class SyntheticDataset(torch.utils.data.Dataset[Item]):
+class _OverSource:
+    """What a map-style dataset and a stream share: one model's :class:`_Source` and how they show."""
+
+    model_id: str
+    num_samples: int | None
+    transform: Transform | None
+    _source: _Source
+
+    def _init_source(
+        self,
+        model_id: str,
+        num_samples: int | None,
+        *,
+        spec: SessionSpec,
+        session: Session | None,
+        transform: Transform | None,
+        seed: int | None,
+        chunk_size: int,
+        model_kwargs: Mapping[str, Any] | None,
+    ) -> None:
+        self._source = _Source(
+            model_id,
+            spec=spec,
+            session=session,
+            seed=seed,
+            chunk_size=chunk_size,
+            model_kwargs=model_kwargs or {},
+        )
+        self.model_id = model_id
+        self.num_samples = num_samples
+        self.transform = transform
+
+    @property
+    def seed(self) -> int:
+        return self._source.seed
+
+    @property
+    def chunk_size(self) -> int:
+        return self._source.chunk_size
+
+    def close(self) -> None:
+        """Stop the runner this dataset or stream started in this process (not a Generators' shared one)."""
+        self._source.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model_id={self.model_id!r}, num_samples={self.num_samples}, "
+            f"seed={self.seed}, chunk_size={self.chunk_size})"
+        )
+
+
+class SyntheticDataset(_OverSource, torch.utils.data.Dataset[Item]):
     """A map-style dataset of ``num_samples`` items of ``model_id``, generated lazily in chunks."""
+
+    num_samples: int
 
     def __init__(
         self,
@@ -254,29 +307,20 @@ class SyntheticDataset(torch.utils.data.Dataset[Item]):
             raise ValueError(f"num_samples must be a non-negative int, got {num_samples!r}")
         if not isinstance(cached_chunks, int) or cached_chunks < 1:
             raise ValueError(f"cached_chunks must be a positive int, got {cached_chunks!r}")
-        self._source = _Source(
+        self._init_source(
             model_id,
+            num_samples,
             spec=spec,
             session=session,
+            transform=transform,
             seed=seed,
             chunk_size=chunk_size,
-            model_kwargs=model_kwargs or {},
+            model_kwargs=model_kwargs,
         )
-        self.model_id = model_id
-        self.num_samples = num_samples
-        self.transform = transform
         self.cached_chunks = cached_chunks
         self.chunks_generated = 0  # runner requests made by this copy of the dataset (per process)
         self._cache: OrderedDict[int, list[Any]] = OrderedDict()
         self._lock = threading.Lock()
-
-    @property
-    def seed(self) -> int:
-        return self._source.seed
-
-    @property
-    def chunk_size(self) -> int:
-        return self._source.chunk_size
 
     def __len__(self) -> int:
         return self.num_samples
@@ -316,18 +360,8 @@ class SyntheticDataset(torch.utils.data.Dataset[Item]):
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def close(self) -> None:
-        """Stop the runner this dataset started in this process (not a Generators' shared one)."""
-        self._source.close()
 
-    def __repr__(self) -> str:
-        return (
-            f"SyntheticDataset(model_id={self.model_id!r}, num_samples={self.num_samples}, "
-            f"seed={self.seed}, chunk_size={self.chunk_size})"
-        )
-
-
-class SyntheticStream(torch.utils.data.IterableDataset[Item]):
+class SyntheticStream(_OverSource, torch.utils.data.IterableDataset[Item]):
     """An iterable dataset of ``model_id``'s items: ``num_samples`` of them, or endless when None."""
 
     def __init__(
@@ -346,25 +380,16 @@ class SyntheticStream(torch.utils.data.IterableDataset[Item]):
             not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0
         ):
             raise ValueError(f"num_samples must be a non-negative int or None (endless), got {num_samples!r}")
-        self._source = _Source(
+        self._init_source(
             model_id,
+            num_samples,
             spec=spec,
             session=session,
+            transform=transform,
             seed=seed,
             chunk_size=chunk_size,
-            model_kwargs=model_kwargs or {},
+            model_kwargs=model_kwargs,
         )
-        self.model_id = model_id
-        self.num_samples = num_samples
-        self.transform = transform
-
-    @property
-    def seed(self) -> int:
-        return self._source.seed
-
-    @property
-    def chunk_size(self) -> int:
-        return self._source.chunk_size
 
     def __iter__(self) -> Iterator[Item]:
         info = torch.utils.data.get_worker_info()
@@ -387,16 +412,6 @@ class SyntheticStream(torch.utils.data.IterableDataset[Item]):
                     yield sample_to_item(sample, self.transform, index=position)
                     position += 1
             index += workers
-
-    def close(self) -> None:
-        """Stop the runner this stream started in this process (not a Generators' shared one)."""
-        self._source.close()
-
-    def __repr__(self) -> str:
-        return (
-            f"SyntheticStream(model_id={self.model_id!r}, num_samples={self.num_samples}, "
-            f"seed={self.seed}, chunk_size={self.chunk_size})"
-        )
 
 
 def synthetic_dataset(
