@@ -28,7 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from _model_fixtures import write_numpy_zoo  # noqa: E402
+from _model_fixtures import write_numpy_zoo, zoo_execution  # noqa: E402
 
 from medigan_iso import Session  # noqa: E402
 from medigan_iso.errors import RunnerCrashedError  # noqa: E402
@@ -81,22 +81,9 @@ def sample() -> dict[str, int]:
 def _catalogue(root: Path) -> Path:
     package = write_numpy_zoo(root / "catalogue" / "models" / "zoo")
     entry = {
-        "execution": {
-            "package_name": "zoo",
-            "package_link": "models/zoo",
-            "package_sha256": tree_sha256(package),
-            "model_name": "weights",
-            "extension": ".npy",
-            "image_size": [8, 8],
-            "dependencies": ["numpy"],
-            "generate_method": {
-                "name": "generate",
-                "args": {
-                    "base": ["model_file", "num_samples", "output_path", "save_images"],
-                    "custom": {"behaviour": "plain", "size": 8},
-                },
-            },
-        },
+        "execution": zoo_execution(
+            "models/zoo", tree_sha256(package), custom={"behaviour": "plain", "size": 8}
+        ),
         "selection": {},
         "description": {"title": "soak"},
     }

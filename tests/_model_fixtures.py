@@ -10,7 +10,9 @@ Weights are a small ``.npy`` file created deterministically.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -120,6 +122,33 @@ def _write(root: Path, files: dict[str, str]) -> Path:
 
 def write_numpy_zoo(root: Path) -> Path:
     return _write(root, {"__init__.py": NUMPY_ZOO_INIT, "helpers.py": NUMPY_ZOO_HELPERS})
+
+
+def zoo_execution(
+    package_link: str,
+    package_sha256: str,
+    *,
+    custom: Mapping[str, object] | None = None,
+    dependencies: Sequence[str] = ("numpy",),
+    package_name: str = "zoo",
+) -> dict[str, Any]:
+    """The ``execution`` part of a catalogue entry for a package written by :func:`write_numpy_zoo`."""
+    return {
+        "package_name": package_name,
+        "package_link": package_link,
+        "package_sha256": package_sha256,
+        "model_name": "weights",
+        "extension": ".npy",
+        "image_size": [8, 8],
+        "dependencies": list(dependencies),
+        "generate_method": {
+            "name": "generate",
+            "args": {
+                "base": ["model_file", "num_samples", "output_path", "save_images"],
+                "custom": dict(custom or {}),
+            },
+        },
+    }
 
 
 def write_broken(root: Path) -> Path:

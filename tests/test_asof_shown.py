@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _model_fixtures import write_numpy_zoo
+from _model_fixtures import write_numpy_zoo, zoo_execution
 
 from medigan_iso import Session
 from medigan_iso.cli import main
@@ -29,19 +29,7 @@ SHOWN = "2025-06-30 (from the newest file in the model package)"
 
 def _entry(package_link: str, package_sha256: str) -> dict[str, object]:
     return {
-        "execution": {
-            "package_name": "zoo",
-            "package_link": package_link,
-            "package_sha256": package_sha256,
-            "model_name": "weights",
-            "extension": ".npy",
-            "image_size": [8, 8],
-            "dependencies": ["numpy"],
-            "generate_method": {
-                "name": "generate",
-                "args": {"base": ["model_file", "num_samples", "output_path", "save_images"], "custom": {}},
-            },
-        },
+        "execution": zoo_execution(package_link, package_sha256),
         "selection": {"modality": ["test"], "tags": ["zoo"], "performance": {"FID": 1.0}},
         "description": {"title": "as-of zoo", "provided_date": "2024"},
     }

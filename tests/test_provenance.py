@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _compat import zip_strict
-from _model_fixtures import write_numpy_zoo
+from _model_fixtures import write_numpy_zoo, zoo_execution
 
 import medigan_iso
 from medigan_iso import Generators, Session
@@ -64,22 +64,7 @@ LINE_FIELDS = {
 
 def _entry(package_link: str, package_sha256: str, *, custom: dict[str, object]) -> dict[str, Any]:
     return {
-        "execution": {
-            "package_name": "zoo",
-            "package_link": package_link,
-            "package_sha256": package_sha256,
-            "model_name": "weights",
-            "extension": ".npy",
-            "image_size": [8, 8],
-            "dependencies": ["numpy"],
-            "generate_method": {
-                "name": "generate",
-                "args": {
-                    "base": ["model_file", "num_samples", "output_path", "save_images"],
-                    "custom": custom,
-                },
-            },
-        },
+        "execution": zoo_execution(package_link, package_sha256, custom=custom),
         "selection": {
             "modality": ["test"],
             "tags": ["zoo"],
