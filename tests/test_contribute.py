@@ -231,20 +231,24 @@ def test_missing_token_fails_before_any_work(world: dict[str, Any], monkeypatch:
     assert not world["out"].exists()
 
 
+def _contribute_argv(world: dict[str, Any], *extra: str) -> list[str]:
+    """``medigan-iso contribute`` of the world's package and metadata file into its output folder."""
+    return [
+        "contribute",
+        MODEL_ID,
+        str(world["package"] / "__init__.py"),
+        "--metadata",
+        str(world["metadata"]),
+        "--output",
+        str(world["out"]),
+        *extra,
+    ]
+
+
 def test_non_terminal_without_yes_refuses_before_anything(
     world: dict[str, Any], zenodo_http: ZenodoState, github: GitHubState, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        [
-            "contribute",
-            MODEL_ID,
-            str(world["package"] / "__init__.py"),
-            "--metadata",
-            str(world["metadata"]),
-            "--output",
-            str(world["out"]),
-        ]
-    )
+    code = main(_contribute_argv(world))
     err = capsys.readouterr().err
     assert code == 1
     assert "cannot ask for confirmation (not a terminal)" in err and "pass --yes" in err
@@ -300,14 +304,8 @@ def test_full_flow_publishes_files_the_issue_and_the_entry_generates(
     caplog.set_level(logging.DEBUG)
     zenodo_https.upload_failures = 1  # a 500 in the middle of the upload: retried, then it succeeds
     code = main(
-        [
-            "contribute",
-            MODEL_ID,
-            str(world["package"] / "__init__.py"),
-            "--metadata",
-            str(world["metadata"]),
-            "--output",
-            str(world["out"]),
+        _contribute_argv(
+            world,
             "--yes",
             "--creator-name",
             "Ada Lovelace",
@@ -317,7 +315,7 @@ def test_full_flow_publishes_files_the_issue_and_the_entry_generates(
             "phantoms for tests",
             "--as-of",
             "2026-11-01",
-        ]
+        )
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -399,18 +397,7 @@ def test_wrong_token_publishes_nothing_files_nothing_and_never_shows_the_token(
     wrong = "zenodo-WRONG-0000aaaa1111"
     monkeypatch.setenv("ZENODO_ACCESS_TOKEN", wrong)
     zenodo_http.echo_token = True  # a careless server quotes the token back in its error body
-    code = main(
-        [
-            "contribute",
-            MODEL_ID,
-            str(world["package"] / "__init__.py"),
-            "--metadata",
-            str(world["metadata"]),
-            "--output",
-            str(world["out"]),
-            "--yes",
-        ]
-    )
+    code = main(_contribute_argv(world, "--yes"))
     captured = capsys.readouterr()
     assert code == 1
     assert "Zenodo: checking the token failed (HTTP 401)" in captured.err
