@@ -26,6 +26,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'medigan-iso[ray]')")
 
 from _compat import zip_strict  # noqa: E402
+from _model_fixtures import zoo_execution  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 import medigan_iso  # noqa: E402
@@ -74,22 +75,7 @@ def generate(
 
 def _entry(digest: str, custom: dict[str, Any]) -> dict[str, Any]:
     return {
-        "execution": {
-            "package_name": "raymodel",
-            "package_link": "models/raymodel",
-            "package_sha256": digest,
-            "model_name": "weights",
-            "extension": ".npy",
-            "image_size": [8, 8],
-            "dependencies": ["numpy"],
-            "generate_method": {
-                "name": "generate",
-                "args": {
-                    "base": ["model_file", "num_samples", "output_path", "save_images"],
-                    "custom": custom,
-                },
-            },
-        },
+        "execution": zoo_execution("models/raymodel", digest, custom=custom, package_name="raymodel"),
         "selection": {"modality": ["test"], "tags": ["ray"], "performance": {}},
         "description": {"title": "ray test model"},
     }
@@ -111,22 +97,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
     path.write_text(json.dumps(catalogue), encoding="utf-8")
     # Ray's nodes and workers inherit the environment of the process that starts them: set it first.
     home = root / "home"
-    names = ("MEDIGAN_ISO_CATALOGUE_URL", "MEDIGAN_ISO_CONFIG", "MEDIGAN_ISO_HOME", "RAY_USAGE_STATS_ENABLED")
-    saved = {k: os.environ.get(k) for k in names}
-    os.environ["MEDIGAN_ISO_CATALOGUE_URL"] = ""
-    os.environ["MEDIGAN_ISO_CONFIG"] = str(path)  # for the CLI test (workers inherit it too)
-    os.environ["MEDIGAN_ISO_HOME"] = str(home)
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    with Session(config=str(path), home=home, sandbox="off") as session:
-        session.prepare(MODEL_ID)  # build the env once, before any Ray worker needs it
-    try:
+    with pytest.MonkeyPatch.context() as env:  # module-scoped: undone after the module's last test
+        env.setenv("MEDIGAN_ISO_CATALOGUE_URL", "")
+        env.setenv("MEDIGAN_ISO_CONFIG", str(path))  # for the CLI test (workers inherit it too)
+        env.setenv("MEDIGAN_ISO_HOME", str(home))
+        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        with Session(config=str(path), home=home, sandbox="off") as session:
+            session.prepare(MODEL_ID)  # build the env once, before any Ray worker needs it
         yield {"catalogue": path, "home": home, "root": root}
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _options(world: dict[str, Path]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _compat import zip_strict
-from _model_fixtures import write_numpy_zoo
+from _model_fixtures import write_numpy_zoo, zoo_execution
 from _pkgserver import serve
 from _zipcraft import package_zip
 
@@ -50,22 +50,7 @@ NOT_BUILT_ID = "test-not-built"
 
 def _entry(package_link: str, package_sha256: str, *, custom: dict[str, object], deps: list[str]) -> dict:
     return {
-        "execution": {
-            "package_name": "zoo",
-            "package_link": package_link,
-            "package_sha256": package_sha256,
-            "model_name": "weights",
-            "extension": ".npy",
-            "image_size": [8, 8],
-            "dependencies": deps,
-            "generate_method": {
-                "name": "generate",
-                "args": {
-                    "base": ["model_file", "num_samples", "output_path", "save_images"],
-                    "custom": custom,
-                },
-            },
-        },
+        "execution": zoo_execution(package_link, package_sha256, custom=custom, dependencies=deps),
         "selection": {"modality": ["test"], "tags": ["zoo"], "performance": {"FID": 1.0}},
         "description": {"title": "test zoo"},
     }
@@ -86,20 +71,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
     path = root / "catalogue" / "catalogue.json"
     path.write_text(json.dumps(catalogue), encoding="utf-8")
     home = root / "home"
-    saved = {
-        k: os.environ.get(k) for k in ("MEDIGAN_ISO_HOME", "MEDIGAN_ISO_CONFIG", "MEDIGAN_ISO_CATALOGUE_URL")
-    }
-    os.environ["MEDIGAN_ISO_HOME"] = str(home)
-    os.environ["MEDIGAN_ISO_CONFIG"] = str(path)
-    os.environ["MEDIGAN_ISO_CATALOGUE_URL"] = ""  # no official catalogue: these tests know their models
-    try:
+    with pytest.MonkeyPatch.context() as env:  # module-scoped: undone after the module's last test
+        env.setenv("MEDIGAN_ISO_HOME", str(home))
+        env.setenv("MEDIGAN_ISO_CONFIG", str(path))
+        env.setenv("MEDIGAN_ISO_CATALOGUE_URL", "")  # no official catalogue: these tests know their models
         yield {"catalogue": path, "home": home, "root": root}
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture
