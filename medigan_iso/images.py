@@ -299,15 +299,7 @@ class SampleWriter:
         for index, label in self._labels:
             writer.writerow([f"sample_{index:05d}", label])
         path = self.directory / "labels.csv"
-        data = buffer.getvalue().encode("utf-8")
-        manifest = self.manifest
-        write_exclusive(
-            path,
-            data,
-            before_link=None
-            if manifest is None
-            else lambda: manifest.record(path.name, data=data, kind="labels"),
-        )
+        self._land(path, buffer.getvalue().encode("utf-8"), None, kind="labels")
         self.files.append(path)
 
     def _write_array(self, stem: str, array: npt.NDArray[Any]) -> None:
@@ -351,13 +343,13 @@ class SampleWriter:
             self._pending.clear()
             raise
 
-    def _land(self, path: Path, data: bytes, index: int | None) -> None:
+    def _land(self, path: Path, data: bytes, index: int | None, *, kind: str = "sample") -> None:
         manifest = self.manifest
         write_exclusive(
             path,
             data,
             before_link=None
             if manifest is None
-            else lambda: manifest.record(path.name, data=data, sample_index=index),
+            else lambda: manifest.record(path.name, data=data, sample_index=index, kind=kind),
         )
         self.files.append(path)
