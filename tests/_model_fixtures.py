@@ -131,24 +131,29 @@ def zoo_execution(
     custom: Mapping[str, object] | None = None,
     dependencies: Sequence[str] = ("numpy",),
     package_name: str = "zoo",
+    image_size: Sequence[int] | None = (8, 8),
 ) -> dict[str, Any]:
-    """The ``execution`` part of a catalogue entry for a package written by :func:`write_numpy_zoo`."""
-    return {
+    """The ``execution`` part of a catalogue entry for a test package (weights in ``weights.npy``,
+    ``generate`` taking medigan's base arguments), such as one :func:`write_numpy_zoo` writes.
+    ``image_size=None`` leaves that key out."""
+    execution: dict[str, Any] = {
         "package_name": package_name,
         "package_link": package_link,
         "package_sha256": package_sha256,
         "model_name": "weights",
         "extension": ".npy",
-        "image_size": [8, 8],
-        "dependencies": list(dependencies),
-        "generate_method": {
-            "name": "generate",
-            "args": {
-                "base": ["model_file", "num_samples", "output_path", "save_images"],
-                "custom": dict(custom or {}),
-            },
+    }
+    if image_size is not None:
+        execution["image_size"] = list(image_size)
+    execution["dependencies"] = list(dependencies)
+    execution["generate_method"] = {
+        "name": "generate",
+        "args": {
+            "base": ["model_file", "num_samples", "output_path", "save_images"],
+            "custom": dict(custom or {}),
         },
     }
+    return execution
 
 
 def write_broken(root: Path) -> Path:

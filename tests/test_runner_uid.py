@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from _hostile import write_hostile
+from _model_fixtures import zoo_execution
 
 from medigan_iso import Session
 from medigan_iso.errors import ModelError
@@ -44,18 +45,9 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("uid")
     package = write_hostile(root / "catalogue" / "models" / "hostile")
     entry = {
-        "execution": {
-            "package_name": "hostile",
-            "package_link": "models/hostile",
-            "package_sha256": tree_sha256(package),
-            "model_name": "weights",
-            "extension": ".npy",
-            "dependencies": ["numpy"],
-            "generate_method": {
-                "name": "generate",
-                "args": {"base": ["model_file", "num_samples", "output_path", "save_images"], "custom": {}},
-            },
-        },
+        "execution": zoo_execution(
+            "models/hostile", tree_sha256(package), package_name="hostile", image_size=None
+        ),
         "selection": {},
         "description": {"title": "hostile"},
     }

@@ -27,7 +27,7 @@ import pytest
 from _adversary import write_adversary
 from _envs_for_tests import build_runner_env
 from _interpreters import skip_without_python
-from _model_fixtures import write_numpy_zoo, write_torch_model
+from _model_fixtures import write_numpy_zoo, write_torch_model, zoo_execution
 
 from medigan_iso import Session
 from medigan_iso.errors import (
@@ -78,18 +78,7 @@ REQUIRE = SandboxConfig(policy="require", limits=TEST_LIMITS)
 
 
 def _entry(package_link: str, digest: str, *, sandbox: dict[str, str] | None = None) -> dict[str, object]:
-    execution: dict[str, object] = {
-        "package_name": "adversary",
-        "package_link": package_link,
-        "package_sha256": digest,
-        "model_name": "weights",
-        "extension": ".npy",
-        "dependencies": ["numpy"],
-        "generate_method": {
-            "name": "generate",
-            "args": {"base": ["model_file", "num_samples", "output_path", "save_images"], "custom": {}},
-        },
-    }
+    execution = zoo_execution(package_link, digest, package_name="adversary", image_size=None)
     if sandbox is not None:
         execution["sandbox"] = sandbox
     return {"execution": execution, "selection": {}, "description": {"title": "adversary"}}

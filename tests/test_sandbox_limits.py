@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _hostile import write_hostile
+from _model_fixtures import zoo_execution
 
 from medigan_iso import Session
 from medigan_iso.cgroups import CgroupSupport, probe_cgroups
@@ -52,18 +53,7 @@ NO_BWRAP = ("seccomp", "landlock", "rlimits")  # auto on a machine without (work
 
 
 def _entry(digest: str, resources: dict[str, Any] | None = None) -> dict[str, Any]:
-    execution: dict[str, Any] = {
-        "package_name": "hostile",
-        "package_link": "models/hostile",
-        "package_sha256": digest,
-        "model_name": "weights",
-        "extension": ".npy",
-        "dependencies": ["numpy"],
-        "generate_method": {
-            "name": "generate",
-            "args": {"base": ["model_file", "num_samples", "output_path", "save_images"], "custom": {}},
-        },
-    }
+    execution = zoo_execution("models/hostile", digest, package_name="hostile", image_size=None)
     if resources:
         execution["resources"] = resources
     return {"execution": execution, "selection": {}, "description": {"title": "hostile"}}
