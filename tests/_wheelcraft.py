@@ -1,9 +1,11 @@
-"""Make small real wheels (a zip with dist-info, RECORD hashes) for find-links folders in tests."""
+"""Make small real wheels (a zip with dist-info, RECORD hashes) and sdists for find-links folders in tests."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
+import tarfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,3 +42,21 @@ def make_wheel(
 
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_sdist(directory: Path, project: str, version: str, setup_py: str) -> Path:
+    """A source distribution ``<project>-<version>.tar.gz`` (``-`` as ``_``) of a setup.py and PKG-INFO."""
+    stem = f"{project.replace('-', '_')}-{version}"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{stem}.tar.gz"
+    files = {
+        f"{stem}/setup.py": setup_py,
+        f"{stem}/PKG-INFO": f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n",
+    }
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

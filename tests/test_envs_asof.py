@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _wheelcraft import make_wheel, sha256_of
+from _wheelcraft import make_sdist, make_wheel, sha256_of
 
 from medigan_iso.catalogue import load_catalogue
 from medigan_iso.cli import main
@@ -377,22 +377,9 @@ setup(name="hostile-sdist", version="1.0", py_modules=["canary_evidence"])
 
 
 def _hostile_sdist(directory: Path, marker: Path, secret: Path) -> Path:
-    import io
-    import tarfile
-
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "hostile_sdist-1.0.tar.gz"
-    files = {
-        "hostile_sdist-1.0/setup.py": HOSTILE_SETUP.format(marker=str(marker), secret=str(secret)),
-        "hostile_sdist-1.0/PKG-INFO": "Metadata-Version: 2.1\nName: hostile-sdist\nVersion: 1.0\n",
-    }
-    with tarfile.open(path, "w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
+    return make_sdist(
+        directory, "hostile-sdist", "1.0", HOSTILE_SETUP.format(marker=str(marker), secret=str(secret))
+    )
 
 
 @pytest.mark.bwrap

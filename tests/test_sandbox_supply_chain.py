@@ -7,14 +7,13 @@ helpers are handed a symlink, a FIFO and a device and must neither follow, block
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 import threading
 from pathlib import Path
 
 import pytest
+from _wheelcraft import make_sdist
 
 from medigan_iso.cli import main
 from medigan_iso.envs import EnvSpec, ensure_env
@@ -33,19 +32,7 @@ setup(name="buildscript-canary", version="1.0", py_modules=[])
 
 
 def _sdist(directory: Path, marker: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "buildscript_canary-1.0.tar.gz"
-    files = {
-        "buildscript_canary-1.0/setup.py": SETUP_PY.format(marker=str(marker)),
-        "buildscript_canary-1.0/PKG-INFO": "Metadata-Version: 2.1\nName: buildscript-canary\nVersion: 1.0\n",
-    }
-    with tarfile.open(path, "w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
+    return make_sdist(directory, "buildscript-canary", "1.0", SETUP_PY.format(marker=str(marker)))
 
 
 def test_strict_mode_refuses_an_sdist_before_its_build_script_runs(
