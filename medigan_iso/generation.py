@@ -237,15 +237,15 @@ def _progress_bar(total: int, description: str) -> Any:
     wanted = os.environ.get(PROGRESS_ENV, "").strip()
     if wanted == "0" or (wanted != "1" and (total < PROGRESS_MIN_SAMPLES or not _interactive())):
         return None
-    try:
-        import warnings
+    import warnings
 
-        from tqdm import tqdm as text_bar
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
     with warnings.catch_warnings():  # tqdm.auto warns when ipywidgets is missing, then draws text
         warnings.simplefilter("ignore")
+        try:
+            from tqdm import tqdm as text_bar
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
         try:
             return tqdm(total=total, desc=description, unit="sample", leave=False)
         except ImportError:  # older tqdm in a kernel without ipywidgets: no widget, text then

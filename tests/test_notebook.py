@@ -113,7 +113,8 @@ def test_generate_session_stream_and_contact_sheet_in_a_kernel(kernel: Kernel) -
     assert raw.startswith(b"\x89PNG\r\n\x1a\n")
     # a long request draws a tqdm.auto progress bar in the page; MEDIGAN_ISO_PROGRESS=0 turns it off
     out = kernel.ok("long = session.generate('demo-numpy', 128, seed=3, batch_size=32)")
-    assert "128/128" in out["stderr"] and "sample" in out["stderr"], out
+    assert "/128 [" in out["stderr"] and "sample/s" in out["stderr"], out
+    assert "Warning" not in out["stderr"], out
     out = kernel.ok(
         "os.environ['MEDIGAN_ISO_PROGRESS'] = '0'\n"
         "quiet = session.generate('demo-numpy', 128, seed=3, batch_size=32)\n"
@@ -187,3 +188,16 @@ def test_no_progress_bar_when_not_interactive(capfd: pytest.CaptureFixture[str],
         mp.undo()
     assert len(samples) == 128
     assert "sample/s" not in capfd.readouterr().err
+
+
+def test_the_torch_dataloader_in_a_kernel(kernel: Kernel) -> None:
+    pytest.importorskip("torch", reason="torch is not installed (tox installs torch==2.13.0)")
+    out = kernel.ok(
+        "import torch\n"
+        "from medigan_iso.torch import synthetic_dataset\n"
+        "ds = synthetic_dataset('demo-numpy', 8, seed=3, chunk_size=4)\n"
+        "batches = list(torch.utils.data.DataLoader(ds, batch_size=4))\n"
+        "first = batches[0]['sample']  # medigan's item: a dict, collated by the DataLoader\n"
+        "print(len(batches), type(first).__name__, tuple(first.shape)[0])"
+    )
+    assert out["stdout"].split() == ["2", "Tensor", "4"], out
