@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from medigan_iso.archives import remove_tree
 from medigan_iso.envs import EnvSpec, ensure_env, resolve
 from medigan_iso.paths import cache_layout
 
@@ -57,35 +58,38 @@ def main() -> None:
         (SMOKE, SMOKE_HIT_REPEATS, "numpy") if args.smoke else (TORCH, HIT_REPEATS, "torch")
     )
     root = Path(tempfile.mkdtemp(prefix="bench-envs-"))
-    os.environ.pop("MEDIGAN_ISO_OFFLINE", None)
-    warm_home, new_home = root / "warm", root / "new"
-    results: dict[str, object] = {"python": sys.version.split()[0]}
+    try:
+        os.environ.pop("MEDIGAN_ISO_OFFLINE", None)
+        warm_home, new_home = root / "warm", root / "new"
+        results: dict[str, object] = {"python": sys.version.split()[0]}
 
-    started = time.perf_counter()
-    ensure_env(spec, home=warm_home)  # warms the uv cache (wheels and their bytecode)
-    results["warmup_s"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        ensure_env(spec, home=warm_home)  # warms the uv cache (wheels and their bytecode)
+        results["warmup_s"] = round(time.perf_counter() - started, 2)
 
-    hits = []
-    for _ in range(repeats):
+        hits = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            ensure_env(spec, home=warm_home)
+            hits.append((time.perf_counter() - t0) * 1000)
+        results["cache_hit_ms"] = {"median": round(statistics.median(hits), 2), "max": round(max(hits), 2)}
+
         t0 = time.perf_counter()
-        ensure_env(spec, home=warm_home)
-        hits.append((time.perf_counter() - t0) * 1000)
-    results["cache_hit_ms"] = {"median": round(statistics.median(hits), 2), "max": round(max(hits), 2)}
-
-    t0 = time.perf_counter()
-    resolve(spec, home=new_home)
-    results["resolve_uncached_s"] = round(time.perf_counter() - t0, 2)
-    shared = inodes(cache_layout(new_home).uv_cache)
-    for builder in ("uv", "virtualenv"):
-        t0 = time.perf_counter()
-        env = ensure_env(spec, home=new_home, builder=builder)
-        elapsed = time.perf_counter() - t0
-        results[f"new_{label}_env_{builder}"] = {
-            "build_s": round(elapsed, 2),
-            "extra_disk_mb": extra_mb(env.path, shared),
-            "key": env.key,
-        }
-    print(json.dumps(results, indent=2))
+        resolve(spec, home=new_home)
+        results["resolve_uncached_s"] = round(time.perf_counter() - t0, 2)
+        shared = inodes(cache_layout(new_home).uv_cache)
+        for builder in ("uv", "virtualenv"):
+            t0 = time.perf_counter()
+            env = ensure_env(spec, home=new_home, builder=builder)
+            elapsed = time.perf_counter() - t0
+            results[f"new_{label}_env_{builder}"] = {
+                "build_s": round(elapsed, 2),
+                "extra_disk_mb": extra_mb(env.path, shared),
+                "key": env.key,
+            }
+        print(json.dumps(results, indent=2))
+    finally:
+        remove_tree(root)  # env and package trees are read-only
 
 
 if __name__ == "__main__":
