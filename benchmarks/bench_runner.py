@@ -36,11 +36,12 @@ from _envs_for_tests import build_runner_env  # noqa: E402
 from _model_fixtures import write_numpy_zoo, write_torch_model  # noqa: E402
 
 from medigan_iso.errors import MediganIsoError  # noqa: E402
-from medigan_iso.runner_process import RunnerProcess  # noqa: E402
+from medigan_iso.runner_process import SHM_THRESHOLD_BYTES, RunnerProcess  # noqa: E402
 
 OVERHEAD_TARGET_PCT = 5.0
 THROUGHPUT_TARGET_PCT = 80.0  # issue 17: >= 80 % of a raw pipe at 1 MiB per sample
 SMALL_THROUGHPUT_TARGET_PCT = 60.0  # issue 17: 64 KiB samples
+SHM_TARGET_RATIO = 2.0  # issue 17: shared memory >= 2x a raw pipe at 1 MiB and above
 SPAWN_TARGET_MS = 150.0
 RSS_TARGET_MB = 200.0
 
@@ -241,6 +242,15 @@ def raw_pipe_gib_s(python: Path, size: int, count: int) -> float:
 TRANSPORT_SIZES = (("64KiB", 64 * 2**10), ("1MiB", 2**20), ("4MiB", 4 * 2**20), ("16MiB", 16 * 2**20))
 
 
+def _stream_rate(proc: RunnerProcess, nbytes: int, count: int) -> tuple[float, int]:
+    kwargs = {"shape": [nbytes], "dtype": "uint8"}
+    started = time.perf_counter()
+    stream = proc.generate(count, batch_size=1, kwargs=kwargs)
+    got = sum(len(b) for b in stream)
+    assert got == count
+    return nbytes * count / (time.perf_counter() - started) / 2**30, stream.frames
+
+
 def bench_throughput(
     python: Path, fast: Path, work: Path, repeats: int, *, volume_bytes: int = 1 << 30
 ) -> dict[str, Any]:
@@ -248,38 +258,43 @@ def bench_throughput(
 
     ``ratio`` is frames / raw pipe throughput, best of ``repeats`` each, interleaved; the raw pipe's clock
     starts once its writer is ready (issue 17). Small batches may coalesce into one frame on the runner side.
+    ``pipe`` runs with shared memory off, ``shared_memory`` with it on (batches of at least
+    SHM_THRESHOLD_BYTES travel through the memfd slots; smaller ones still take the pipe).
     """
-    results = {}
+    results: dict[str, dict[str, Any]] = {"pipe": {}, "shared_memory": {}}
     for label, nbytes in TRANSPORT_SIZES:
         count = max(2, volume_bytes // nbytes)  # ~1 GiB per measurement by default
-        with RunnerProcess.start(python, log_path=work / "throughput.log") as proc:
-            proc.load(fast, model_file=fast / "weights.bin", package_name="fast")
-            kwargs = {"shape": [nbytes], "dtype": "uint8"}
-            list(proc.generate(2, batch_size=1, kwargs=kwargs))
-            frame_rates, raw_rates, frames = [], [], 0
-            for _ in range(repeats):  # interleaved with the raw copy so both see the same machine load
-                started = time.perf_counter()
-                stream = proc.generate(count, batch_size=1, kwargs=kwargs)
-                got = sum(len(b) for b in stream)
-                assert got == count
-                frame_rates.append(nbytes * count / (time.perf_counter() - started) / 2**30)
-                frames = stream.frames
-                raw_rates.append(raw_pipe_gib_s(python, nbytes, count))
-        best, raw = max(frame_rates), max(raw_rates)
-        results[label] = {
-            "array_bytes": nbytes,
-            "arrays": count,
-            "frames_last_run": frames,
-            "frames_gib_s": round(best, 3),
-            "raw_pipe_gib_s": round(raw, 3),
-            "ratio": round(best / raw, 3),
-            "ratio_medians": round(statistics.median(frame_rates) / statistics.median(raw_rates), 3),
-        }
+        pipe = RunnerProcess.start(python, log_path=work / "throughput.log", shared_memory=False)
+        shm = RunnerProcess.start(python, log_path=work / "throughput-shm.log", shared_memory=True)
+        with pipe, shm:
+            rates: dict[str, list[float]] = {"pipe": [], "shared_memory": [], "raw": []}
+            frames: dict[str, int] = {}
+            for proc in (pipe, shm):
+                proc.load(fast, model_file=fast / "weights.bin", package_name="fast")
+                _stream_rate(proc, nbytes, 2)
+            for _ in range(repeats):  # interleaved with the raw copy so all see the same machine load
+                for key, proc in (("pipe", pipe), ("shared_memory", shm)):
+                    rate, frames[key] = _stream_rate(proc, nbytes, count)
+                    rates[key].append(rate)
+                rates["raw"].append(raw_pipe_gib_s(python, nbytes, count))
+        raw = max(rates["raw"])
+        for key in ("pipe", "shared_memory"):
+            best = max(rates[key])
+            results[key][label] = {
+                "array_bytes": nbytes,
+                "arrays": count,
+                "frames_last_run": frames[key],
+                "frames_gib_s": round(best, 3),
+                "raw_pipe_gib_s": round(raw, 3),
+                "ratio": round(best / raw, 3),
+                "ratio_medians": round(statistics.median(rates[key]) / statistics.median(rates["raw"]), 3),
+            }
     return {
-        "pipe": results,
-        "shared_memory": "not implemented (issue 17 item 1 open): every size travels through the pipe",
+        **results,
+        "shared_memory_threshold_bytes": SHM_THRESHOLD_BYTES,
         "target_ratio_pipe_1MiB": THROUGHPUT_TARGET_PCT / 100,
         "target_ratio_pipe_64KiB": SMALL_THROUGHPUT_TARGET_PCT / 100,
+        "target_ratio_shared_memory_1MiB_and_above": SHM_TARGET_RATIO,
     }
 
 

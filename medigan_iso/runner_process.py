@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -63,6 +64,8 @@ __all__ = [
     "RUNNER_LOG_MAX_BYTES",
     "RUNNER_READY_TIMEOUT_S",
     "RUNNER_SHUTDOWN_GRACE_S",
+    "SHM_SWITCH_ENV",
+    "SHM_THRESHOLD_BYTES",
     "CappedLog",
     "GenerateStream",
     "RunnerProcess",
@@ -91,6 +94,14 @@ DEFAULT_MAX_FRAME_BYTES = 1024**3  # per batch frame when the caller declares no
 COALESCE_BYTES = 1024**2
 MAX_LOGGED_FRAMES = 100  # log frames logged per runner; the rest are counted
 MAX_KEPT_WARNINGS = 100  # log frames kept on a stream's ``warnings``
+# Shared memory (issue 17): batches of at least SHM_THRESHOLD_BYTES that fit a slot travel through a
+# sealed memfd of SHM_SLOTS slots instead of the pipe. The segment is sparse: only the pages a batch
+# touches are ever allocated. MEDIGAN_ISO_SHM=0 (or RunnerProcess.start(shared_memory=False)) keeps
+# every batch on the pipe.
+SHM_SLOTS = 3
+SHM_SLOT_BYTES = 64 * 1024**2
+SHM_THRESHOLD_BYTES = 256 * 1024
+SHM_SWITCH_ENV = "MEDIGAN_ISO_SHM"
 PARENT_PID_ENV = "MEDIGAN_ISO_RUNNER_PARENT_PID"
 PDEATHSIG_ENV = "MEDIGAN_ISO_RUNNER_PDEATHSIG"
 
@@ -195,6 +206,24 @@ def runner_environment(
         else:
             env[key] = value
     return env
+
+
+def _shared_segment(size: int) -> int | None:
+    """A sealed memfd of ``size`` bytes (it can neither shrink nor grow), or None where there is none."""
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is None:
+        return None
+    try:
+        fd: int = memfd_create("medigan-iso-shm", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    except OSError:
+        return None
+    try:
+        os.ftruncate(fd, size)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 class CappedLog:
@@ -403,6 +432,9 @@ class RunnerProcess:
         self._cgroup: RunnerCgroup | None = None
         self._pids_refused = 0  # the cgroup's pids.events "max" count already reported
         self.loaded: dict[str, Any] | None = None
+        self._shm: protocol.SharedSlots | None = None
+        self._shm_fd: int | None = None
+        self.shared_frames = 0  # frames whose arrays came through shared memory
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -421,6 +453,7 @@ class RunnerProcess:
         max_log_bytes: int = RUNNER_LOG_MAX_BYTES,
         cgroup: RunnerCgroup | None = None,
         threads: int | None = None,
+        shared_memory: bool | None = None,
     ) -> RunnerProcess:
         """Spawn a runner with ``python`` and wait (``ready_timeout_s``) for its hello.
 
@@ -429,6 +462,8 @@ class RunnerProcess:
 
         With ``cgroup`` the runner joins that group before anything else runs; the runner owns the group
         from then on (its limits become ResourceLimitError, closing kills everything in it and removes it).
+        ``shared_memory`` (default: on unless MEDIGAN_ISO_SHM=0) passes a shared-memory segment for big
+        batches (see SHM_SLOTS); a runner that does not take it up keeps using the pipe.
         Raises RunnerStartError (cannot exec, wrong protocol), RunnerCrashedError, RunnerTimeoutError.
         """
         log = Path(log_path)
@@ -441,6 +476,16 @@ class RunnerProcess:
         overrides[PDEATHSIG_ENV] = "1" if threading.current_thread() is threading.main_thread() else "0"
         if threads is not None:
             overrides.update(thread_budget_env(threads))
+        if shared_memory is None:
+            shared_memory = os.environ.get(SHM_SWITCH_ENV, "1").strip().lower() not in (
+                "0",
+                "false",
+                "no",
+                "off",
+            )
+        shm_fd = _shared_segment(SHM_SLOTS * SHM_SLOT_BYTES) if shared_memory else None
+        if shm_fd is not None:
+            overrides[SHM_SWITCH_ENV] = f"{shm_fd}:{SHM_SLOTS}:{SHM_SLOT_BYTES}:{SHM_THRESHOLD_BYTES}"
         overrides.update(env_overrides or {})
         env = runner_environment(private_dir, overrides=overrides)
         prefix = [part.replace(PRIVATE_DIR_PLACEHOLDER, str(private_dir)) for part in command_prefix]
@@ -457,6 +502,7 @@ class RunnerProcess:
                 env=env,
                 cwd=private_dir,
                 close_fds=True,
+                pass_fds=() if shm_fd is None else (shm_fd,),
                 start_new_session=True,
                 bufsize=0,
             )
@@ -470,6 +516,8 @@ class RunnerProcess:
                 popen = spawn()
         except OSError as exc:
             shutil.rmtree(private_dir, ignore_errors=True)
+            if shm_fd is not None:
+                os.close(shm_fd)
             if cgroup is not None:
                 cgroup.remove()
             raise RunnerStartError(
@@ -489,6 +537,7 @@ class RunnerProcess:
         )
         runner._cgroup = cgroup
         runner._via_launcher = bool(command_prefix)
+        runner._shm_fd = shm_fd
         try:
             runner._handshake()
         except RunnerCrashedError as exc:
@@ -515,6 +564,19 @@ class RunnerProcess:
             )
         self.hello = dict(frame.header)
         self.hello.pop("kind", None)
+        if self._shm_fd is not None:
+            if (
+                self.hello.get("shared_memory") is True
+            ):  # an older runner ignores the segment and uses the pipe
+                try:
+                    self._shm = protocol.SharedSlots(self._shm_fd, SHM_SLOTS, SHM_SLOT_BYTES)
+                except (OSError, ValueError) as exc:
+                    raise RunnerStartError(
+                        f"cannot map the runner's shared memory: {exc}",
+                        remedy=f"set {SHM_SWITCH_ENV}=0 to keep every batch on the pipe",
+                    ) from exc
+            os.close(self._shm_fd)
+            self._shm_fd = None
         reported = self.hello.get("pid")
         if isinstance(reported, int) and reported != self._popen.pid:
             # In a sandbox's pid namespace the runner knows only its inner pid: report the one this host
@@ -588,6 +650,12 @@ class RunnerProcess:
             assert self._popen.stderr is not None
             self._popen.stderr.close()
         shutil.rmtree(self._private_dir, ignore_errors=True)
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
+        if self._shm_fd is not None:
+            os.close(self._shm_fd)
+            self._shm_fd = None
 
     def _signal_group(self, sig: signal.Signals) -> None:
         # Only while the leader is unreaped (running or zombie) is its pid guaranteed to still name our group.
@@ -691,7 +759,7 @@ class RunnerProcess:
         self._read_phase = phase
         self._read_deadline = time.monotonic() + timeout_s
         try:
-            frame = protocol.read_frame(self._readinto, self._frame_limits)
+            frame = protocol.read_frame(self._readinto, self._frame_limits, self._shm)
         except protocol.ProtocolError as exc:
             if exc.eof or self._exit_status() is not None:
                 self._wait_exit(1.0)
@@ -707,6 +775,12 @@ class RunnerProcess:
         if frame.kind not in protocol.RUNNER_KINDS:
             self._stop("it sent a malformed frame")
             raise ProtocolError(f"runner sent a host-only {frame.kind!r} frame")
+        if self._shm is not None and "shm" in frame.header:
+            # the bytes are copied out: the runner may fill the slot again
+            slot = frame.header["shm"][0]
+            self.shared_frames += 1
+            self._shm.release(slot)
+            self._send({"kind": "release", "slot": slot})
         if frame.kind == "log":
             self._log_frames += 1
             if self._log_frames <= MAX_LOGGED_FRAMES:

@@ -62,6 +62,9 @@ def _name(marker):
     libc.prctl(15, marker.encode()[:15], 0, 0, 0)  # PR_SET_NAME: the host finds us by /proc/<pid>/comm
 
 
+_CALLS = []
+
+
 def generate(model_file, num_samples, output_path, save_images, attack="none", **kw):
     results = {}
     if attack == "network":
@@ -122,6 +125,10 @@ def generate(model_file, num_samples, output_path, save_images, attack="none", *
             children += 1
         results["children"] = str(children)
         time.sleep(300)
+    elif attack == "array":  # big random arrays: the shared-memory transport under the sandbox
+        _CALLS.append(num_samples)  # each batch differs from the last, so a slot mix-up shows
+        rng = np.random.default_rng([kw["rng_seed"], len(_CALLS)])
+        return [rng.integers(0, 256, size=kw["nbytes"], dtype=np.uint8) for _ in range(num_samples)]
     elif attack == "diskfill":
         chunk = b"x" * (1024 * 1024)
         with open(os.path.join(output_path or kw["target"], "fill.bin"), "wb") as fh:

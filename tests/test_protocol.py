@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import mmap
+import os
 import struct
 import weakref
 from typing import Any
@@ -83,6 +85,7 @@ def test_public_surface_is_pinned() -> None:
         "Frame",
         "Limits",
         "ProtocolError",
+        "SharedSlots",
         "batch_seed",
         "bytes_reader",
         "encode_frame",
@@ -95,6 +98,90 @@ def test_public_surface_is_pinned() -> None:
     ]
     assert all(hasattr(protocol, name) for name in protocol.__all__)
     assert protocol.PROTOCOL_VERSION == 1
+
+
+# --- shared memory ---------------------------------------------------------------------------------------
+
+SLOT = 4096
+
+
+@pytest.fixture
+def shared() -> Any:
+    """A real 2-slot memfd: the runner's writable mapping and the host's read-only SharedSlots."""
+    fd = os.memfd_create("test-shm")
+    os.ftruncate(fd, 2 * SLOT)
+    writer = mmap.mmap(fd, 2 * SLOT)
+    slots = protocol.SharedSlots(fd, 2, SLOT)
+    os.close(fd)
+    yield writer, slots
+    slots.close()
+    writer.close()
+
+
+def shm_frame(arrays: list[np.ndarray], ref: Any) -> bytes:
+    return b"".join(
+        bytes(buf) for buf in protocol.encode_frame({"kind": "batch", "shm": ref}, arrays, inline=False)
+    )
+
+
+def test_a_shared_memory_frame_decodes_to_a_copy_of_its_slot(shared: Any) -> None:
+    writer, slots = shared
+    a = np.arange(300, dtype="<i4").reshape(10, 30)
+    b = np.full((7,), 3, dtype="|u1")
+    writer[SLOT + 16 : SLOT + 16 + a.nbytes + b.nbytes] = a.tobytes() + b.tobytes()
+    frame = protocol.read_frame(
+        protocol.bytes_reader(shm_frame([a, b], [1, 16, a.nbytes + b.nbytes])), shm=slots
+    )
+    assert frame is not None and frame.kind == "batch"
+    assert np.array_equal(frame.arrays[0], a) and np.array_equal(frame.arrays[1], b)
+    writer[SLOT + 16 : SLOT + 20] = b"\xff" * 4  # the runner reuses the slot: the host's copy stays
+    assert frame.arrays[0][0, 0] == 0
+    # until the host releases slot 1, a frame naming it again is refused; slot 0 is still the runner's
+    again = shm_frame([b], [1, 0, b.nbytes])
+    with pytest.raises(protocol.ProtocolError, match="not the runner's"):
+        protocol.read_frame(protocol.bytes_reader(again), shm=slots)
+    slots.release(1)
+    assert protocol.read_frame(protocol.bytes_reader(again), shm=slots) is not None
+
+
+@pytest.mark.parametrize(
+    ("ref", "reason"),
+    [
+        ([0, SLOT - 8, 16], "outside the slot"),  # runs past the end of its slot
+        ([1, SLOT, 16], "outside the slot"),  # past the end of the segment
+        ([0, -1, 16], "outside the slot"),
+        ([2, 0, 16], "slot 2 outside"),  # no such slot
+        ([-1, 0, 16], "slot -1 outside"),
+        ([0, 0, 15], "!= 16 declared"),  # fewer bytes than the arrays declare
+        ([0, 0, 17], "!= 16 declared"),
+        ([0, 0], "must be"),
+        ([0, 0, 16.0], "must be"),
+        ({"slot": 0}, "must be"),
+    ],
+)
+def test_forged_shared_memory_references_raise_protocol_error(shared: Any, ref: Any, reason: str) -> None:
+    _, slots = shared
+    data = shm_frame([np.zeros(4, dtype="<f4")], ref)
+    with pytest.raises(protocol.ProtocolError, match=reason):
+        protocol.read_frame(protocol.bytes_reader(data), shm=slots)
+
+
+def test_shared_memory_frames_obey_the_negotiation_and_the_caps(shared: Any) -> None:
+    _, slots = shared
+    data = shm_frame([np.zeros(4, dtype="<f4")], [0, 0, 16])
+    with pytest.raises(protocol.ProtocolError, match="no shared memory was negotiated"):
+        decode(data)
+    two = shm_frame([np.zeros(2, dtype="<f4"), np.zeros(2, dtype="<f4")], [0, 0, 16])
+    with pytest.raises(protocol.ProtocolError, match="16 bytes exceeds 12"):
+        protocol.read_frame(protocol.bytes_reader(two), protocol.Limits(max_payload_bytes=12), shm=slots)
+    with_payload = raw_frame({"kind": "batch", "shm": [0, 0, 4], "arrays": [["|u1", [4]]]}, b"abcd")
+    with pytest.raises(protocol.ProtocolError, match="no pipe payload"):
+        protocol.read_frame(protocol.bytes_reader(with_payload), shm=slots)
+    with pytest.raises(protocol.ProtocolError, match="dtype"):
+        protocol.read_frame(
+            protocol.bytes_reader(raw_frame({"kind": "batch", "shm": [0, 0, 4], "arrays": [["|O", [4]]]})),
+            shm=slots,
+        )
 
 
 # --- round trips ---------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from medigan_iso.errors import (
     RunnerStartError,
     RunnerTimeoutError,
 )
-from medigan_iso.runner_process import RunnerProcess, runner_environment
+from medigan_iso.runner_process import SHM_SWITCH_ENV, SHM_THRESHOLD_BYTES, RunnerProcess, runner_environment
 
 PACKAGE_NAME = "ProGAN-4ch"  # not an identifier, like upstream's package names
 
@@ -96,6 +96,8 @@ def test_public_surface_is_pinned() -> None:
         "RUNNER_LOG_MAX_BYTES",
         "RUNNER_READY_TIMEOUT_S",
         "RUNNER_SHUTDOWN_GRACE_S",
+        "SHM_SWITCH_ENV",
+        "SHM_THRESHOLD_BYTES",
         "CappedLog",
         "GenerateStream",
         "RunnerProcess",
@@ -336,6 +338,42 @@ def test_small_batches_coalesce_while_the_writer_is_busy_and_keep_their_order() 
         os.close(fd)
     assert batches == [i % 251 for i in range(200)]
     assert frames < 200
+
+
+@pytest.mark.parametrize(("size", "shared"), [(600, True), (32, False)], ids=["2MiB-batches", "6KiB-batches"])
+def test_shared_memory_carries_big_batches_and_the_pipe_small_ones_with_the_same_bytes(
+    numpy_env: Path, zoo: Path, tmp_path: Path, size: int, shared: bool
+) -> None:
+    # Batches of at least SHM_THRESHOLD_BYTES travel through the memfd (on Python 3.7 too); smaller ones,
+    # and every batch of a runner started without shared memory, take the pipe. The bytes are the same.
+    assert (2 * size * size * 3 >= SHM_THRESHOLD_BYTES) is shared
+    got = {}
+    for on in (True, False):
+        with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log", shared_memory=on) as proc:
+            assert proc.hello["shared_memory"] is on
+            proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
+            got[on] = collect(proc, 9, batch_size=2, seed=5, kwargs={"size": size})
+            assert proc.shared_frames == (5 if on and shared else 0)
+            assert collect(proc, 1, seed=6, kwargs={"size": size})[0].shape == (size, size, 3)  # still usable
+    assert len(got[True]) == 9 and len({a.tobytes() for a in got[True]}) == 9
+    for a, b in zip_strict(got[True], got[False]):
+        assert a.shape == (size, size, 3) and np.array_equal(a, b)
+
+
+def test_a_runner_that_does_not_take_up_shared_memory_keeps_the_pipe(
+    numpy_env: Path, zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An older runner ignores the segment (modelled by hiding its description from the runner); the
+    # switch turns the segment off on the host.
+    hidden = RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log", env_overrides={SHM_SWITCH_ENV: None})
+    monkeypatch.setenv(SHM_SWITCH_ENV, "0")
+    switched_off = RunnerProcess.start(numpy_env, log_path=tmp_path / "r2.log")
+    for proc in (hidden, switched_off):
+        with proc:
+            assert proc.hello["shared_memory"] is False
+            proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
+            images = collect(proc, 2, batch_size=2, kwargs={"size": 600})
+            assert [a.shape for a in images] == [(600, 600, 3)] * 2 and proc.shared_frames == 0
 
 
 def test_a_slow_reader_gets_the_batches_of_a_fast_one(runner: RunnerProcess) -> None:

@@ -23,8 +23,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _adversary import write_adversary
+from _compat import zip_strict
 from _envs_for_tests import build_runner_env
 from _interpreters import skip_without_python
 from _model_fixtures import write_numpy_zoo, write_torch_model, zoo_execution
@@ -40,7 +42,7 @@ from medigan_iso.errors import (
     SandboxPolicyError,
 )
 from medigan_iso.packages import tree_sha256
-from medigan_iso.runner_process import RunnerProcess
+from medigan_iso.runner_process import SHM_SWITCH_ENV, RunnerProcess
 from medigan_iso.sandbox import (
     SANDBOX_ENV,
     Limits,
@@ -253,6 +255,27 @@ def test_sandboxed_runner_reports_every_layer_from_inside(open_session: type[Ses
     assert report["namespaces"]["net"] != os.readlink("/proc/self/ns/net")
     assert report["rlimits"]["RLIMIT_FSIZE"] == [16 * 1024**2] * 2
     assert info["sandbox_pid"] != info["pid"] and Path(f"/proc/{info['pid']}").exists()
+
+
+@needs_full_stack
+@pytest.mark.parametrize("nbytes", [2**20, 16 * 2**20], ids=["1MiB", "16MiB"])
+@pytest.mark.parametrize("policy", ["off", "require"])
+def test_shared_memory_carries_the_pipes_bytes_with_and_without_the_sandbox(
+    open_session: type[Session], monkeypatch: pytest.MonkeyPatch, policy: str, nbytes: int
+) -> None:
+    # The memfd passes through bubblewrap, seccomp and Landlock: the runner takes it up (its hello says
+    # so) and the samples equal, byte for byte, those the same runner sends through the pipe.
+    config = REQUIRE if policy == "require" else "off"
+    got = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv(SHM_SWITCH_ENV, switch)
+        session = open_session(sandbox=config)
+        assert session.runner_info(ADV)["shared_memory"] is (switch == "1")
+        got[switch] = session.generate(ADV, 5, batch_size=1, attack="array", nbytes=nbytes, rng_seed=7)
+    assert [a.nbytes for a in got["1"]] == [nbytes] * 5
+    assert len({a.tobytes()[:64] for a in got["1"]}) == 5  # five different batches
+    for shared, piped in zip_strict(got["1"], got["0"]):
+        assert shared.dtype == piped.dtype == np.uint8 and np.array_equal(shared, piped)
 
 
 @needs_full_stack

@@ -110,6 +110,7 @@ REPORTED_PACKAGES = ("torch", "tensorflow", "tensorflow-cpu", "keras")
 _DIST_INFO = re.compile(r"^([A-Za-z0-9_.]+)-([^-]+)\.dist-info$")
 EXIT_OK = 0
 EXIT_PROTOCOL = 2
+SHM_ENV = "MEDIGAN_ISO_SHM"
 SNAPSHOT_POOL_SIZE = 2  # batch snapshots kept for reuse (one queued, one being written)
 
 
@@ -135,10 +136,26 @@ class Channel:
         self._pending = None  # type: Optional[_Pending]
         self._busy = False
         self._pool = []  # type: List[bytearray]
+        self.shm = _SharedWriter.from_env()
         threading.Thread(target=self._write_loop, name="medigan-iso-writer", daemon=True).start()
 
     def send(self, header: Dict[str, Any], arrays: Any = (), copy: bool = False) -> None:
         """Queue one frame. ``copy`` snapshots the arrays (the model may reuse its buffers next call)."""
+        if copy and header.get("kind") == "batch" and self.shm is not None and arrays:
+            wire = [protocol.wire_array(a) for a in arrays]
+            nbytes = sum(a.nbytes for a in wire)
+            if self.shm.threshold <= nbytes <= self.shm.slot_size:
+                slot = self.shm.acquire()
+                self.shm.fill(slot, wire)
+                shm_header = dict(header)
+                shm_header["shm"] = [slot, 0, nbytes]
+                buffers = protocol.encode_frame(shm_header, wire, inline=False)
+                with self._cv:
+                    pending, self._pending = self._pending, None
+                    if pending is not None:  # frames keep their order
+                        self._put_locked(pending.frame())
+                    self._put_locked((buffers, None))
+                return
         if copy and header.get("kind") == "batch" and self.coalesce_bytes > 0:
             wire = [protocol.wire_array(a) for a in arrays]
             nbytes = sum(a.nbytes for a in wire)
@@ -225,10 +242,72 @@ class Channel:
 
     def receive(self) -> Optional[protocol.Frame]:
         frame = protocol.read_frame(self._reader.readinto)
+        while frame is not None and frame.kind == "release":
+            if self.shm is not None:
+                self.shm.release(frame.header.get("slot"))
+            frame = protocol.read_frame(self._reader.readinto)
         if frame is not None and frame.kind == "generate":
             value = frame.header.get("coalesce_bytes")
             self.coalesce_bytes = value if type(value) is int and value > 0 else 0
         return frame
+
+
+class _SharedWriter:
+    """The runner's side of the host's shared-memory segment (issue 17): slots it may fill, in a ring.
+
+    The host passes the segment's fd and its layout in MEDIGAN_ISO_SHM ("fd:slots:slot_size:threshold").
+    A batch of at least ``threshold`` bytes that fits a slot is copied into a free slot and its frame names
+    the slot instead of carrying the bytes; the slot is free again when the host's ``release`` arrives.
+    """
+
+    def __init__(self, fd: int, slots: int, slot_size: int, threshold: int) -> None:
+        import mmap
+
+        self.slots = slots
+        self.slot_size = slot_size
+        self.threshold = threshold
+        self._map = mmap.mmap(
+            fd, slots * slot_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
+        )
+        os.close(fd)  # the mapping stays; model code never sees the fd
+        self._array = np.frombuffer(self._map, dtype=np.uint8)
+        self._free = list(range(slots))
+        self._cv = threading.Condition()
+
+    @classmethod
+    def from_env(cls) -> "Optional[_SharedWriter]":
+        value = os.environ.pop(SHM_ENV, "")
+        if not value:
+            return None
+        fd = -1
+        try:
+            fd, slots, slot_size, threshold = (int(part) for part in value.split(":"))
+            return cls(fd, slots, slot_size, threshold)
+        except (ValueError, OSError) as exc:  # e.g. an address-space limit too small for the mapping
+            log(f"shared memory unavailable, using the pipe: {exc}")
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            return None
+
+    def acquire(self) -> int:
+        with self._cv:
+            while not self._free:
+                self._cv.wait()
+            return self._free.pop(0)
+
+    def fill(self, slot: int, wire: List[np.ndarray]) -> None:
+        offset = slot * self.slot_size
+        for a in wire:
+            size = a.nbytes
+            self._array[offset : offset + size] = a.reshape(-1).view(np.uint8)
+            offset += size
+
+    def release(self, slot: Any) -> None:
+        with self._cv:
+            if type(slot) is int and 0 <= slot < self.slots and slot not in self._free:
+                self._free.append(slot)
+                self._cv.notify_all()
 
 
 class _Pending:
@@ -591,7 +670,11 @@ class Runner:
             return request in self.cancelled
 
     def serve(self) -> int:
-        self.channel.send(hello_header())
+        hello = hello_header()
+        hello["shared_memory"] = (
+            self.channel.shm is not None
+        )  # the host sends "shm" frames' slots back only then
+        self.channel.send(hello)
         threading.Thread(target=self.read_loop, name="medigan-iso-reader", daemon=True).start()
         while True:
             frame = self.inbox.get()

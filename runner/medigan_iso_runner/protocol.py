@@ -28,10 +28,11 @@ a dict with str keys as ``{"d": {...}}``; the i-th ndarray as ``{"a": i}`` and t
 PROTOCOL_VERSION is part of every env key: bump it whenever frames change incompatibly.
 """
 
+import contextlib
 import hashlib
 import io
 import struct
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 import msgpack
 import numpy as np
@@ -53,6 +54,7 @@ __all__ = [
     "Frame",
     "Limits",
     "ProtocolError",
+    "SharedSlots",
     "batch_seed",
     "bytes_reader",
     "encode_frame",
@@ -84,7 +86,7 @@ MAX_ARRAYS = 65536  # arrays in one frame
 MAX_DEPTH = 32  # nesting of sample trees and header values
 
 RUNNER_KINDS = frozenset({"hello", "ready", "batch", "progress", "log", "error", "done"})
-HOST_KINDS = frozenset({"load", "generate", "cancel", "shutdown"})
+HOST_KINDS = frozenset({"load", "generate", "cancel", "shutdown", "release"})
 _KINDS = RUNNER_KINDS | HOST_KINDS
 
 
@@ -180,10 +182,12 @@ def wire_array(array: np.ndarray) -> np.ndarray:
     return array if array.flags.c_contiguous else array.copy(order="C")
 
 
-def encode_frame(header: Dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> List[Any]:
+def encode_frame(header: Dict[str, Any], arrays: Sequence[np.ndarray] = (), inline: bool = True) -> List[Any]:
     """Return the buffers of one frame (prefix + header, then each array's bytes), ready for writev.
 
-    ``header`` must hold "kind"; "arrays" is filled in from ``arrays``.
+    ``header`` must hold "kind"; "arrays" is filled in from ``arrays``. ``inline=False``: the arrays' bytes
+    travel in a shared-memory slot named by the header's "shm" (see :class:`SharedSlots`); the frame
+    declares them but carries no payload.
     """
     if header.get("kind") not in _KINDS:
         raise ProtocolError("unknown frame kind {!r}".format(header.get("kind")))
@@ -206,6 +210,8 @@ def encode_frame(header: Dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> L
         raise ProtocolError(
             f"payload of {payload_len} bytes exceeds {MAX_PAYLOAD_BYTES}; use smaller batches"
         )
+    if not inline:
+        return [_PREFIX.pack(MAGIC, len(packed), 0) + packed]
     buffers = [_PREFIX.pack(MAGIC, len(packed), payload_len) + packed]  # type: List[Any]
     for a in wire:
         if a.nbytes:
@@ -330,13 +336,66 @@ def _array_specs(header: Dict[str, Any], limits: Limits) -> List[Tuple[np.dtype,
     return out
 
 
+class SharedSlots:
+    """The host's read-only view of a shared-memory segment: ``slots`` slots of ``slot_size`` bytes each.
+
+    The host creates the segment (a sealed memfd: it can neither shrink nor grow, so a mapping never
+    faults) and passes its fd to the runner, which writes a batch's array bytes into a slot it owns and
+    sends a frame whose header holds ``"shm": [slot, offset, nbytes]`` and no payload. :meth:`take` checks
+    the reference against the segment and the declared arrays, copies the bytes out and marks the slot
+    held by the host; the host then sends ``release`` {slot} and calls :meth:`release`, and the runner may
+    fill that slot again. Every violation is a ProtocolError.
+    """
+
+    def __init__(self, fd: int, slots: int, slot_size: int) -> None:
+        import mmap
+
+        self.slots = slots
+        self.slot_size = slot_size
+        self._held: Set[int] = set()
+        self._map = mmap.mmap(fd, slots * slot_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        self._array = np.frombuffer(self._map, dtype=np.uint8)
+
+    def take(self, ref: Any, declared: int) -> np.ndarray:
+        if not (isinstance(ref, list) and len(ref) == 3 and all(type(v) is int for v in ref)):
+            raise ProtocolError('"shm" must be [slot, offset, nbytes] (ints)')
+        slot, offset, nbytes = ref
+        if not 0 <= slot < self.slots:
+            raise ProtocolError(f"shared-memory slot {slot} outside 0..{self.slots - 1}")
+        if slot in self._held:
+            raise ProtocolError(f"shared-memory slot {slot} is not the runner's (not released yet)")
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.slot_size:
+            raise ProtocolError(
+                f"shared-memory range {offset}+{nbytes} outside the slot of {self.slot_size} bytes"
+            )
+        if nbytes != declared:
+            raise ProtocolError(f"shared-memory range of {nbytes} bytes != {declared} declared by the arrays")
+        start = slot * self.slot_size + offset
+        self._held.add(slot)
+        out = np.empty(nbytes, dtype=np.uint8)
+        out[:] = self._array[start : start + nbytes]
+        return out
+
+    def release(self, slot: int) -> None:
+        self._held.discard(slot)
+
+    def close(self) -> None:
+        self._array = None  # type: ignore[assignment]
+        with contextlib.suppress(BufferError):  # a view is still alive; the mapping goes with it
+            self._map.close()
+
+
 def read_frame(
-    readinto: Callable[[memoryview], Optional[int]], limits: Limits = DEFAULT_LIMITS
+    readinto: Callable[[memoryview], Optional[int]],
+    limits: Limits = DEFAULT_LIMITS,
+    shm: Optional[SharedSlots] = None,
 ) -> Optional[Frame]:
     """Read one frame with ``readinto`` (a raw reader: returns bytes read, 0 at EOF).
 
     Returns None on EOF at a frame boundary; raises ProtocolError (only) on anything malformed. The payload
-    is read straight into freshly allocated arrays; nothing beyond the declared, capped sizes is read.
+    is read straight into freshly allocated arrays; nothing beyond the declared, capped sizes is read. A
+    frame whose header holds "shm" takes its payload from ``shm`` (see :class:`SharedSlots`; without one it
+    is a ProtocolError); the caller then releases the slot.
     """
     prefix = bytearray(PREFIX_BYTES)
     if not _read_exact(readinto, memoryview(prefix), "frame prefix"):
@@ -354,6 +413,16 @@ def read_frame(
     header = _unpack_header(bytes(raw), limits)
     specs = _array_specs(header, limits)
     declared = sum(nbytes for _, _, nbytes in specs)
+    if "shm" in header:
+        if shm is None:
+            raise ProtocolError("a shared-memory frame, but no shared memory was negotiated")
+        if payload_len:
+            raise ProtocolError("a shared-memory frame must carry no pipe payload")
+        if declared > limits.max_payload_bytes:
+            raise ProtocolError(
+                f"shared-memory payload of {declared} bytes exceeds {limits.max_payload_bytes}"
+            )
+        return _views(header, specs, shm.take(header["shm"], declared))
     if declared != payload_len:
         raise ProtocolError(f"payload length {payload_len} != {declared} declared by the arrays")
     arrays = []
@@ -366,6 +435,11 @@ def read_frame(
     payload = np.empty(payload_len, dtype=np.uint8)
     if not _read_exact(readinto, payload.data, "payload"):
         raise ProtocolError("stream ended before the payload", eof=True)
+    return _views(header, specs, payload)
+
+
+def _views(header: Dict[str, Any], specs: List[Tuple[np.dtype, Tuple[int, ...], int]], payload: Any) -> Frame:
+    arrays = []
     offset = 0
     for dtype, shape, nbytes in specs:
         part = payload[offset : offset + nbytes]
