@@ -171,9 +171,11 @@ def test_shared_memory_frames_obey_the_negotiation_and_the_caps(shared: Any) -> 
     data = shm_frame([np.zeros(4, dtype="<f4")], [0, 0, 16])
     with pytest.raises(protocol.ProtocolError, match="no shared memory was negotiated"):
         decode(data)
-    two = shm_frame([np.zeros(2, dtype="<f4"), np.zeros(2, dtype="<f4")], [0, 0, 16])
-    with pytest.raises(protocol.ProtocolError, match="16 bytes exceeds 12"):
-        protocol.read_frame(protocol.bytes_reader(two), protocol.Limits(max_payload_bytes=12), shm=slots)
+    small_cap = protocol.Limits(max_payload_bytes=12)
+    for ref, reason in (([0, 0, 16], "length 16 exceeds 12"), ([0, 0, 8], "of 16 bytes exceeds 12")):
+        two = shm_frame([np.zeros(2, dtype="<f4"), np.zeros(2, dtype="<f4")], ref)
+        with pytest.raises(protocol.ProtocolError, match=reason):
+            protocol.read_frame(protocol.bytes_reader(two), small_cap, shm=slots)
     with_payload = raw_frame({"kind": "batch", "shm": [0, 0, 4], "arrays": [["|u1", [4]]]}, b"abcd")
     with pytest.raises(protocol.ProtocolError, match="no pipe payload"):
         protocol.read_frame(protocol.bytes_reader(with_payload), shm=slots)

@@ -411,6 +411,10 @@ def read_frame(
     if not _read_exact(readinto, memoryview(raw), "header"):
         raise ProtocolError("stream ended before the header", eof=True)
     header = _unpack_header(bytes(raw), limits)
+    ref = header.get("shm")
+    # checked before the arrays, as the pipe's payload length is checked at the prefix
+    if isinstance(ref, list) and len(ref) == 3 and type(ref[2]) is int and ref[2] > limits.max_payload_bytes:
+        raise ProtocolError(f"shared-memory payload length {ref[2]} exceeds {limits.max_payload_bytes}")
     specs = _array_specs(header, limits)
     declared = sum(nbytes for _, _, nbytes in specs)
     if "shm" in header:
