@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from medigan_iso.catalogue import Catalogue, ModelEntry, load_catalogue
     from medigan_iso.compat import Generators
     from medigan_iso.errors import (
+        BundleError,
         CatalogueError,
         CatalogueSourceError,
         CatalogueValidationError,
@@ -103,6 +104,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "BundleError",
     "Catalogue",
     "CatalogueError",
     "CatalogueSourceError",

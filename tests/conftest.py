@@ -30,6 +30,7 @@ CI_ALLOWED_SKIP_PREFIXES = (
     "no GPU",  # CUDA paths need a device no CI machine here has
     "no Python ",  # another interpreter version (tests/_interpreters.py first proves none is installed)
     "not POSIX",  # POSIX-only behaviour on another OS
+    "host is root",  # a non-root-host case; CI runs as root (the root cases run instead)
 )
 
 

@@ -54,6 +54,7 @@ def test_public_surface_is_pinned() -> None:
     assert sorted(medigan_iso.__all__) == sorted(
         [
             "Catalogue",
+            "BundleError",
             "CatalogueError",
             "CatalogueSourceError",
             "CatalogueValidationError",

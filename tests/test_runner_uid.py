@@ -105,7 +105,7 @@ def test_a_root_hosts_plan_switches_uid_inside_bubblewrap_without_a_user_namespa
 
 def test_a_non_root_host_keeps_its_own_uid(tmp_path: Path) -> None:
     if ROOT:
-        pytest.skip("not POSIX non-root: this host is root")
+        pytest.skip("host is root: this case needs a non-root host")
     assert _plan(tmp_path).run_as is None
 
 
