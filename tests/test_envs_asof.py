@@ -13,6 +13,8 @@ import logging
 import re
 import shutil
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _interpreters import skip_without_python
 from _wheelcraft import make_sdist, make_wheel, sha256_of
 
 from medigan_iso.catalogue import load_catalogue
@@ -34,7 +37,7 @@ from medigan_iso.envs import (
     parse_loose_date,
     resolve,
 )
-from medigan_iso.errors import DirectReferenceError
+from medigan_iso.errors import DirectReferenceError, InterpreterNotFoundError
 
 
 def _pins(lock: str) -> dict[str, str]:
@@ -147,12 +150,24 @@ def test_strict_catalogue_mode_requires_dependencies_as_of(tmp_path: Path) -> No
 # --- resolution as of a date (real uv, real index) ------------------------------------------------------
 
 
+@contextmanager
+def _era(python: str) -> Iterator[None]:
+    """Resolutions of an old date need an interpreter of that era (numpy of 2021 has wheels up to cp39, of
+    mid-2019 up to cp37): on a machine with only a newer Python they skip, and fail if one is installed."""
+    try:
+        yield
+    except InterpreterNotFoundError as exc:
+        skip_without_python(python, exc)
+
+
 def test_resolution_holds_dependencies_back_to_the_date_but_not_the_runners_msgpack(online: Path) -> None:
-    dated = resolve(EnvSpec(["six"], as_of="2021-01-01", name="six-2021"))
+    with _era("3.9"):
+        dated = resolve(EnvSpec(["six"], as_of="2021-01-01", name="six-2021"))
     pins = _pins(dated.lock)
     assert pins["six"] == "1.15.0"
     # msgpack>=1.0 did not exist in mid-2019; the runner's own requirement is not held back
-    old = resolve(EnvSpec(["six"], as_of="2019-06-30", name="six-2019"))
+    with _era("3.7"):
+        old = resolve(EnvSpec(["six"], as_of="2019-06-30", name="six-2019"))
     assert _pins(old.lock)["six"] == "1.12.0"
     assert int(_pins(old.lock)["msgpack"].split(".")[0]) >= 1
     # dates before setuptools dropped pkg_resources get setuptools of their era
@@ -165,7 +180,8 @@ def test_resolution_holds_dependencies_back_to_the_date_but_not_the_runners_msgp
 
 def test_an_exact_pin_is_not_held_back_and_a_local_wheel_stays_usable(online: Path, tmp_path: Path) -> None:
     # six 1.16.0 was uploaded after the cut-off: the exact pin names it anyway, and resolution takes it
-    pinned = resolve(EnvSpec(["six==1.16.0"], as_of="2021-01-01", name="six-pinned"))
+    with _era("3.9"):
+        pinned = resolve(EnvSpec(["six==1.16.0"], as_of="2021-01-01", name="six-pinned"))
     assert _pins(pinned.lock)["six"] == "1.16.0"
     assert int(_pins(pinned.lock)["setuptools"].split(".")[0]) < 81  # the rest is still of the era
     links = tmp_path / "links"
@@ -177,7 +193,8 @@ def test_an_exact_pin_is_not_held_back_and_a_local_wheel_stays_usable(online: Pa
 
 
 def test_the_date_is_in_the_env_key_the_stamp_and_env_list(online: Path) -> None:
-    older = ensure_env(EnvSpec(["six"], as_of="2021-01-01", name="six-2021"))
+    with _era("3.9"):
+        older = ensure_env(EnvSpec(["six"], as_of="2021-01-01", name="six-2021"))
     newer = ensure_env(EnvSpec(["six"], as_of="2021-06-30", name="six-mid-2021"))
     assert older.key != newer.key
     assert (older.as_of, newer.as_of) == ("2021-01-01", "2021-06-30")
@@ -469,15 +486,16 @@ def test_doctor_says_whether_env_builds_are_confined(
 
 
 def test_a_dated_strict_resolution_is_wheels_only_without_clashing_flags(online: Path) -> None:
-    env = ensure_env(EnvSpec(["six"], as_of="2021-01-01", name="six-strict"), strict=True)
+    with _era("3.9"):
+        env = ensure_env(EnvSpec(["six"], as_of="2021-01-01", name="six-strict"), strict=True)
     assert env.as_of == "2021-01-01"
     assert _pins(env.lock_path.read_text())["six"] == "1.15.0"
 
 
 def test_a_conflict_that_no_interpreter_changes_is_a_resolution_error(online: Path) -> None:
-    from medigan_iso.errors import InterpreterNotFoundError, ResolutionError
+    from medigan_iso.errors import ResolutionError
 
-    with pytest.raises(ResolutionError) as info:
+    with _era("3.9"), pytest.raises(ResolutionError) as info:
         resolve(EnvSpec(["six>=99"], as_of="2021-01-01", name="impossible"))
     assert not isinstance(info.value, InterpreterNotFoundError)
     assert "six" in info.value.explanation
