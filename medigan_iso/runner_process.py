@@ -421,6 +421,8 @@ class RunnerProcess:
         self._read_phase = "ready"
         self._read_deadline = time.monotonic() + ready_timeout_s
         self._frame_limits = NO_PAYLOAD_LIMITS
+        # header structures already validated: a stream of like batches is checked once per shape (issue 17)
+        self._shapes = protocol.ShapeCache()
         self._log_frames = 0
         self._request = 0
         # A weak reference: a stream the caller drops must be collectable so its __del__ can mark the runner.
@@ -759,7 +761,7 @@ class RunnerProcess:
         self._read_phase = phase
         self._read_deadline = time.monotonic() + timeout_s
         try:
-            frame = protocol.read_frame(self._readinto, self._frame_limits, self._shm)
+            frame = protocol.read_frame(self._readinto, self._frame_limits, self._shm, self._shapes)
         except protocol.ProtocolError as exc:
             if exc.eof or self._exit_status() is not None:
                 self._wait_exit(1.0)
@@ -1058,7 +1060,7 @@ class GenerateStream(Iterator[list[Sample]]):
                 self.bytes_received += sum(a.nbytes for a in frame.arrays)
                 self._check_caps()
                 try:
-                    samples = protocol.unpack_samples(header.get("samples"), frame.arrays)
+                    samples = protocol.frame_samples(frame)
                 except protocol.ProtocolError as exc:
                     self._finish()
                     runner._stop("it sent a malformed frame")

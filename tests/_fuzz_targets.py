@@ -4,7 +4,8 @@ Each target takes bytes and checks the boundary's contract, raising AssertionErr
 unexpected exception through) when it breaks:
 
 - ``frame_decoder``: ``read_frame`` then ``unpack_samples`` raise only ``ProtocolError`` and never read
-  past the caps.
+  past the caps; the same bytes read through a ``ShapeCache`` (shared by every input, so inputs meet the
+  structures earlier ones left in it) give the same frames and samples, or the same refusal (issue 17).
 - ``safe_extract``: a zip either extracts into ``dest`` with only regular files and directories inside it,
   or is refused with ``UnsafeArchiveError`` leaving nothing behind (no ``dest``, no temporary sibling).
 - ``catalogue_loader``: a catalogue file either loads (every entry normalised, every text neutralisable)
@@ -19,26 +20,68 @@ import os
 import struct
 import tempfile
 from pathlib import Path
+from typing import Any
 
+import msgpack
+import numpy as np
 from medigan_iso_runner import protocol
 
 SMALL_LIMITS = protocol.Limits(max_header_bytes=1 << 16, max_payload_bytes=1 << 20, max_arrays=64)
 
 
-def frame_decoder(data: bytes) -> None:
+# shared by every fuzz input: a frame must be refused or decoded alike whatever structures are cached
+_SHAPES = protocol.ShapeCache(max_entries=256)
+
+
+def _decode_all(data: bytes, cache: protocol.ShapeCache | None) -> tuple[list[Any], str | None]:
+    """Every frame of ``data`` as (kind, header bytes, arrays, samples), then the refusal (None: clean EOF)."""
     reader = protocol.bytes_reader(data)
-    consumed = 0
+    frames: list[Any] = []
     try:
         while True:
-            frame = protocol.read_frame(reader, SMALL_LIMITS)
+            frame = protocol.read_frame(reader, SMALL_LIMITS, cache=cache)
             if frame is None:
-                return
-            consumed += 1
+                return frames, None
             assert sum(a.nbytes for a in frame.arrays) <= SMALL_LIMITS.max_payload_bytes
+            samples = None
             if frame.kind == "batch":
-                protocol.unpack_samples(frame.header.get("samples"), frame.arrays, SMALL_LIMITS)
-    except protocol.ProtocolError:
-        return
+                if cache is None:
+                    samples = protocol.unpack_samples(frame.header.get("samples"), frame.arrays, SMALL_LIMITS)
+                else:
+                    samples = protocol.frame_samples(frame, SMALL_LIMITS)
+            header = msgpack.packb(sorted(frame.header.items()), use_bin_type=True)
+            frames.append((frame.kind, header, frame.arrays, samples))
+    except protocol.ProtocolError as exc:
+        return frames, exc.reason
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (np.ndarray, np.generic)):
+        return bool(a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes())
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, float):
+        return struct.pack("<d", a) == struct.pack("<d", b)
+    return bool(a == b)
+
+
+def frame_decoder(data: bytes) -> None:
+    plain, refused = _decode_all(data, None)
+    cached, cached_refused = _decode_all(data, _SHAPES)
+    if cached_refused is not None and refused is None or len(cached) < len(plain):
+        # the cached reader is stricter in one rule only: a header may not repeat a key
+        assert cached_refused is not None and "repeats the key" in cached_refused, (refused, cached_refused)
+        plain = plain[: len(cached)]
+    else:
+        assert (refused is None) == (cached_refused is None), (refused, cached_refused)
+        assert len(cached) == len(plain), (len(plain), len(cached))
+    for (kind, header, arrays, samples), (ckind, cheader, carrays, csamples) in zip(plain, cached):
+        assert kind == ckind and header == cheader, (header, cheader)
+        assert _same(arrays, carrays) and _same(samples, csamples), (arrays, carrays, samples, csamples)
 
 
 def frame_from_parts(header: bytes, payload: bytes, declared_payload: int | None = None) -> bytes:

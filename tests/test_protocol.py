@@ -18,6 +18,7 @@ import msgpack
 import numpy as np
 import pytest
 from _compat import zip_strict
+from _fuzz_targets import frame_decoder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -35,6 +36,11 @@ def decode(data: bytes, limits: protocol.Limits = protocol.DEFAULT_LIMITS) -> pr
 def raw_frame(header: Any, payload: bytes = b"", *, magic: bytes = protocol.MAGIC) -> bytes:
     packed = msgpack.packb(header, use_bin_type=True)
     return struct.pack(">4sIQ", magic, len(packed), len(payload)) + packed + payload
+
+
+def header_frame(header: bytes) -> bytes:
+    """A frame with ``header`` as its raw msgpack bytes and no payload."""
+    return struct.pack(">4sIQ", protocol.MAGIC, len(header), 0) + header
 
 
 def assert_same(a: Any, b: Any) -> None:
@@ -85,10 +91,12 @@ def test_public_surface_is_pinned() -> None:
         "Frame",
         "Limits",
         "ProtocolError",
+        "ShapeCache",
         "SharedSlots",
         "batch_seed",
         "bytes_reader",
         "encode_frame",
+        "frame_samples",
         "pack_samples",
         "read_frame",
         "shift_refs",
@@ -358,6 +366,161 @@ def test_malformed_sample_trees_raise_protocol_error(tree: Any, n_arrays: int, r
     assert reason in info.value.reason
 
 
+# --- shape cache (issue 17: the sample tree validated once per request shape) ----------------------
+
+
+def cached_samples(data: bytes, cache: protocol.ShapeCache, limits: protocol.Limits = protocol.DEFAULT_LIMITS) -> Any:
+    frame = protocol.read_frame(protocol.bytes_reader(data), limits, cache=cache)
+    assert frame is not None
+    return protocol.frame_samples(frame, limits)
+
+
+def test_frames_of_one_shape_are_checked_once_and_decode_like_uncached_ones() -> None:
+    cache = protocol.ShapeCache()
+    for index in range(5):
+        samples = [np.full((4, 3), index, np.uint8), np.full((4, 3), index + 1, np.uint8)]
+        tree, arrays = protocol.pack_samples(samples)
+        header = {"kind": "batch", "request": 7, "index": index, "samples": tree, "batches": [1, 1]}
+        data = encode(header, arrays)
+        frame = protocol.read_frame(protocol.bytes_reader(data), cache=cache)
+        assert frame is not None and frame.shape is not None
+        plain = decode(data)
+        assert plain is not None and frame.header == plain.header  # the scalars are read every frame
+        got = protocol.frame_samples(frame)
+        assert_same(got, samples)
+        assert_same(got, protocol.unpack_samples(plain.header["samples"], plain.arrays))
+        assert all(a.base is not None for a in got)  # still views of the frame's one payload buffer
+    assert (cache.misses, cache.hits) == (1, 4)
+    # nested samples (tuples, dicts, numpy scalars) rebuild from the plan: fresh containers every frame
+    samples = [({"img": np.ones((2, 2), np.float32), "label": np.int64(3)}, "x", [1.5])]
+    tree, arrays = protocol.pack_samples(samples)
+    data = encode({"kind": "batch", "request": 1, "samples": tree}, arrays)
+    first, second = cached_samples(data, cache), cached_samples(data, cache)
+    assert_same(first, samples) and assert_same(second, samples)
+    assert first[0][0] is not second[0][0] and first[0][2] is not second[0][2]
+    assert cache.hits == 5
+
+
+def test_the_cache_keeps_a_bounded_number_of_shapes() -> None:
+    cache = protocol.ShapeCache(max_entries=3, max_bytes=400)
+    for n in range(1, 8):
+        tree, arrays = protocol.pack_samples([np.zeros(1, np.uint8)] * n)
+        cached_samples(encode({"kind": "batch", "samples": tree}, arrays), cache)
+        assert len(cache._entries) <= 3 and cache._bytes <= 400
+    big, arrays = protocol.pack_samples([np.zeros(1, np.uint8)] * 100)  # its structure alone is > 400 bytes
+    cached_samples(encode({"kind": "batch", "samples": big}, arrays), cache)
+    cached_samples(encode({"kind": "batch", "samples": big}, arrays), cache)
+    assert cache.hits == 0 and all(key[5] != msgpack.packb(big) for key in cache._entries)
+
+
+def _warm(cache: protocol.ShapeCache, limits: protocol.Limits = protocol.DEFAULT_LIMITS) -> None:
+    """One valid frame of each structure the refusals below start from."""
+    for header, payload in WARM_FRAMES:
+        cached_samples(raw_frame(header, payload), cache, limits)
+
+
+WARM_FRAMES = [
+    ({"kind": "batch", "request": 1, "samples": [{"a": 0}], "arrays": [["|u1", [4]]]}, b"\0" * 4),
+    ({"kind": "batch", "request": 1, "samples": [{"s": 0}], "arrays": [["<f8", []]]}, b"\0" * 8),
+    ({"kind": "batch", "request": 1, "samples": [{"a": 0}], "arrays": [["|u1", [4]]], "batches": [1]}, b"\0" * 4),
+]
+ARRAYS = [["|u1", [4]]]
+
+
+@pytest.mark.parametrize(
+    ("header", "payload", "reason"),
+    [
+        # the cached structure, but the payload does not match what it declares
+        ({"kind": "batch", "request": 2, "samples": [{"a": 0}], "arrays": ARRAYS}, b"\0" * 3, "payload length 3 != 4"),
+        # an array reference out of range / out of order
+        ({"kind": "batch", "samples": [{"a": 1}], "arrays": ARRAYS}, b"\0" * 4, "array reference 1 out of order"),
+        ({"kind": "batch", "samples": [{"a": 0}, {"a": 1}], "arrays": ARRAYS}, b"\0" * 4, "array reference 1"),
+        ({"kind": "batch", "samples": [], "arrays": ARRAYS}, b"\0" * 4, "1 arrays sent but 0 referenced"),
+        # the cached samples tree, arrays of another dtype, shape or ndim than before
+        ({"kind": "batch", "samples": [{"a": 0}], "arrays": [["|O", [4]]]}, b"\0" * 4, "dtype '|O' is not allowed"),
+        ({"kind": "batch", "samples": [{"a": 0}], "arrays": [["|u1", [-4]]]}, b"", "non-negative ints"),
+        ({"kind": "batch", "samples": [{"a": 0}], "arrays": [["|u1", ["4"]]]}, b"\0" * 4, "non-negative ints"),
+        ({"kind": "batch", "samples": [{"s": 0}], "arrays": [["<f8", [1]]]}, b"\0" * 8, "points at a 1-d array"),
+        # an extra key in a sample node, a wrong type in the tree
+        ({"kind": "batch", "samples": [{"a": 0, "x": 1}], "arrays": ARRAYS}, b"\0" * 4, "malformed sample node"),
+        ({"kind": "batch", "samples": [{"a": "0"}], "arrays": ARRAYS}, b"\0" * 4, "array reference '0'"),
+        ({"kind": "batch", "samples": [{"t": 5}], "arrays": []}, b"", "malformed sample node"),
+        # non-plain values in the structure or in the scalars next to it
+        (
+            {"kind": "batch", "samples": [{"a": 0}], "arrays": ARRAYS, "batches": [msgpack.Timestamp(1)]},
+            b"\0" * 4,
+            "exceeds max_ext_len",
+        ),
+        (
+            {"kind": "batch", "index": msgpack.Timestamp(1), "samples": [{"a": 0}], "arrays": ARRAYS},
+            b"\0" * 4,
+            "exceeds max_ext_len",
+        ),
+        ({"kind": "batch", b"samples": [{"a": 0}], "arrays": ARRAYS}, b"\0" * 4, "keys must be str"),
+        ({"kind": "nope", "samples": [{"a": 0}], "arrays": ARRAYS}, b"\0" * 4, "unknown frame kind"),
+    ],
+)
+def test_a_frame_that_differs_from_a_cached_shape_is_checked_in_full(header: Any, payload: bytes, reason: str) -> None:
+    cache = protocol.ShapeCache()
+    _warm(cache)
+    with pytest.raises(protocol.ProtocolError) as info:
+        cached_samples(raw_frame(header, payload), cache)
+    assert reason in info.value.reason
+    with pytest.raises(protocol.ProtocolError) as info:  # twice: nothing refused is ever cached
+        cached_samples(raw_frame(header, payload), cache)
+    assert reason in info.value.reason
+    with pytest.raises(protocol.ProtocolError):  # the uncached decoder refuses it too
+        frame = decode(raw_frame(header, payload))
+        assert frame is not None
+        protocol.unpack_samples(frame.header.get("samples"), frame.arrays)
+    _warm(cache)  # the valid shapes still decode
+
+
+def test_a_cached_shape_is_checked_again_under_tighter_limits() -> None:
+    cache = protocol.ShapeCache()
+    _warm(cache)
+    with pytest.raises(protocol.ProtocolError, match="1 arrays exceed the cap of 0"):
+        _warm(cache, protocol.Limits(max_arrays=0))
+    no_payload = raw_frame({"kind": "batch", "samples": [{"a": 0}], "arrays": ARRAYS})  # declares 4 bytes
+    with pytest.raises(protocol.ProtocolError, match="payload length 0 != 4"):
+        cached_samples(no_payload, cache)
+    with pytest.raises(protocol.ProtocolError, match="exceeds the payload cap"):
+        cached_samples(no_payload, cache, protocol.Limits(max_payload_bytes=3))
+    with pytest.raises(protocol.ProtocolError, match="header nesting deeper than 1"):
+        _warm(cache, protocol.Limits(max_depth=1))
+    # read under the limits the shape was checked with, unpacked under a tighter depth: the plan is not used
+    frame = protocol.read_frame(protocol.bytes_reader(raw_frame(*WARM_FRAMES[0])), cache=cache)
+    assert frame is not None and frame.shape is not None and frame.shape.plan is not None
+    with pytest.raises(protocol.ProtocolError, match="sample tree nested deeper than 0"):
+        protocol.frame_samples(frame, protocol.Limits(max_depth=0))
+    nested: Any = [{"a": 0}]
+    for _ in range(protocol.MAX_DEPTH):
+        nested = [nested]
+    data = raw_frame({"kind": "batch", "samples": nested, "arrays": ARRAYS}, b"\0" * 4)
+    for _ in range(2):
+        with pytest.raises(protocol.ProtocolError, match="deeper than 32"):
+            cached_samples(data, cache)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        # the cached reader is stricter than unpackb in one rule: a repeated key (unpackb keeps the last)
+        (header_frame(b"\x83\xa4kind\xa4done\xa7samples\x90\xa7samples\x90"), "repeats the key 'samples'"),
+        (header_frame(msgpack.packb({"kind": "done"}) + b"\xc0"), "1 bytes after its map"),
+        (header_frame(b"\x82\xa4kind\xa4done"), "not valid msgpack: OutOfData"),
+        (raw_frame([1, 2]), "header is not a map"),
+        (raw_frame({1: "x"}), "keys must be str"),
+        (header_frame(b"\xc1"), "header is not a map"),
+        (header_frame(b"\x81\xa4kind\xc1"), "not valid msgpack"),
+    ],
+)
+def test_the_cached_reader_refuses_malformed_headers(data: bytes, reason: str) -> None:
+    with pytest.raises(protocol.ProtocolError) as info:
+        protocol.read_frame(protocol.bytes_reader(data), cache=protocol.ShapeCache())
+    assert reason in info.value.reason
+
+
 # --- property tests ------------------------------------------------------------------------------------
 
 _DTYPES = st.sampled_from(
@@ -382,6 +545,11 @@ _SAMPLES = st.recursive(
 @given(st.lists(_SAMPLES, max_size=5))
 def test_any_sample_structure_round_trips(samples: list[Any]) -> None:
     assert_same(roundtrip_samples(samples), samples)
+    tree, arrays = protocol.pack_samples(samples)
+    data = encode({"kind": "batch", "request": 1, "samples": tree}, arrays)
+    cache = protocol.ShapeCache()
+    for _ in range(2):  # checked in full, then built from the cached plan
+        assert_same(cached_samples(data, cache), samples)
 
 
 @settings(max_examples=500, deadline=None)
@@ -418,3 +586,6 @@ def test_mutated_frames_decode_validly_or_raise_protocol_error(frame: bytes, dat
             protocol.unpack_samples(result.header.get("samples"), result.arrays)
     except protocol.ProtocolError:
         pass
+    # read through a cache that already holds the unmutated frame's shape: the same frames or refusal
+    frame_decoder(frame)
+    frame_decoder(bytes(mutated))

@@ -54,10 +54,12 @@ __all__ = [
     "Frame",
     "Limits",
     "ProtocolError",
+    "ShapeCache",
     "SharedSlots",
     "batch_seed",
     "bytes_reader",
     "encode_frame",
+    "frame_samples",
     "pack_samples",
     "read_frame",
     "shift_refs",
@@ -153,14 +155,21 @@ def batch_seed(seed: int, index: int) -> int:
 
 
 class Frame:
-    """One decoded frame: ``kind``, the whole ``header`` map and the payload ``arrays`` in order."""
+    """One decoded frame: ``kind``, the whole ``header`` map and the payload ``arrays`` in order.
 
-    __slots__ = ("arrays", "header", "kind")
+    ``shape`` is the validated structure the frame's header shares with earlier frames when it was read
+    with a :class:`ShapeCache` (None otherwise); :func:`frame_samples` uses it.
+    """
 
-    def __init__(self, kind: str, header: Dict[str, Any], arrays: List[np.ndarray]) -> None:
+    __slots__ = ("arrays", "header", "kind", "shape")
+
+    def __init__(
+        self, kind: str, header: Dict[str, Any], arrays: List[np.ndarray], shape: "Optional[_Shape]" = None
+    ) -> None:
         self.kind = kind
         self.header = header
         self.arrays = arrays
+        self.shape = shape
 
     def __repr__(self) -> str:
         return f"Frame(kind={self.kind!r}, keys={sorted(self.header)!r}, arrays={len(self.arrays)})"
@@ -279,32 +288,43 @@ def _refuse_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(f"msgpack ext type {code} is not allowed")
 
 
-def _unpack_header(data: bytes, limits: Limits) -> Dict[str, Any]:
+def _msgpack_options(limits: Limits) -> Dict[str, Any]:
+    return dict(
+        raw=False,
+        strict_map_key=True,
+        use_list=True,
+        ext_hook=_refuse_ext,
+        max_str_len=limits.max_header_bytes,
+        max_bin_len=limits.max_header_bytes,
+        max_array_len=limits.max_header_bytes,
+        max_map_len=limits.max_header_bytes,
+        max_ext_len=0,
+    )
+
+
+def _unpack_value(data: bytes, limits: Limits) -> Any:
     try:
-        header = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            ext_hook=_refuse_ext,
-            max_str_len=limits.max_header_bytes,
-            max_bin_len=limits.max_header_bytes,
-            max_array_len=limits.max_header_bytes,
-            max_map_len=limits.max_header_bytes,
-            max_ext_len=0,
-        )
+        return msgpack.unpackb(data, **_msgpack_options(limits))
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises ValueError, FormatError, StackError, ExtraData, ...
         raise ProtocolError(f"header is not valid msgpack: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(header, dict):
-        raise ProtocolError(f"header is a {type(header).__name__}, not a map")
-    _check_plain(header, 0, limits)
+
+
+def _check_kind(header: Dict[str, Any]) -> None:
     kind = header.get("kind")
     # isinstance first: a list or map "kind" is unhashable, and `in` on a frozenset raised TypeError
     # (found by tests/fuzz_atheris.py)
     if not isinstance(kind, str) or kind not in _KINDS:
         raise ProtocolError(f"unknown frame kind {kind!r}")
+
+
+def _unpack_header(data: bytes, limits: Limits) -> Dict[str, Any]:
+    header = _unpack_value(data, limits)
+    if not isinstance(header, dict):
+        raise ProtocolError(f"header is a {type(header).__name__}, not a map")
+    _check_plain(header, 0, limits)
+    _check_kind(header)
     return header
 
 
@@ -385,17 +405,138 @@ class SharedSlots:
             self._map.close()
 
 
+# The header keys whose values describe a frame's structure rather than its content: the same for every frame
+# of a request shape (a batch of the same samples, coalesced the same way).
+_STRUCTURE_KEYS = ("arrays", "samples", "batches")
+MAX_SHAPES = 64  # structures a ShapeCache keeps
+MAX_SHAPE_BYTES = 256 * 1024  # msgpack bytes of all the structures a ShapeCache keeps
+
+
+class _Shape:
+    """One validated structure: the decoded structure values, array specs, payload layout, samples plan."""
+
+    __slots__ = ("declared", "plan", "specs", "stacked", "values")
+
+    def __init__(self, values: Dict[str, Any], limits: Limits) -> None:
+        self.values = values
+        self.specs = _array_specs(values, limits)
+        self.declared = sum(nbytes for _, _, nbytes in self.specs)
+        # Arrays of one dtype and shape back to back (a batch of like samples) become views of one reshaped
+        # payload; an array whose offset would break its dtype's alignment rules that out.
+        self.stacked = None  # type: Optional[Tuple[np.dtype, Tuple[int, ...], int]]
+        if len(self.specs) > 1:
+            dtype, dims, nbytes = self.specs[0]
+            if (
+                dims
+                and nbytes
+                and nbytes % dtype.alignment == 0
+                and all(spec[0] == dtype and spec[1] == dims for spec in self.specs)
+            ):
+                self.stacked = (dtype, dims, len(self.specs))
+        self.plan = None  # type: Optional[Tuple[int, bool, Any]]  # (max_depth, flat, validated tree)
+
+
+class ShapeCache:
+    """Header structures already validated, so a stream of like frames is checked once (issue 17).
+
+    :func:`read_frame` with a cache decodes a header's scalar fields every frame but looks its structure (the
+    values of "arrays", "samples" and "batches") up by their exact msgpack bytes and the limits they were
+    checked under. Identical bytes decode to identical values, so a hit is exactly as valid as the frame
+    that was checked in full; a structure that differs in any byte misses and is checked in full. Only
+    structures that passed every check are stored, at most ``max_entries`` of them holding ``max_bytes``
+    of msgpack in all (oldest out first). The decoded values in a hit frame's header are shared with the
+    frames of the same shape: read them, do not change them. One reader at a time.
+    """
+
+    def __init__(self, max_entries: int = MAX_SHAPES, max_bytes: int = MAX_SHAPE_BYTES) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self._entries = {}  # type: Dict[Any, _Shape]
+        self._sizes = {}  # type: Dict[Any, int]
+        self._bytes = 0
+
+    def header(self, data: bytes, limits: Limits) -> Tuple[Dict[str, Any], _Shape]:
+        header = {}  # type: Dict[str, Any]
+        raws = {}  # type: Dict[str, bytes]
+        try:
+            unpacker = msgpack.Unpacker(None, **_msgpack_options(limits))
+            unpacker.feed(data)
+            try:
+                count = unpacker.read_map_header()
+            except ValueError:
+                raise ProtocolError("header is not a map") from None
+            for _ in range(count):
+                key = unpacker.unpack()
+                if type(key) is not str:
+                    raise ProtocolError(f"header map keys must be str, got {type(key).__name__}")
+                if key in header or key in raws:
+                    raise ProtocolError(f"header repeats the key {key!r}")
+                if key in _STRUCTURE_KEYS:
+                    start = unpacker.tell()
+                    unpacker.skip()
+                    raws[key] = data[start : unpacker.tell()]
+                else:
+                    value = unpacker.unpack()
+                    _check_plain(value, 1, limits)
+                    header[key] = value
+            if unpacker.tell() != len(data):
+                raise ProtocolError(f"header has {len(data) - unpacker.tell()} bytes after its map")
+        except ProtocolError:
+            raise
+        except Exception as exc:  # msgpack raises ValueError, FormatError, StackError, OutOfData, ...
+            raise ProtocolError(f"header is not valid msgpack: {type(exc).__name__}: {exc}") from exc
+        _check_kind(header)
+        key = (
+            limits.max_arrays,
+            limits.max_depth,
+            limits.max_ndim,
+            limits.max_payload_bytes,
+            raws.get("arrays"),
+            raws.get("samples"),
+            raws.get("batches"),
+        )
+        shape = self._entries.get(key)
+        if shape is None:
+            self.misses += 1
+            values = {}
+            for name, raw in raws.items():
+                value = _unpack_value(raw, limits)
+                _check_plain(value, 1, limits)
+                values[name] = value
+            shape = _Shape(values, limits)
+            self._store(key, shape, sum(len(raw) for raw in raws.values()))
+        else:
+            self.hits += 1
+        header.update(shape.values)
+        return header, shape
+
+    def _store(self, key: Any, shape: _Shape, size: int) -> None:
+        if size > self.max_bytes:
+            return
+        while self._entries and (len(self._entries) >= self.max_entries or self._bytes + size > self.max_bytes):
+            oldest = next(iter(self._entries))
+            del self._entries[oldest]
+            self._bytes -= self._sizes.pop(oldest)
+        self._entries[key] = shape
+        self._sizes[key] = size
+        self._bytes += size
+
+
 def read_frame(
     readinto: Callable[[memoryview], Optional[int]],
     limits: Limits = DEFAULT_LIMITS,
     shm: Optional[SharedSlots] = None,
+    cache: Optional[ShapeCache] = None,
 ) -> Optional[Frame]:
     """Read one frame with ``readinto`` (a raw reader: returns bytes read, 0 at EOF).
 
     Returns None on EOF at a frame boundary; raises ProtocolError (only) on anything malformed. The payload
     is read straight into freshly allocated arrays; nothing beyond the declared, capped sizes is read. A
     frame whose header holds "shm" takes its payload from ``shm`` (see :class:`SharedSlots`; without one it
-    is a ProtocolError); the caller then releases the slot.
+    is a ProtocolError); the caller then releases the slot. With a ``cache`` the header's structure is
+    checked once per shape (see :class:`ShapeCache`) and the frame's samples come from :func:`frame_samples`.
     """
     prefix = bytearray(PREFIX_BYTES)
     if not _read_exact(readinto, memoryview(prefix), "frame prefix"):
@@ -410,13 +551,20 @@ def read_frame(
     raw = bytearray(header_len)
     if not _read_exact(readinto, memoryview(raw), "header"):
         raise ProtocolError("stream ended before the header", eof=True)
-    header = _unpack_header(bytes(raw), limits)
+    if cache is None:
+        header = _unpack_header(bytes(raw), limits)
+        shape = None
+    else:
+        header, shape = cache.header(bytes(raw), limits)
     ref = header.get("shm")
     # checked before the arrays, as the pipe's payload length is checked at the prefix
     if isinstance(ref, list) and len(ref) == 3 and type(ref[2]) is int and ref[2] > limits.max_payload_bytes:
         raise ProtocolError(f"shared-memory payload length {ref[2]} exceeds {limits.max_payload_bytes}")
-    specs = _array_specs(header, limits)
-    declared = sum(nbytes for _, _, nbytes in specs)
+    if shape is None:
+        specs = _array_specs(header, limits)
+        declared = sum(nbytes for _, _, nbytes in specs)
+    else:
+        specs, declared = shape.specs, shape.declared
     if "shm" in header:
         if shm is None:
             raise ProtocolError("a shared-memory frame, but no shared memory was negotiated")
@@ -426,32 +574,40 @@ def read_frame(
             raise ProtocolError(
                 f"shared-memory payload of {declared} bytes exceeds {limits.max_payload_bytes}"
             )
-        return _views(header, specs, shm.take(header["shm"], declared))
+        return _views(header, specs, shm.take(header["shm"], declared), shape)
     if declared != payload_len:
         raise ProtocolError(f"payload length {payload_len} != {declared} declared by the arrays")
     arrays = []
     if not payload_len:
-        for dtype, shape, _ in specs:
-            arrays.append(np.empty(shape, dtype=dtype))
-        return Frame(header["kind"], header, arrays)
+        for dtype, dims, _ in specs:
+            arrays.append(np.empty(dims, dtype=dtype))
+        return Frame(header["kind"], header, arrays, shape)
     # One readinto loop for the whole payload (issue 17: one read per array cost a syscall and a wake-up
     # each); the arrays are views of it. An array whose offset breaks its dtype's alignment is copied out.
     payload = np.empty(payload_len, dtype=np.uint8)
     if not _read_exact(readinto, payload.data, "payload"):
         raise ProtocolError("stream ended before the payload", eof=True)
-    return _views(header, specs, payload)
+    return _views(header, specs, payload, shape)
 
 
-def _views(header: Dict[str, Any], specs: List[Tuple[np.dtype, Tuple[int, ...], int]], payload: Any) -> Frame:
+def _views(
+    header: Dict[str, Any],
+    specs: List[Tuple[np.dtype, Tuple[int, ...], int]],
+    payload: Any,
+    shape: Optional[_Shape] = None,
+) -> Frame:
+    if shape is not None and shape.stacked is not None:
+        dtype, dims, count = shape.stacked
+        return Frame(header["kind"], header, list(payload.view(dtype).reshape((count,) + dims)), shape)
     arrays = []
     offset = 0
-    for dtype, shape, nbytes in specs:
+    for dtype, dims, nbytes in specs:
         part = payload[offset : offset + nbytes]
         if offset % dtype.alignment:
             part = part.copy()
-        arrays.append(part.view(dtype).reshape(shape))
+        arrays.append(part.view(dtype).reshape(dims))
         offset += nbytes
-    return Frame(header["kind"], header, arrays)
+    return Frame(header["kind"], header, arrays, shape)
 
 
 def bytes_reader(data: bytes) -> Callable[[memoryview], Optional[int]]:
@@ -575,6 +731,48 @@ def unpack_samples(tree: Any, arrays: Sequence[np.ndarray], limits: Limits = DEF
     if unpacker.next_ref != len(arrays):
         raise ProtocolError(f"{len(arrays)} arrays sent but {unpacker.next_ref} referenced")
     return result
+
+
+def frame_samples(frame: Frame, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """``unpack_samples`` of a frame's "samples" and arrays; checked once per shape when the frame has one.
+
+    The first frame of a shape (see :class:`ShapeCache`) is unpacked with every check; its tree is then
+    kept as that shape's plan, and later frames of the shape are built from the plan without re-checking
+    (their tree is the same bytes and their arrays have the same specs).
+    """
+    shape = frame.shape
+    if shape is None:
+        return unpack_samples(frame.header.get("samples"), frame.arrays, limits)
+    plan = shape.plan
+    if plan is None or plan[0] != limits.max_depth:
+        tree = frame.header.get("samples")
+        result = unpack_samples(tree, frame.arrays, limits)
+        flat = (
+            isinstance(tree, list)
+            and len(tree) == len(frame.arrays)
+            and all(type(node) is dict and node.get("a") == i for i, node in enumerate(tree))
+        )
+        shape.plan = (limits.max_depth, flat, tree)
+        return result
+    if plan[1]:
+        return list(frame.arrays)
+    return _build(plan[2], frame.arrays)
+
+
+def _build(node: Any, arrays: Sequence[np.ndarray]) -> Any:
+    """A checked sample tree rebuilt around ``arrays`` (see :func:`frame_samples`)."""
+    if type(node) is list:
+        return [_build(v, arrays) for v in node]
+    if type(node) is dict:
+        ((tag, body),) = node.items()
+        if tag == "a":
+            return arrays[body]
+        if tag == "s":
+            return arrays[body][()]
+        if tag == "t":
+            return tuple(_build(v, arrays) for v in body)
+        return {k: _build(v, arrays) for k, v in body.items()}
+    return node
 
 
 def _short(value: Any) -> str:
