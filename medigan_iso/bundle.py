@@ -35,7 +35,7 @@ from medigan_iso.catalogue import ModelEntry, load_catalogue, store_local_entry,
 from medigan_iso.downloads import discard_partial, download
 from medigan_iso.envs._common import _sha256_text, _write_atomic
 from medigan_iso.envs.ensure import _ensure
-from medigan_iso.envs.index import IndexSettings, index_settings
+from medigan_iso.envs.index import IndexSettings, index_settings, redact
 from medigan_iso.envs.interpreters import _find_interpreter, discover_interpreters
 from medigan_iso.envs.resolution import (
     COMPILED_PACKAGES,
@@ -48,6 +48,7 @@ from medigan_iso.envs.resolution import (
 from medigan_iso.envs.spec import RUNNER_REQUIREMENTS, Interpreter, _normalise_spec, _Spec
 from medigan_iso.envs.tools import (
     _find_uv,
+    _pip_tool_env,
     _tool_env,
     build_confinement,
     build_readables,
@@ -227,19 +228,6 @@ def _wheel_fits(filename: str, name: str, tags: set[Tag]) -> bool:
     return canonicalize_name(wheel_name) == name and bool(wheel_tags & tags)
 
 
-def _pip_args(settings: IndexSettings) -> list[str]:
-    args: list[str] = []
-    if settings.index_url:
-        args += ["--index-url", settings.index_url]
-    for url in settings.extra_index_urls:
-        args += ["--extra-index-url", url]
-    for link in settings.find_links:
-        args += ["--find-links", link]
-    if settings.cert:
-        args += ["--cert", settings.cert]
-    return args
-
-
 def _fetch_wheels(
     lines: Sequence[_LockLine],
     interp: Interpreter,
@@ -281,7 +269,7 @@ def _fetch_wheels(
             for tag in _platform_tags(target):
                 fetch += ["--platform", tag]
         steps = [
-            [
+            (
                 str(uv),
                 "venv",
                 "--quiet",
@@ -292,8 +280,8 @@ def _fetch_wheels(
                 str(layout.uv_cache),
                 *settings.uv_args(constraints=False),
                 str(venv),
-            ],
-            [
+            ),
+            (
                 # downloads go to the scratch folder on disk, not the sandbox's /tmp (memory): a CUDA torch
                 # wheel alone is 2 GB
                 "/usr/bin/env",
@@ -310,14 +298,15 @@ def _fetch_wheels(
                 "--no-input",
                 "-r",
                 str(reqs),
-                *_pip_args(settings),
-            ],
+                *settings.pip_args(constraints=False),  # the lock is used as is
+            ),
         ]
         for argv in steps:
             done = confined_run(
                 confinement,
                 argv,
-                env=_tool_env(settings),
+                # pip gets the index settings from its arguments only, the same ones uv was given
+                env=_pip_tool_env(settings) if "pip" in argv else _tool_env(settings),
                 writable=[layout.uv_cache],
                 readable=readable,
                 capture_output=True,
@@ -327,7 +316,7 @@ def _fetch_wheels(
                 raise BundleError(
                     str(dest),
                     f"cannot fetch the wheels of {label} for Python {interp.minor}:\n"
-                    + neutralise((done.stderr or done.stdout)[-3000:], max_chars=3000),
+                    + neutralise(redact((done.stderr or done.stdout)[-3000:]), max_chars=3000),
                     remedy="check the index settings and that every locked package has a wheel or an "
                     "sdist that builds on this machine"
                     + (

@@ -4,7 +4,8 @@
 and may ask it to: drop the connection after N bytes on the next GET of a path (``drop_after``), ignore
 ``Range`` (``honour_range = False``), go silent mid-body (``stall_after``), redirect (``redirect``),
 answer with a status or an HTML page (``status``, ``html``), or serve slowly (``chunk_delay_s``). It
-records every request's path and headers in ``requests``.
+records every request's path and headers in ``requests``. ``serve_simple_index`` makes it a package
+index (PEP 503 pages under ``/simple/``) for pip and uv.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
@@ -35,6 +37,7 @@ class ServerState:
     html: dict[str, str] = field(default_factory=dict)  # path -> Content-Type of an HTML body
     stall_after: dict[str, int] = field(default_factory=dict)  # next GET: send N bytes, then go silent
     redirect: dict[str, str] = field(default_factory=dict)  # path -> Location
+    content_types: dict[str, str] = field(default_factory=dict)  # path -> Content-Type of a file
     stall_s: float = 3.0
     honour_range: bool = True
     honour_if_range: bool = True
@@ -108,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
             self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Type", state.content_types.get(path, "application/octet-stream"))
         self.send_header("Content-Length", str(len(data) - start))
         self.send_header("ETag", etag)
         if state.honour_range:
@@ -132,6 +135,15 @@ class _Handler(BaseHTTPRequestHandler):
             if state.chunk_delay_s:
                 self.wfile.flush()
                 time.sleep(state.chunk_delay_s)
+
+    def do_HEAD(self) -> None:
+        # uv asks before it reads a wheel's metadata by ranges; no Accept-Ranges here, so it downloads the
+        # wheel whole (HEADs are not recorded: ``requests`` counts what clients fetched)
+        data = self.server.state.files.get(urlsplit(self.path).path)
+        self.send_response(200 if data is not None else 404)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data) if data is not None else 0))
+        self.end_headers()
 
 
 class _Server(ThreadingHTTPServer):
@@ -161,3 +173,30 @@ def serve() -> Iterator[PackageServer]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+def serve_simple_index(server: PackageServer, wheels: list[Path]) -> str:
+    """Serve ``wheels`` as a PEP 503 simple index on ``server``; return the index URL (``.../simple``).
+
+    Each project page links its files as ``/files/NAME#sha256=...``, as PyPI does, so pip's report and
+    uv's lock both get the hash from the index.
+    """
+    state = server.state
+    projects: dict[str, list[Path]] = {}
+    for wheel in wheels:
+        projects.setdefault(re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower(), []).append(wheel)
+    root = "".join(f'<a href="/simple/{name}/">{name}</a>\n' for name in sorted(projects))
+    pages = {"/simple/": root}
+    for name, files in projects.items():
+        links = ""
+        for wheel in files:
+            data = wheel.read_bytes()
+            state.files[f"/files/{wheel.name}"] = data
+            links += (
+                f'<a href="/files/{wheel.name}#sha256={hashlib.sha256(data).hexdigest()}">{wheel.name}</a>\n'
+            )
+        pages[f"/simple/{name}/"] = links
+    for path, body in pages.items():
+        state.files[path] = f"<!DOCTYPE html><html><body>\n{body}</body></html>\n".encode()
+        state.content_types[path] = "text/html"
+    return server.url("/simple")

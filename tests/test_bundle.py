@@ -10,6 +10,7 @@ a network address. Tampered wheels and packages are refused and leave nothing in
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -450,3 +451,47 @@ def test_a_bundle_for_another_platform_holds_its_wheels_and_refuses_this_machine
     # one folder holds one platform
     with pytest.raises(BundleError, match="bundle each platform into its own folder"):
         create_bundle(["demo-numpy"], out)
+
+
+def test_bundling_fetches_a_package_only_pip_conf_names(tmp_path: Path) -> None:
+    """`medigan-iso bundle` (a real CLI process) resolves with uv and fetches with pip inside bubblewrap,
+    where pip reads no pip.conf: both find a wheel that only an extra index of the user's pip.conf has."""
+    from _extra_index import PASSWORD, USER, WHEEL, extra_index
+
+    model_id = "test-pipargs-zoo"
+    source = write_numpy_zoo(tmp_path / "src")
+    archive = package_zip({"zoo/" + p.name: p.read_bytes() for p in sorted(source.iterdir()) if p.is_file()})
+    out = tmp_path / "bundle"
+    with extra_index(tmp_path / "extra") as extra:
+        extra.server.state.files["/zoo.zip"] = archive
+        entry = _zoo_entry(extra.server.url("/zoo.zip"), hashlib.sha256(archive).hexdigest())
+        entry["execution"]["dependencies"] = ["numpy", "pipargs-extra==1.0"]
+        catalogue = tmp_path / "catalogue.json"
+        catalogue.write_text(json.dumps({model_id: entry}), encoding="utf-8")
+        env = extra.environ(os.environ)
+        env.update(
+            MEDIGAN_ISO_HOME=str(tmp_path / "home"),
+            MEDIGAN_ISO_CONFIG=str(catalogue),
+            MEDIGAN_ISO_CATALOGUE_URL="",
+            MEDIGAN_ISO_BUNDLED="0",
+        )
+        env.pop("MEDIGAN_ISO_OFFLINE", None)
+        done = subprocess.run(
+            [sys.executable, "-m", "medigan_iso", "bundle", model_id, "-o", str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=1800,
+        )
+        assert done.returncode == 0, done.stderr
+        wheel_sha = hashlib.sha256(extra.server.state.files[f"/files/{WHEEL}"]).hexdigest()
+        fetched = extra.fetched_by_pip(f"/files/{WHEEL}")
+    auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert fetched and all(h.get("Authorization") == auth for h in fetched), fetched
+    manifest = _manifest(out)
+    assert manifest["files"][f"wheels/{WHEEL}"] == wheel_sha
+    (env_record,) = manifest["models"][model_id]["envs"].values()
+    assert wheel_sha in (out / env_record["lock"]).read_text(encoding="utf-8")
+    assert PASSWORD not in done.stdout + done.stderr
+    assert not any(PASSWORD in p.read_text(encoding="utf-8", errors="replace") for p in out.rglob("*.json"))

@@ -24,6 +24,7 @@ from _interpreters import skip_without_python
 from medigan_iso.catalogue import ModelEntry, load_catalogue
 from medigan_iso.envs import (
     EnvSpec,
+    IndexSettings,
     ModelEnv,
     diff_stamps,
     ensure_env,
@@ -33,6 +34,7 @@ from medigan_iso.envs import (
     remove_env,
     resolve,
 )
+from medigan_iso.envs.index import redact
 from medigan_iso.errors import EnvBuildError, EnvNotBuiltError, InterpreterNotFoundError, ResolutionError
 from medigan_iso.paths import cache_layout
 
@@ -465,6 +467,135 @@ def test_pip_settings_are_translated_to_uv_flags(tmp_path: Path) -> None:
     ]
     assert "secret" not in settings.describe()
     assert "u:***@extra.example" in settings.describe()
+    # pip gets the same settings as options (it runs with an empty home and PIP_CONFIG_FILE=/dev/null)
+    assert settings.pip_args() == [
+        "--index-url",
+        "https://mirror.example/simple",
+        "--extra-index-url",
+        "https://u:secret@extra.example/simple",
+        "--find-links",
+        "/srv/c",
+        "--constraint",
+        str(tmp_path / "c.txt"),
+    ]
+    assert "--constraint" not in settings.pip_args(constraints=False)  # a lock is installed as is
+
+
+def test_certificates_trusted_hosts_and_timeout_reach_uv_and_pip(tmp_path: Path) -> None:
+    conf = tmp_path / "pip.conf"
+    conf.write_text(
+        "[global]\nextra-index-url = http://mirror.internal:8080/simple\n"
+        "trusted-host = mirror.internal:8080\n  other.internal\ncert = ~/ca.pem\n"
+        "client-cert = /srv/me.pem\ntimeout = 33\n"
+    )
+    settings = index_settings(environ={}, pip_config_files=[conf], offline=False)
+    assert settings.trusted_hosts == ("mirror.internal:8080", "other.internal")
+    ca = os.path.expanduser("~/ca.pem")
+    assert settings.uv_args() == [
+        "--extra-index-url",
+        "http://mirror.internal:8080/simple",
+        "--index-strategy",
+        "unsafe-best-match",
+        "--allow-insecure-host",
+        "mirror.internal:8080",
+        "--allow-insecure-host",
+        "other.internal",
+    ]
+    assert settings.uv_env() == {
+        "SSL_CERT_FILE": ca,
+        "SSL_CLIENT_CERT": "/srv/me.pem",
+        "UV_HTTP_TIMEOUT": "33",
+    }
+    assert settings.pip_args() == [
+        "--extra-index-url",
+        "http://mirror.internal:8080/simple",
+        "--trusted-host",
+        "mirror.internal:8080",
+        "--trusted-host",
+        "other.internal",
+        "--cert",
+        ca,
+        "--client-cert",
+        "/srv/me.pem",
+        "--timeout",
+        "33",
+    ]
+
+
+def test_pip_args_carry_every_setting_of_an_index_settings() -> None:
+    settings = IndexSettings(
+        index_url="https://i.example/simple",
+        extra_index_urls=("https://e1.example/simple", "file:///srv/e2/simple"),
+        find_links=("/srv/wheels",),
+        constraints=(Path("/srv/c.txt"),),
+        no_index=True,
+        index_strategy="unsafe-best-match",  # uv only: pip always takes the best match across indexes
+        cert="/srv/ca.pem",
+        client_cert="/srv/me.pem",
+        trusted_hosts=("i.example",),
+        timeout_s="9",
+        wheels_only=True,
+    )
+    assert settings.pip_args() == [
+        *("--index-url", "https://i.example/simple"),
+        *("--extra-index-url", "https://e1.example/simple", "--extra-index-url", "file:///srv/e2/simple"),
+        *("--find-links", "/srv/wheels", "--no-index", "--trusted-host", "i.example"),
+        *("--cert", "/srv/ca.pem", "--client-cert", "/srv/me.pem", "--timeout", "9"),
+        *("--constraint", "/srv/c.txt", "--only-binary", ":all:"),
+    ]
+    assert IndexSettings(offline=True).pip_args() == ["--no-index"]  # pip has no offline mode
+    assert IndexSettings().pip_args() == []
+
+
+def test_pip_runs_without_its_own_configuration() -> None:
+    base = {"PATH": "/usr/bin", "PIP_INDEX_URL": "https://other/simple", "PIP_CONFIG_FILE": "/x", "UV_X": "1"}
+    assert IndexSettings.pip_env(base) == {"PATH": "/usr/bin", "UV_X": "1", "PIP_CONFIG_FILE": os.devnull}
+
+
+def test_uv_variables_are_read_by_uv_and_given_to_pip(tmp_path: Path) -> None:
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nextra-index-url = https://conf.example/simple\nfind-links = /srv/conf\n")
+    environ = {
+        "UV_DEFAULT_INDEX": "corp=https://tok@corp.example/simple",
+        "UV_INDEX": "https://a.example/simple b=https://b.example/simple",
+        "UV_FIND_LINKS": "/srv/a,/srv/b",
+        "UV_INSECURE_HOST": "corp.example",
+        "UV_OFFLINE": "1",
+        "SSL_CERT_FILE": "/srv/ca.pem",
+    }
+    settings = index_settings(environ=environ, pip_config_files=[conf], offline=False)
+    assert settings.uv_args() == []  # uv reads every one of them itself
+    assert settings.uv_env() == {}
+    assert settings.pip_args() == [
+        *("--index-url", "https://tok@corp.example/simple"),
+        *("--extra-index-url", "https://a.example/simple", "--extra-index-url", "https://b.example/simple"),
+        *("--find-links", "/srv/a", "--find-links", "/srv/b", "--no-index"),
+        *("--trusted-host", "corp.example", "--cert", "/srv/ca.pem"),
+    ]
+    assert "tok@" not in settings.describe() and "find_links" in settings.describe()
+    # uv ignores UV_FIND_LINKS once --find-links is on its command line: then it is given all of them
+    per_call = index_settings(find_links=["/srv/call"], environ=environ, pip_config_files=[], offline=False)
+    assert per_call.uv_args() == [
+        "--find-links",
+        "/srv/call",
+        "--find-links",
+        "/srv/a",
+        "--find-links",
+        "/srv/b",
+    ]
+    pip = per_call.pip_args()
+    assert [pip[i + 1] for i, a in enumerate(pip) if a == "--find-links"] == ["/srv/call", "/srv/a", "/srv/b"]
+
+
+def test_credentials_in_urls_are_hidden() -> None:
+    text = (
+        "Looking in https://alice:s3cret@mirror.example/simple and http://T0KEN@127.0.0.1:8080/simple, "
+        "git+https://bob:pw@git.example/x.git, not in /srv/a@b or mail@example.org"
+    )
+    assert redact(text) == (
+        "Looking in https://alice:***@mirror.example/simple and http://***@127.0.0.1:8080/simple, "
+        "git+https://bob:***@git.example/x.git, not in /srv/a@b or mail@example.org"
+    )
 
 
 def test_pip_variables_beat_pip_conf_and_uv_variables_beat_both(tmp_path: Path) -> None:
@@ -479,7 +610,9 @@ def test_pip_variables_beat_pip_conf_and_uv_variables_beat_both(tmp_path: Path) 
         pip_config_files=[conf],
         offline=False,
     )
-    assert uv_set.index_url is None  # uv reads UV_INDEX_URL itself
+    assert uv_set.index_url == "https://uv.example/simple"
+    assert "--index-url" not in uv_set.uv_args()  # uv reads UV_INDEX_URL itself; pip is given it
+    assert uv_set.pip_args()[:2] == ["--index-url", "https://uv.example/simple"]
     per_call = index_settings(
         index_url="https://call.example/simple",
         find_links=["/srv/call"],

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from medigan_iso.envs.index import redact
 from medigan_iso.untrusted import get_logger
 
 logger = get_logger(__name__)
@@ -68,7 +69,7 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     often show only the list.
     """
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = redact(path.read_text(encoding="utf-8", errors="replace"))  # uv and pip hide them too
     except OSError:
         return ""
     all_lines = text.rstrip().splitlines()

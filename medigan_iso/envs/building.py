@@ -35,11 +35,12 @@ from medigan_iso.envs._common import (
     _tail,
     _write_atomic,
 )
-from medigan_iso.envs.index import IndexSettings, _redact
+from medigan_iso.envs.index import IndexSettings, redact
 from medigan_iso.envs.resolution import Resolution
 from medigan_iso.envs.spec import Interpreter, _date_args, _local_references, _locked_names, _Spec
 from medigan_iso.envs.store import _site_packages, _valid_stamp
 from medigan_iso.envs.tools import (
+    _pip_tool_env,
     _tool_env,
     _UvUnusable,
     build_confinement,
@@ -217,10 +218,10 @@ def _build(
         )
         log.flush()
 
-        def run(args: Sequence[str], what: str, *, fatal: bool = True) -> bool:
+        def run(args: Sequence[str], what: str, *, fatal: bool = True, pip: bool = False) -> bool:
             log.write(
                 f"[+{time.monotonic() - started:.2f}s] $ "
-                + " ".join(shlex.quote(_redact(a)) for a in args)
+                + " ".join(shlex.quote(redact(a)) for a in args)
                 + "\n"
             )
             log.flush()
@@ -228,7 +229,7 @@ def _build(
                 done = confined_run(
                     confinement,
                     list(args),
-                    env=_tool_env(settings),
+                    env=_pip_tool_env(settings) if pip else _tool_env(settings),
                     writable=[layout.uv_cache],  # holds ``tmp``: one mount, so hardlinks work
                     readable=readable,
                     cwd=layout.envs,
@@ -340,9 +341,10 @@ def _build(
                         "--disable-pip-version-check",
                         "-r",
                         str(lock_file),
-                        *settings.pip_args(),
+                        *settings.pip_args(constraints=False),  # the lock is used as is, as with uv
                     ],
                     "pip install failed",
+                    pip=True,
                 )
                 # read, not run: `python -m pip` would start the env's interpreter with its site (and
                 # every installed .pth) on the host

@@ -23,7 +23,7 @@ from packaging.utils import canonicalize_name
 
 from medigan_iso.envs._common import KEY_LENGTH_HEX, TMP_PREFIX, _read_json, _sha256_text, _write_atomic
 from medigan_iso.envs.asof import NO_DATE, AsOf
-from medigan_iso.envs.index import IndexSettings, index_settings
+from medigan_iso.envs.index import IndexSettings, index_settings, redact
 from medigan_iso.envs.interpreters import MIN_RUNNER_PYTHON, _find_interpreter, _version_tuple, era_candidates
 from medigan_iso.envs.spec import (
     RUNNER_REQUIREMENTS,
@@ -37,6 +37,7 @@ from medigan_iso.envs.spec import (
 )
 from medigan_iso.envs.tools import (
     _find_uv,
+    _pip_tool_env,
     _tool_env,
     _UvUnusable,
     build_confinement,
@@ -175,7 +176,7 @@ def _resolution_error(
     offline_retry: Callable[[], bool],
     settings: IndexSettings,
 ) -> ResolutionError:
-    explanation = _clean_uv_message(out.stderr)
+    explanation = redact(_clean_uv_message(out.stderr))
     missing = re.search(r"Because (\S+?) was not found in the package registry", out.stderr)
     if missing:
         requirement = next(
@@ -304,7 +305,7 @@ def _resolve_with_pip(spec: _Spec, interp: Interpreter, settings: IndexSettings,
             ],
             capture_output=True,
             text=True,
-            env=_tool_env(),
+            env=_pip_tool_env(settings),
             writable=[scratch],
             readable=[*build_readables(None, interp.path, settings), *_local_references(spec.requirements)],
         )
@@ -312,7 +313,7 @@ def _resolve_with_pip(spec: _Spec, interp: Interpreter, settings: IndexSettings,
             raise ResolutionError(
                 spec.name,
                 spec.requirements,
-                out.stderr.strip() or out.stdout.strip(),
+                redact(out.stderr.strip() or out.stdout.strip()),
                 remedy="relax or change the conflicting requirements named above",
             )
         data = json.loads(report.read_text(encoding="utf-8"))
