@@ -549,7 +549,15 @@ def test_pip_args_carry_every_setting_of_an_index_settings() -> None:
 
 def test_pip_runs_without_its_own_configuration() -> None:
     base = {"PATH": "/usr/bin", "PIP_INDEX_URL": "https://other/simple", "PIP_CONFIG_FILE": "/x", "UV_X": "1"}
-    assert IndexSettings.pip_env(base) == {"PATH": "/usr/bin", "UV_X": "1", "PIP_CONFIG_FILE": os.devnull}
+    assert IndexSettings().pip_env(base) == {"PATH": "/usr/bin", "UV_X": "1", "PIP_CONFIG_FILE": os.devnull}
+    # what pip does not pass on to the pip that installs build dependencies, it reads from variables
+    given = IndexSettings(cert="/srv/ca.pem", client_cert="/srv/me.pem", timeout_s="7").pip_env(base)
+    assert {k: v for k, v in given.items() if k.startswith("PIP_")} == {
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_CERT": "/srv/ca.pem",
+        "PIP_CLIENT_CERT": "/srv/me.pem",
+        "PIP_TIMEOUT": "7",
+    }
 
 
 def test_uv_variables_are_read_by_uv_and_given_to_pip(tmp_path: Path) -> None:

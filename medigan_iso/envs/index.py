@@ -122,12 +122,18 @@ class IndexSettings:
             args += ["--only-binary", ":all:"]
         return args
 
-    @staticmethod
-    def pip_env(base: Mapping[str, str]) -> dict[str, str]:
-        """``base`` for a pip process: no ``PIP_*`` variable and no configuration file
-        (``PIP_CONFIG_FILE=/dev/null``, pip's documented way), so only :meth:`pip_args` apply."""
+    def pip_env(self, base: Mapping[str, str]) -> dict[str, str]:
+        """``base`` for a pip process: no ``PIP_*`` variable of the user's and no configuration file
+        (``PIP_CONFIG_FILE=/dev/null``, pip's documented way), so only :meth:`pip_args` apply. The
+        certificates and the timeout are also set as ``PIP_*`` variables: pip passes its index options to
+        the pip that installs an sdist's build dependencies, but not those."""
         env = {k: v for k, v in base.items() if not k.startswith("PIP_")}
         env["PIP_CONFIG_FILE"] = os.devnull
+        for var, value in (("PIP_CERT", self.cert), ("PIP_CLIENT_CERT", self.client_cert)):
+            if value:
+                env[var] = os.path.expanduser(value)  # noqa: PTH111
+        if self.timeout_s:
+            env["PIP_TIMEOUT"] = self.timeout_s
         return env
 
     def fingerprint(self) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def _tool_env(settings: IndexSettings | None = None) -> dict[str, str]:
 def _pip_tool_env(settings: IndexSettings) -> dict[str, str]:
     """The environment of a pip process: :func:`_tool_env` without pip's own configuration, so the index
     settings pip uses are exactly ``settings.pip_args()``, the ones uv is given."""
-    return IndexSettings.pip_env(_tool_env(settings))
+    return settings.pip_env(_tool_env(settings))
 
 
 def _run_uv(uv: Path, args: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
