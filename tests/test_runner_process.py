@@ -6,6 +6,8 @@ project's envs module). Nothing of ours is mocked.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -774,6 +776,67 @@ def test_torch_model_generates_reproducibly_with_a_seed(tmp_path_factory: pytest
     for x, y in zip_strict(a, b):
         np.testing.assert_array_equal(x, y)
     assert any(not np.array_equal(x, z) for x, z in zip_strict(a, c))
+
+
+# The torch model's batches as torch.manual_seed makes them: each batch seeded as the runner's determinism
+# contract says, called in-process by the env's interpreter. Prints the bytes' sha256 per sample.
+TORCH_REFERENCE = """
+import hashlib, importlib.util, json, random, sys
+import numpy as np
+import torch
+from medigan_iso_runner import protocol
+root, seed, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+spec = importlib.util.spec_from_file_location("m", root + "/__init__.py", submodule_search_locations=[root])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+digests = []
+for k in range(-(-n // batch)):
+    s = protocol.batch_seed(seed, k)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+    out = module.generate(root + "/weights.npy", min(batch, n - k * batch), None, False)
+    digests += [hashlib.sha256(x.tobytes()).hexdigest() for x in out]
+print(json.dumps(digests))
+"""
+
+# The runner's torch seeding against torch.manual_seed: the same generator state, the shortcut taken on
+# this CPU-only build, and a wrapped torch.manual_seed (a model's) still called.
+TORCH_SEEDING_CHECK = """
+import torch
+from medigan_iso_runner import protocol
+from medigan_iso_runner.__main__ import _torch_cpu_seeder, seed_torch
+assert _torch_cpu_seeder(torch) is torch.manual_seed, "a CPU-only build should skip the accelerator seeds"
+for k in range(4):
+    s = protocol.batch_seed(11, k)
+    torch.manual_seed(s)
+    expected, first = torch.get_rng_state(), torch.rand(7)
+    torch.rand(50)
+    seed_torch(torch, s)
+    assert torch.equal(torch.get_rng_state(), expected) and torch.equal(torch.rand(7), first), k
+calls = []
+original = torch.manual_seed
+torch.manual_seed = lambda seed: calls.append(seed) or original(seed)
+seed_torch(torch, 5)
+assert calls == [5], calls
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_the_runner_seeds_torch_as_torch_manual_seed_does(tmp_path_factory: pytest.TempPathFactory) -> None:
+    env = build_runner_env(tmp_path_factory.mktemp("env-torch-seed"), ["numpy", "msgpack", "torch==2.13.0"])
+    pkg = write_torch_model(tmp_path_factory.mktemp("packages-torch-seed") / "torch-demo")
+    check = subprocess.run([str(env), "-I", "-c", TORCH_SEEDING_CHECK], capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.strip() == "ok", check.stderr
+    reference = subprocess.run(
+        [str(env), "-I", "-c", TORCH_REFERENCE, str(pkg), "123", "10", "4"], capture_output=True, text=True
+    )
+    assert reference.returncode == 0, reference.stderr
+    with RunnerProcess.start(env, log_path=pkg.parent / "r.log") as proc:
+        proc.load(pkg, model_file=pkg / "weights.npy", package_name="torch-demo")
+        got = collect(proc, 10, batch_size=4, seed=123)
+    assert [hashlib.sha256(x.tobytes()).hexdigest() for x in got] == json.loads(reference.stdout)
 
 
 @pytest.mark.parametrize("version", [OLDEST_PYTHON, "3.8"])

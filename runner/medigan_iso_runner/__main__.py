@@ -614,12 +614,90 @@ def preload_frameworks() -> None:
                 log(f"importing {name} to seed it failed: {exc!r}")
 
 
+# torch.manual_seed(s) seeds the CPU generator and, for each accelerator (CUDA/ROCm, MPS, XPU, MTIA, a
+# privateuse1 backend), seeds it or, while it is not initialised, queues a seed that is applied when it is.
+# Queuing formats the Python stack each time: 65-200 us a batch, more from a deeper stack. On a build with
+# none of those accelerators the queued seeds can never be applied, so seeding the CPU generator alone
+# leaves every generator in the state torch.manual_seed leaves it in (issue 17). The shortcut is taken only
+# when torch.manual_seed is torch's own and refers to nothing outside these names; anything else (a newer
+# torch seeding another backend, a model that wraps torch.manual_seed) gets torch.manual_seed itself.
+_TORCH_MANUAL_SEED_NAMES = frozenset(
+    {
+        "int",
+        "torch",
+        "torch.cuda",
+        "cuda",
+        "torch.mps",
+        "mps",
+        "torch.xpu",
+        "xpu",
+        "torch.mtia",
+        "mtia",
+        "_is_in_bad_fork",
+        "manual_seed",
+        "manual_seed_all",
+        "_seed_custom_device",
+        "_manual_seed_impl",
+        "default_generator",
+    }
+)
+_torch_cpu_seeders = {}  # type: Dict[int, Any]
+
+
+def _torch_cpu_seeder(torch: Any) -> Any:
+    """torch's own manual_seed when this build has no accelerator it seeds, else None (once per module)."""
+    key = id(torch)
+    if key in _torch_cpu_seeders:
+        return _torch_cpu_seeders[key]
+    seeder = None
+    try:
+        random_module = sys.modules.get("torch.random")
+        manual_seed = getattr(random_module, "manual_seed", None)
+        names = set()  # type: set
+        for function in (manual_seed, getattr(random_module, "_manual_seed_impl", None)):
+            code = getattr(function, "__code__", None)
+            if code is not None:
+                names.update(code.co_names)
+        version = getattr(torch, "version", None)
+        if (
+            manual_seed is not None
+            and names <= _TORCH_MANUAL_SEED_NAMES
+            and getattr(version, "cuda", None) is None
+            and getattr(version, "hip", None) is None
+            and getattr(version, "xpu", None) is None
+            and not getattr(torch._C, "_has_mps", False)
+            and not getattr(torch._C, "_has_xpu", False)
+            and callable(getattr(torch.default_generator, "manual_seed", None))
+        ):
+            seeder = manual_seed
+    except Exception:  # an unusual build: torch.manual_seed it is
+        seeder = None
+    _torch_cpu_seeders[key] = seeder
+    return seeder
+
+
+def seed_torch(torch: Any, seed: int) -> None:
+    """``torch.manual_seed(seed)``, without its accelerator seeding on a build that has no accelerator."""
+    seeder = _torch_cpu_seeder(torch)
+    if seeder is not None and torch.manual_seed is seeder:
+        c = torch._C
+        # MTIA hooks and privateuse1 backends can be registered at run time: checked every time
+        mtia_built = getattr(c, "_mtia_isBuilt", None)
+        backend_name = getattr(c, "_get_privateuse1_backend_name", None)
+        if not (mtia_built is not None and mtia_built()) and not (
+            backend_name is not None and hasattr(torch, backend_name())
+        ):
+            torch.default_generator.manual_seed(int(seed))
+            return
+    torch.manual_seed(seed)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch = sys.modules.get("torch")
     if torch is not None and hasattr(torch, "manual_seed"):
-        torch.manual_seed(seed)
+        seed_torch(torch, seed)
     tf = sys.modules.get("tensorflow")
     if tf is not None and hasattr(tf, "random") and hasattr(tf.random, "set_seed"):
         tf.random.set_seed(seed)
