@@ -595,6 +595,22 @@ def test_uv_variables_are_read_by_uv_and_given_to_pip(tmp_path: Path) -> None:
     assert [pip[i + 1] for i, a in enumerate(pip) if a == "--find-links"] == ["/srv/call", "/srv/a", "/srv/b"]
 
 
+def test_an_unreadable_pip_conf_is_ignored_without_logging_its_credentials(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    conf = tmp_path / "pip.conf"
+    conf.write_text("index-url = https://alice:s3cret@mirror.example/simple\n")  # no [global] section
+    good = tmp_path / "good.conf"
+    good.write_text("[global]\nfind-links = /srv/good\n")
+    caplog.set_level(logging.WARNING, logger="medigan_iso.envs")
+    settings = index_settings(environ={}, pip_config_files=[conf, good], offline=False)
+    assert settings.index_url is None and settings.find_links == ("/srv/good",)
+    (warning,) = [
+        r.getMessage() for r in caplog.records if "ignoring unreadable pip configuration" in r.getMessage()
+    ]
+    assert "alice:***@mirror.example" in warning and "s3cret" not in warning
+
+
 def test_credentials_in_urls_are_hidden() -> None:
     text = (
         "Looking in https://alice:s3cret@mirror.example/simple and http://T0KEN@127.0.0.1:8080/simple, "

@@ -187,7 +187,8 @@ def _read_pip_config(files: Iterable[Path]) -> tuple[dict[str, str], list[str]]:
         try:
             parser.read(path, encoding="utf-8")
         except (configparser.Error, OSError, UnicodeDecodeError) as exc:
-            logger.warning("ignoring unreadable pip configuration %s: %s", path, exc)
+            # configparser quotes the offending line, which may hold an index URL's password
+            logger.warning("ignoring unreadable pip configuration %s: %s", path, redact(str(exc)))
             continue
         for section in ("global", "install"):
             if parser.has_section(section):
