@@ -278,7 +278,9 @@ class Session:
     ``threads`` is each runner's BLAS/OpenMP/torch/TensorFlow thread budget, set in its environment before
     it imports numpy. None (the default): the CPUs divided among the warm runners (counting the new one)
     when it starts, unless the caller's environment sets one of ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``,
-    ... (then the environment decides). A catalogue entry's ``execution.resources.threads`` wins over both.
+    ... (then the environment decides). ``threads=0`` sets no budget: each runner's pools size themselves
+    (one thread per core, as before budgets existed; ``benchmarks/bench_threads.py`` compares the two). A
+    catalogue entry's ``execution.resources.threads`` wins over both.
     """
 
     def __init__(
@@ -298,8 +300,10 @@ class Session:
         as_of: str | None = None,
         threads: int | None = None,
     ) -> None:
-        if threads is not None and (type(threads) is not int or threads < 1):
-            raise ValueError(f"threads must be an int >= 1 or None, got {threads!r}")
+        if threads is not None and (type(threads) is not int or threads < 0):
+            raise ValueError(
+                f"threads must be an int >= 1, 0 (no budget) or None (the default budget), got {threads!r}"
+            )
         self._threads = threads
         self._sandbox = resolve_policy(sandbox)
         self._as_of = as_of
@@ -542,6 +546,8 @@ class Session:
         wanted = entry.resources.get("threads")
         if type(wanted) is int and wanted > 0:
             return wanted
+        if self._threads == 0:
+            return None  # no budget: the runner's pools size themselves (the caller's environment passes on)
         if self._threads is not None:
             return self._threads
         if any(key in os.environ for key in THREAD_ENV):

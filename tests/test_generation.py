@@ -112,12 +112,17 @@ def test_each_runner_gets_a_thread_budget_before_numpy_loads(
         (fixed,) = session.generate(ZOO_ID, 1, behaviour="echo_thread_env")
         assert session.runner_info(ZOO_ID)["thread_budget"] == 3
     assert fixed == dict.fromkeys(keys, "3")
+    with Session(offline=False, threads=0) as session:  # no budget: the pools size themselves
+        (unbudgeted,) = session.generate(ZOO_ID, 1, behaviour="echo_thread_env")
+        assert session.runner_info(ZOO_ID)["thread_budget"] is None
+    assert unbudgeted == dict.fromkeys(keys)
     monkeypatch.setenv("OMP_NUM_THREADS", "5")  # the caller's own setting is left alone
     with Session(offline=False) as session:
         (inherited,) = session.generate(ZOO_ID, 1, behaviour="echo_thread_env")
     assert inherited["OMP_NUM_THREADS"] == "5" and inherited["OPENBLAS_NUM_THREADS"] is None
-    with pytest.raises(ValueError, match="threads must be an int >= 1"):
-        Session(threads=0)
+    for wrong in (-1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="threads must be an int >= 1, 0 "):
+            Session(threads=wrong)  # type: ignore[arg-type]
 
 
 def test_a_runner_logs_where_cache_layout_says(world: dict[str, Path]) -> None:
