@@ -31,6 +31,7 @@ EXPECTED_KEYS = {
     "bench_runner": {"host_rss_streaming", "overhead_warm_runner_vs_in_process", "frame_throughput"},
     "bench_sandbox": {"benchmark", "results", "host_support"},
     "bench_startup": {"version_over_import_numpy", "list_over_import_numpy", "median_s"},
+    "bench_threads": {"numpy", "torch", "machine", "cleared_from_environment"},
     "bench_soak": {"requests", "crashes", "after_warmup", "end", "end_minus_warmup", "after_close"},
     "bench_writer": {"cli_png_over_session_generate", "median_s"},
     "bench_torch": {
@@ -82,3 +83,72 @@ def test_benchmark_smoke_run_prints_its_report(
     if isinstance(result.get("skipped"), str) and not os.environ.get("CI"):
         pytest.skip(f"{script}: {result['skipped']}")
     assert EXPECTED_KEYS[script] <= set(result), sorted(result)
+
+
+def test_bench_threads_compares_the_default_budget_with_none(
+    smoke_report: dict[str, dict[str, object]],
+) -> None:
+    # issue 17 item 6: the runners really got the default budget (usable CPUs // warm runners), the
+    # Session(threads=0) runners none, and the budget reached the BLAS pool (fewer threads in the runner)
+    from medigan_iso.runner_process import usable_cpus
+
+    result = smoke_report["bench_threads"]["result"]
+    assert isinstance(result, dict)
+    cpus = usable_cpus()
+    assert result["machine"]["usable_cpus"] == cpus
+    kinds = ["numpy"] if isinstance(result["torch"].get("skipped"), str) and not os.environ.get("CI") else []
+    for kind in kinds or ["numpy", "torch"]:
+        report = result[kind]
+        assert report["thread_budgets"] == {"budget": [cpus, max(1, cpus // 2)], "no_budget": [None, None]}
+        tasks = report["runner_tasks"]
+        assert all(count > 1 for count in tasks["budget"] + tasks["no_budget"]), (
+            tasks
+        )  # the runner's own threads
+        if cpus > 1:  # a budget of 1 starts no pool workers; no budget starts a thread per core
+            assert tasks["budget"][1] < tasks["no_budget"][1], tasks
+        assert set(report["cases"]) == {"1_runner", "2_runners"}
+        for case in report["cases"].values():
+            for metric in ("wall_s", "cpu_s"):
+                for variant in ("budget", "no_budget"):
+                    stats = case[metric][variant]
+                    assert 0 < stats["best"] <= stats["median"], case
+            for ratio in ("ratio_wall", "ratio_cpu", "ratio_wall_medians", "ratio_cpu_medians"):
+                assert case[ratio] > 0, case
+
+
+def test_run_all_gathers_every_issue_17_figure(smoke_report: dict[str, dict[str, object]]) -> None:
+    # `tox -e bench` prints each of issue 17's figures as a ratio: after a full (smoke) run none is missing,
+    # so a benchmark that renames a key the summary reads fails here
+    summary = smoke_report["issue_17"]
+    assert isinstance(summary, dict)
+    rows = summary["figures"]
+    assert len(rows) >= 20
+    for row in rows:
+        if isinstance(row["ratio"], str) and row["ratio"].startswith("skipped") and not os.environ.get("CI"):
+            continue  # a torch env that could not be built says so
+        assert isinstance(row["ratio"], float) and row["ratio"] > 0, row
+        assert row["met"] in (True, False, None), row
+        if row["target"] is not None and not row["target"].startswith("~"):
+            assert row["met"] == _judge(row["ratio"], row["target"]), row
+
+
+def _judge(ratio: float, target: str) -> bool:
+    op, value = target.split()
+    return ratio >= float(value) if op == ">=" else ratio <= float(value)
+
+
+def test_run_all_summary_says_missing_for_a_script_that_did_not_run() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "run_all.py"), "--summarize", "/dev/stdin"],
+        input=json.dumps({"bench_startup": {"returncode": 0, "result": {"version_over_import_numpy": 0.5}}}),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = {line.split("  ")[1].strip(): line for line in proc.stdout.splitlines()[1:]}
+    assert (
+        "0.500" in lines["CLI --version / import numpy"] and " met " in lines["CLI --version / import numpy"]
+    )
+    assert "missing" in lines["CLI list / import numpy"]
+    assert "[no 'list_over_import_numpy' in bench_startup's report" in lines["CLI list / import numpy"]
+    assert "[bench_runner did not run]" in lines["transport pipe 1 MiB / raw pipe"]
