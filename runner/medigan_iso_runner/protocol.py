@@ -191,6 +191,28 @@ def wire_array(array: np.ndarray) -> np.ndarray:
     return array if array.flags.c_contiguous else array.copy(order="C")
 
 
+def _wire_specs(arrays: Sequence[np.ndarray]) -> Tuple[List[np.ndarray], List[Any]]:
+    """The arrays as they cross the pipe and their ``[dtype_str, shape]`` descriptors.
+
+    A batch is mostly arrays of one dtype and shape: each (dtype, shape) is checked by :func:`wire_array`
+    and described once per frame, and a later C-contiguous array of it reuses that (issue 17: 32 arrays
+    cost 15 us more when each was checked and described again).
+    """
+    wire = []  # type: List[np.ndarray]
+    specs = []  # type: List[Any]
+    seen = {}  # type: Dict[Any, Any]
+    for array in arrays:
+        key = (array.dtype, array.shape)
+        spec = seen.get(key)
+        if spec is None or not array.flags.c_contiguous:
+            array = wire_array(array)
+            if spec is None:
+                spec = seen[key] = [array.dtype.str, list(array.shape)]
+        wire.append(array)
+        specs.append(spec)
+    return wire, specs
+
+
 def encode_frame(header: Dict[str, Any], arrays: Sequence[np.ndarray] = (), inline: bool = True) -> List[Any]:
     """Return the buffers of one frame (prefix + header, then each array's bytes), ready for writev.
 
@@ -204,10 +226,10 @@ def encode_frame(header: Dict[str, Any], arrays: Sequence[np.ndarray] = (), inli
         raise ProtocolError(
             f"{len(arrays)} arrays in one frame exceed the cap of {MAX_ARRAYS}; use smaller batches"
         )
-    wire = [wire_array(a) for a in arrays]
+    wire, specs = _wire_specs(arrays)
     if wire:
         header = dict(header)
-        header["arrays"] = [[a.dtype.str, list(a.shape)] for a in wire]
+        header["arrays"] = specs
     try:
         packed = msgpack.packb(header, use_bin_type=True, strict_types=False)
     except (TypeError, ValueError, OverflowError) as exc:
