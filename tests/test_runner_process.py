@@ -342,6 +342,47 @@ def test_small_batches_coalesce_while_the_writer_is_busy_and_keep_their_order() 
     assert frames < 200
 
 
+def test_a_batch_the_pipe_takes_in_part_is_snapshotted_for_the_writer() -> None:
+    # issue 17: with the writer idle, the sending thread writes a batch itself without blocking; what the
+    # pipe (64 KiB here, nobody reading yet) does not take is copied for the writer thread, so the model may
+    # reuse its buffer at once. Small batches sent meanwhile coalesce behind it; every byte arrives in order.
+    from medigan_iso_runner.__main__ import Channel
+
+    host_in, runner_in = os.pipe()
+    runner_out, host_out = os.pipe()
+    channel = Channel(host_in, host_out)
+    channel.coalesce_bytes = 1024**2
+    buffer = np.zeros(200_000, np.uint8)
+    sent = []
+    for index in range(3):
+        buffer[:] = index + 1
+        sent.append(buffer.copy())
+        tree, arrays = protocol.pack_samples([buffer])
+        channel.send({"kind": "batch", "request": 1, "index": index, "samples": tree}, arrays, copy=True)
+    for index in range(3, 40):
+        sent.append(np.full(1000, index, np.uint8))
+        tree, arrays = protocol.pack_samples([sent[-1]])
+        channel.send({"kind": "batch", "request": 1, "index": index, "samples": tree}, arrays, copy=True)
+    buffer[:] = 255  # after send returned: must not show up in what was sent
+    channel.send({"kind": "done", "request": 1})
+    reader = os.fdopen(runner_out, "rb", buffering=0)
+    got, frames = [], 0
+    while True:
+        frame = protocol.read_frame(reader.readinto)
+        assert frame is not None
+        if frame.kind == "done":
+            break
+        frames += 1
+        got.extend(protocol.unpack_samples(frame.header["samples"], frame.arrays))
+    channel.flush()
+    reader.close()
+    for fd in (host_in, runner_in, host_out):
+        os.close(fd)
+    assert len(got) == len(sent) and frames < len(sent)
+    for a, b in zip_strict(got, sent):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize(("size", "shared"), [(600, True), (32, False)], ids=["2MiB-batches", "6KiB-batches"])
 def test_shared_memory_carries_big_batches_and_the_pipe_small_ones_with_the_same_bytes(
     numpy_env: Path, zoo: Path, tmp_path: Path, size: int, shared: bool

@@ -87,6 +87,7 @@ import platform
 import queue
 import random
 import re
+import select
 import signal
 import sys
 import threading
@@ -112,6 +113,7 @@ EXIT_OK = 0
 EXIT_PROTOCOL = 2
 SHM_ENV = "MEDIGAN_ISO_SHM"
 SNAPSHOT_POOL_SIZE = 2  # batch snapshots kept for reuse (one queued, one being written)
+DIRECT_MAX_BUFFERS = 512  # a batch frame written by the model's thread has at most this many buffers (IOV_MAX)
 
 
 class Channel:
@@ -124,6 +126,10 @@ class Channel:
     ``coalesce_bytes`` (sent by the host on ``generate``; 0 or absent: never) or a frame of another kind is
     sent; the writer takes the pending frame as soon as it is free, so no batch waits for the next one. A
     coalesced frame carries ``batches``: the sample count of each batch it holds, in order.
+
+    A batch sent while the writer is idle is written by the sending thread itself, without blocking (the
+    out fd is non-blocking): what the pipe takes needs neither a snapshot nor a wake-up of the writer
+    thread, and only the rest, if any, is snapshotted for the writer (issue 17: per-frame cost).
     """
 
     def __init__(self, in_fd: int, out_fd: int) -> None:
@@ -136,6 +142,13 @@ class Channel:
         self._pending = None  # type: Optional[_Pending]
         self._busy = False
         self._pool = []  # type: List[bytearray]
+        self._poller = select.poll()
+        self._poller.register(out_fd, select.POLLOUT)
+        try:
+            os.set_blocking(out_fd, False)
+            self._direct = True
+        except OSError:
+            self._direct = False
         self.shm = _SharedWriter.from_env()
         threading.Thread(target=self._write_loop, name="medigan-iso-writer", daemon=True).start()
 
@@ -150,6 +163,14 @@ class Channel:
                 shm_header = dict(header)
                 shm_header["shm"] = [slot, 0, nbytes]
                 self._send_unshared(protocol.encode_frame(shm_header, wire, inline=False))
+                return
+        if copy and self._direct and header.get("kind") == "batch" and len(arrays) < DIRECT_MAX_BUFFERS:
+            with self._cv:
+                idle = self._pending is None and self._outbox is None and not self._busy
+                if idle:
+                    self._busy = True  # the writer thread stays off the pipe while this thread writes
+            if idle:
+                self._write_now(header, arrays)
                 return
         if copy and header.get("kind") == "batch" and self.coalesce_bytes > 0:
             wire = [protocol.wire_array(a) for a in arrays]
@@ -209,7 +230,10 @@ class Channel:
             for buf in buffers:
                 view = memoryview(buf)
                 while view:
-                    view = view[os.write(self.out_fd, view) :]
+                    try:
+                        view = view[os.write(self.out_fd, view) :]
+                    except BlockingIOError:  # the out fd is non-blocking (see _write_now)
+                        self._poller.poll()
         except OSError:  # the host closed its end: nobody is left to read our frames
             os._exit(EXIT_OK)
         finally:
@@ -217,6 +241,43 @@ class Channel:
             with self._cv:
                 self._busy = False
                 self._cv.notify_all()
+
+    def _write_now(self, header: Dict[str, Any], arrays: Any) -> None:
+        """Write a frame from the calling thread as far as the pipe takes it; snapshot the rest for the writer."""
+        rest = None
+        try:
+            buffers = protocol.encode_frame(header, arrays)
+            try:
+                written = os.writev(self.out_fd, buffers)
+            except BlockingIOError:
+                written = 0
+            except OSError:  # the host closed its end: nobody is left to read our frames
+                os._exit(EXIT_OK)
+            total = sum(len(buf) for buf in buffers)
+            if written < total:
+                with self._cv:
+                    snapshot = self._spare(total - written)
+                target = memoryview(snapshot)
+                offset = 0
+                for buf in buffers:
+                    size = len(buf)
+                    if written >= size:
+                        written -= size
+                        continue
+                    part = memoryview(buf)[written:] if written else buf
+                    written = 0
+                    target[offset : offset + len(part)] = part
+                    offset += len(part)
+                rest = ([target[:offset]], snapshot)
+                target = part = None  # type: ignore[assignment]
+            buffers = None  # type: ignore[assignment]
+        finally:
+            with self._cv:
+                self._busy = False
+                if rest is not None:
+                    self._put_locked(rest)  # wakes the writer
+                # else nobody waits: the writer waits for the outbox or a pending frame, flush() and
+                # _put_locked() run on this thread. Not waking the writer saves a futex and a GIL handoff.
 
     def _put_locked(self, item: Any) -> None:
         while self._outbox is not None:
@@ -255,7 +316,10 @@ class Channel:
                 for buf in buffers:
                     view = memoryview(buf)
                     while view:
-                        view = view[os.write(out_fd, view) :]
+                        try:
+                            view = view[os.write(out_fd, view) :]
+                        except BlockingIOError:  # the out fd is non-blocking (see _write_now)
+                            self._poller.poll()
             except OSError:  # the host closed its end: nobody is left to read our frames
                 os._exit(EXIT_OK)
             buffers = buf = view = None  # release the batch before waiting for the next one
