@@ -330,7 +330,9 @@ def test_small_batches_coalesce_while_the_writer_is_busy_and_keep_their_order() 
             batches.extend(int(s[0]) for s in samples)
 
     thread = threading.Thread(target=read_all)
-    thread.start()  # only now does anyone read the pipe
+    # only now does anyone read the pipe: before "done", which waits for the outbox (a frame the pipe took
+    # in part, the pending frame and "done" are more than the channel holds)
+    thread.start()
     channel.send({"kind": "done", "request": 1})
     channel.flush()
     thread.join(60)
@@ -364,17 +366,25 @@ def test_a_batch_the_pipe_takes_in_part_is_snapshotted_for_the_writer() -> None:
         tree, arrays = protocol.pack_samples([sent[-1]])
         channel.send({"kind": "batch", "request": 1, "index": index, "samples": tree}, arrays, copy=True)
     buffer[:] = 255  # after send returned: must not show up in what was sent
-    channel.send({"kind": "done", "request": 1})
     reader = os.fdopen(runner_out, "rb", buffering=0)
     got, frames = [], 0
-    while True:
-        frame = protocol.read_frame(reader.readinto)
-        assert frame is not None
-        if frame.kind == "done":
-            break
-        frames += 1
-        got.extend(protocol.unpack_samples(frame.header["samples"], frame.arrays))
+
+    def read_all() -> None:
+        nonlocal frames
+        while True:
+            frame = protocol.read_frame(reader.readinto)
+            assert frame is not None
+            if frame.kind == "done":
+                return
+            frames += 1
+            got.extend(protocol.unpack_samples(frame.header["samples"], frame.arrays))
+
+    thread = threading.Thread(target=read_all)
+    thread.start()  # before "done": the channel holds the rest of the first batch and the pending frame only
+    channel.send({"kind": "done", "request": 1})
     channel.flush()
+    thread.join(60)
+    assert not thread.is_alive()
     reader.close()
     for fd in (host_in, runner_in, host_out):
         os.close(fd)

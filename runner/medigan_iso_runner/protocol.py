@@ -14,9 +14,10 @@ Frame layout (all integers big-endian)::
     header      msgpack map {"kind": <str>, ...}; "arrays": [[dtype_str, [dim, ...]], ...] when a payload
     payload     the C-contiguous bytes of every array in "arrays", concatenated in order
 
-payload_len must equal the sum of prod(shape) * itemsize over "arrays". The payload is received with one
-``readinto`` loop into one preallocated buffer (no intermediate bytes object) and the arrays are views of it
-(an array whose offset breaks its dtype's alignment is copied out). Arrays travel one per sample component
+payload_len must equal the sum of prod(shape) * itemsize over "arrays". The header and the payload are
+received with one ``readinto`` loop into one preallocated buffer (no intermediate bytes object; the payload
+starts 64-byte aligned) and the arrays are views of it (an array whose offset breaks its dtype's alignment
+is copied out). Arrays travel one per sample component
 (a batch of 32 RGB images is 32 arrays of ndim 3), so ``MAX_NDIM = 4`` is enough for H x W x C x D volumes
 and a batch never needs a 5-d array.
 
@@ -285,6 +286,23 @@ def _read_exact(readinto: Callable[[memoryview], Optional[int]], view: memoryvie
             raise ProtocolError(f"stream ended inside the {what} ({got} of {size} bytes)", eof=True)
         got += n
     return True
+
+
+def _read_body(readinto: Callable[[memoryview], Optional[int]], view: memoryview, header_len: int) -> None:
+    """Fill ``view`` with a frame's header and payload; ProtocolError (eof) when the stream ends first."""
+    got = 0
+    size = len(view)
+    while got < size:
+        n = readinto(view[got:])
+        if not n:
+            if got == 0:
+                raise ProtocolError("stream ended before the header", eof=True)
+            if got < header_len:
+                raise ProtocolError(f"stream ended inside the header ({got} of {header_len} bytes)", eof=True)
+            raise ProtocolError(
+                f"stream ended inside the payload ({got - header_len} of {size - header_len} bytes)", eof=True
+            )
+        got += n
 
 
 def _check_plain(value: Any, depth: int, limits: Limits) -> None:
@@ -570,14 +588,26 @@ def read_frame(
         raise ProtocolError(f"header length {header_len} outside 1..{limits.max_header_bytes}")
     if payload_len > limits.max_payload_bytes:
         raise ProtocolError(f"payload length {payload_len} exceeds {limits.max_payload_bytes}")
-    raw = bytearray(header_len)
-    if not _read_exact(readinto, memoryview(raw), "header"):
-        raise ProtocolError("stream ended before the header", eof=True)
+    payload = None
+    if payload_len:
+        # Header and payload in one readinto loop (issue 17: a read syscall less per frame), into one buffer
+        # laid out so that the payload starts 64-byte aligned; both are within the caps checked above. The
+        # header is checked once it is all there, as before.
+        pad = -header_len % 64
+        body = np.empty(pad + header_len + payload_len, dtype=np.uint8)
+        _read_body(readinto, body.data[pad:], header_len)
+        raw = body.data[pad : pad + header_len].tobytes()
+        payload = body[pad + header_len :]
+    else:
+        buffer = bytearray(header_len)
+        if not _read_exact(readinto, memoryview(buffer), "header"):
+            raise ProtocolError("stream ended before the header", eof=True)
+        raw = bytes(buffer)
     if cache is None:
-        header = _unpack_header(bytes(raw), limits)
+        header = _unpack_header(raw, limits)
         shape = None
     else:
-        header, shape = cache.header(bytes(raw), limits)
+        header, shape = cache.header(raw, limits)
     ref = header.get("shm")
     # checked before the arrays, as the pipe's payload length is checked at the prefix
     if isinstance(ref, list) and len(ref) == 3 and type(ref[2]) is int and ref[2] > limits.max_payload_bytes:
@@ -604,11 +634,9 @@ def read_frame(
         for dtype, dims, _ in specs:
             arrays.append(np.empty(dims, dtype=dtype))
         return Frame(header["kind"], header, arrays, shape)
-    # One readinto loop for the whole payload (issue 17: one read per array cost a syscall and a wake-up
-    # each); the arrays are views of it. An array whose offset breaks its dtype's alignment is copied out.
-    payload = np.empty(payload_len, dtype=np.uint8)
-    if not _read_exact(readinto, payload.data, "payload"):
-        raise ProtocolError("stream ended before the payload", eof=True)
+    # The payload came in with the header, in one readinto loop (issue 17: one read per array cost a syscall
+    # and a wake-up each); the arrays are views of it. An array whose offset breaks its dtype's alignment is
+    # copied out.
     return _views(header, specs, payload, shape)
 
 
