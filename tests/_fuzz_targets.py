@@ -34,7 +34,7 @@ _SHAPES = protocol.ShapeCache(max_entries=256)
 
 
 def _decode_all(data: bytes, cache: protocol.ShapeCache | None) -> tuple[list[Any], str | None]:
-    """Every frame of ``data`` as (kind, header bytes, arrays, samples), then the refusal (None: clean EOF)."""
+    """Every frame of ``data`` as (kind, header bytes, arrays, samples), then the refusal (None: EOF)."""
     reader = protocol.bytes_reader(data)
     frames: list[Any] = []
     try:
@@ -72,7 +72,7 @@ def _same(a: Any, b: Any) -> bool:
 def frame_decoder(data: bytes) -> None:
     plain, refused = _decode_all(data, None)
     cached, cached_refused = _decode_all(data, _SHAPES)
-    if cached_refused is not None and refused is None or len(cached) < len(plain):
+    if (cached_refused is not None and refused is None) or len(cached) < len(plain):
         # the cached reader is stricter in one rule only: a header may not repeat a key
         assert cached_refused is not None and "repeats the key" in cached_refused, (refused, cached_refused)
         plain = plain[: len(cached)]

@@ -182,8 +182,13 @@ def test_shared_memory_frames_obey_the_negotiation_and_the_caps(shared: Any) -> 
     small_cap = protocol.Limits(max_payload_bytes=12)
     for ref, reason in (([0, 0, 16], "length 16 exceeds 12"), ([0, 0, 8], "of 16 bytes exceeds 12")):
         two = shm_frame([np.zeros(2, dtype="<f4"), np.zeros(2, dtype="<f4")], ref)
-        with pytest.raises(protocol.ProtocolError, match=reason):
-            protocol.read_frame(protocol.bytes_reader(two), small_cap, shm=slots)
+        for cache in (None, protocol.ShapeCache()):  # the length is checked first with a cache too
+            with pytest.raises(protocol.ProtocolError, match=reason):
+                protocol.read_frame(protocol.bytes_reader(two), small_cap, shm=slots, cache=cache)
+    one = shm_frame([np.zeros(4, dtype="<f4")], [0, 0, 16])  # an array over the cap: the length still first
+    for cache in (None, protocol.ShapeCache()):
+        with pytest.raises(protocol.ProtocolError, match="length 16 exceeds 12"):
+            protocol.read_frame(protocol.bytes_reader(one), small_cap, shm=slots, cache=cache)
     with_payload = raw_frame({"kind": "batch", "shm": [0, 0, 4], "arrays": [["|u1", [4]]]}, b"abcd")
     with pytest.raises(protocol.ProtocolError, match="no pipe payload"):
         protocol.read_frame(protocol.bytes_reader(with_payload), shm=slots)
@@ -371,7 +376,9 @@ def test_malformed_sample_trees_raise_protocol_error(tree: Any, n_arrays: int, r
 # --- shape cache (issue 17: the sample tree validated once per request shape) ----------------------
 
 
-def cached_samples(data: bytes, cache: protocol.ShapeCache, limits: protocol.Limits = protocol.DEFAULT_LIMITS) -> Any:
+def cached_samples(
+    data: bytes, cache: protocol.ShapeCache, limits: protocol.Limits = protocol.DEFAULT_LIMITS
+) -> Any:
     frame = protocol.read_frame(protocol.bytes_reader(data), limits, cache=cache)
     assert frame is not None
     return protocol.frame_samples(frame, limits)
@@ -424,7 +431,10 @@ def _warm(cache: protocol.ShapeCache, limits: protocol.Limits = protocol.DEFAULT
 WARM_FRAMES = [
     ({"kind": "batch", "request": 1, "samples": [{"a": 0}], "arrays": [["|u1", [4]]]}, b"\0" * 4),
     ({"kind": "batch", "request": 1, "samples": [{"s": 0}], "arrays": [["<f8", []]]}, b"\0" * 8),
-    ({"kind": "batch", "request": 1, "samples": [{"a": 0}], "arrays": [["|u1", [4]]], "batches": [1]}, b"\0" * 4),
+    (
+        {"kind": "batch", "request": 1, "samples": [{"a": 0}], "arrays": [["|u1", [4]]], "batches": [1]},
+        b"\0" * 4,
+    ),
 ]
 ARRAYS = [["|u1", [4]]]
 
@@ -433,18 +443,46 @@ ARRAYS = [["|u1", [4]]]
     ("header", "payload", "reason"),
     [
         # the cached structure, but the payload does not match what it declares
-        ({"kind": "batch", "request": 2, "samples": [{"a": 0}], "arrays": ARRAYS}, b"\0" * 3, "payload length 3 != 4"),
+        (
+            {"kind": "batch", "request": 2, "samples": [{"a": 0}], "arrays": ARRAYS},
+            b"\0" * 3,
+            "payload length 3 != 4",
+        ),
         # an array reference out of range / out of order
-        ({"kind": "batch", "samples": [{"a": 1}], "arrays": ARRAYS}, b"\0" * 4, "array reference 1 out of order"),
-        ({"kind": "batch", "samples": [{"a": 0}, {"a": 1}], "arrays": ARRAYS}, b"\0" * 4, "array reference 1"),
+        (
+            {"kind": "batch", "samples": [{"a": 1}], "arrays": ARRAYS},
+            b"\0" * 4,
+            "array reference 1 out of order",
+        ),
+        (
+            {"kind": "batch", "samples": [{"a": 0}, {"a": 1}], "arrays": ARRAYS},
+            b"\0" * 4,
+            "array reference 1",
+        ),
         ({"kind": "batch", "samples": [], "arrays": ARRAYS}, b"\0" * 4, "1 arrays sent but 0 referenced"),
         # the cached samples tree, arrays of another dtype, shape or ndim than before
-        ({"kind": "batch", "samples": [{"a": 0}], "arrays": [["|O", [4]]]}, b"\0" * 4, "dtype '|O' is not allowed"),
+        (
+            {"kind": "batch", "samples": [{"a": 0}], "arrays": [["|O", [4]]]},
+            b"\0" * 4,
+            "dtype '|O' is not allowed",
+        ),
         ({"kind": "batch", "samples": [{"a": 0}], "arrays": [["|u1", [-4]]]}, b"", "non-negative ints"),
-        ({"kind": "batch", "samples": [{"a": 0}], "arrays": [["|u1", ["4"]]]}, b"\0" * 4, "non-negative ints"),
-        ({"kind": "batch", "samples": [{"s": 0}], "arrays": [["<f8", [1]]]}, b"\0" * 8, "points at a 1-d array"),
+        (
+            {"kind": "batch", "samples": [{"a": 0}], "arrays": [["|u1", ["4"]]]},
+            b"\0" * 4,
+            "non-negative ints",
+        ),
+        (
+            {"kind": "batch", "samples": [{"s": 0}], "arrays": [["<f8", [1]]]},
+            b"\0" * 8,
+            "points at a 1-d array",
+        ),
         # an extra key in a sample node, a wrong type in the tree
-        ({"kind": "batch", "samples": [{"a": 0, "x": 1}], "arrays": ARRAYS}, b"\0" * 4, "malformed sample node"),
+        (
+            {"kind": "batch", "samples": [{"a": 0, "x": 1}], "arrays": ARRAYS},
+            b"\0" * 4,
+            "malformed sample node",
+        ),
         ({"kind": "batch", "samples": [{"a": "0"}], "arrays": ARRAYS}, b"\0" * 4, "array reference '0'"),
         ({"kind": "batch", "samples": [{"t": 5}], "arrays": []}, b"", "malformed sample node"),
         # non-plain values in the structure or in the scalars next to it
@@ -462,7 +500,9 @@ ARRAYS = [["|u1", [4]]]
         ({"kind": "nope", "samples": [{"a": 0}], "arrays": ARRAYS}, b"\0" * 4, "unknown frame kind"),
     ],
 )
-def test_a_frame_that_differs_from_a_cached_shape_is_checked_in_full(header: Any, payload: bytes, reason: str) -> None:
+def test_a_frame_that_differs_from_a_cached_shape_is_checked_in_full(
+    header: Any, payload: bytes, reason: str
+) -> None:
     cache = protocol.ShapeCache()
     _warm(cache)
     with pytest.raises(protocol.ProtocolError) as info:

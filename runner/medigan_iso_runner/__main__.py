@@ -113,7 +113,9 @@ EXIT_OK = 0
 EXIT_PROTOCOL = 2
 SHM_ENV = "MEDIGAN_ISO_SHM"
 SNAPSHOT_POOL_SIZE = 2  # batch snapshots kept for reuse (one queued, one being written)
-DIRECT_MAX_BUFFERS = 512  # a batch frame written by the model's thread has at most this many buffers (IOV_MAX)
+DIRECT_MAX_BUFFERS = (
+    512  # a batch frame written by the model's thread has at most this many buffers (IOV_MAX)
+)
 
 
 class Channel:
@@ -243,7 +245,7 @@ class Channel:
                 self._cv.notify_all()
 
     def _write_now(self, header: Dict[str, Any], arrays: Any) -> None:
-        """Write a frame from the calling thread as far as the pipe takes it; snapshot the rest for the writer."""
+        """Write a frame from this thread as far as the pipe takes it; snapshot the rest for the writer."""
         rest = None
         try:
             buffers = protocol.encode_frame(header, arrays)

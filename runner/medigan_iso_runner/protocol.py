@@ -497,11 +497,16 @@ class ShapeCache:
         self._sizes = {}  # type: Dict[Any, int]
         self._bytes = 0
 
-    def header(self, data: bytes, limits: Limits) -> Tuple[Dict[str, Any], _Shape]:
+    def header(self, data: bytes, limits: Limits) -> Tuple[Dict[str, Any], Any]:
+        """The header map (every value checked as plain) and the key of its structure for :meth:`shape`."""
         header = {}  # type: Dict[str, Any]
         raws = {}  # type: Dict[str, bytes]
         try:
-            unpacker = msgpack.Unpacker(None, **_msgpack_options(limits))
+            # read_size: by default msgpack allocates a 1 MiB buffer per Unpacker, and the churn made the next
+            # frame's payload buffer a fresh, page-faulting mapping
+            unpacker = msgpack.Unpacker(
+                None, read_size=len(data), max_buffer_size=len(data), **_msgpack_options(limits)
+            )
             unpacker.feed(data)
             try:
                 count = unpacker.read_map_header()
@@ -540,22 +545,29 @@ class ShapeCache:
         shape = self._entries.get(key)
         if shape is None:
             self.misses += 1
-            values = {}
             for name, raw in raws.items():
                 value = _unpack_value(raw, limits)
                 _check_plain(value, 1, limits)
-                values[name] = value
-            shape = _Shape(values, limits)
-            self._store(key, shape, sum(len(raw) for raw in raws.values()))
+                header[name] = value
         else:
             self.hits += 1
-        header.update(shape.values)
-        return header, shape
+            header.update(shape.values)
+        return header, key
+
+    def shape(self, key: Any, header: Dict[str, Any], limits: Limits) -> _Shape:
+        """The checked structure of a header from :meth:`header`: its array specs are checked on a miss."""
+        shape = self._entries.get(key)
+        if shape is None:
+            shape = _Shape({name: header[name] for name in _STRUCTURE_KEYS if name in header}, limits)
+            self._store(key, shape, sum(len(raw) for raw in key[4:] if raw is not None))
+        return shape
 
     def _store(self, key: Any, shape: _Shape, size: int) -> None:
         if size > self.max_bytes:
             return
-        while self._entries and (len(self._entries) >= self.max_entries or self._bytes + size > self.max_bytes):
+        while self._entries and (
+            len(self._entries) >= self.max_entries or self._bytes + size > self.max_bytes
+        ):
             oldest = next(iter(self._entries))
             del self._entries[oldest]
             self._bytes -= self._sizes.pop(oldest)
@@ -605,17 +617,18 @@ def read_frame(
         raw = bytes(buffer)
     if cache is None:
         header = _unpack_header(raw, limits)
-        shape = None
     else:
-        header, shape = cache.header(raw, limits)
+        header, key = cache.header(raw, limits)
     ref = header.get("shm")
     # checked before the arrays, as the pipe's payload length is checked at the prefix
     if isinstance(ref, list) and len(ref) == 3 and type(ref[2]) is int and ref[2] > limits.max_payload_bytes:
         raise ProtocolError(f"shared-memory payload length {ref[2]} exceeds {limits.max_payload_bytes}")
-    if shape is None:
+    shape = None
+    if cache is None:
         specs = _array_specs(header, limits)
         declared = sum(nbytes for _, _, nbytes in specs)
     else:
+        shape = cache.shape(key, header, limits)
         specs, declared = shape.specs, shape.declared
     if "shm" in header:
         if shm is None:
@@ -648,7 +661,7 @@ def _views(
 ) -> Frame:
     if shape is not None and shape.stacked is not None:
         dtype, dims, count = shape.stacked
-        return Frame(header["kind"], header, list(payload.view(dtype).reshape((count,) + dims)), shape)
+        return Frame(header["kind"], header, list(payload.view(dtype).reshape((count, *dims))), shape)
     arrays = []
     offset = 0
     for dtype, dims, nbytes in specs:
