@@ -49,6 +49,7 @@ from medigan_iso.paths import BUNDLE_ENV, cache_layout
 from medigan_iso.runner_process import (
     RUNNER_INACTIVITY_TIMEOUT_S,
     RUNNER_READY_TIMEOUT_S,
+    SAMPLE_MEMORY_POLICIES,
     THREAD_ENV,
     GenerateStream,
     RunnerProcess,
@@ -212,6 +213,8 @@ class _Slot:
     output_dir: Path | None = None  # the writable directory the runner's sandbox was given
     consecutive_crashes: int = 0
     last_failure: BaseException | None = None
+    largest_batch: int = 0  # the largest batch_size asked of this model: its next runner's slots fit it
+    oversized_batch_bytes: int = 0  # the largest batch that was too big for a runner's shared-memory slot
 
 
 PROGRESS_ENV = "MEDIGAN_ISO_PROGRESS"  # "1" forces the progress bar on, "0" off; unset: when interactive
@@ -281,6 +284,21 @@ class Session:
     ... (then the environment decides). ``threads=0`` sets no budget: each runner's pools size themselves
     (one thread per core, as before budgets existed; ``benchmarks/bench_threads.py`` compares the two). A
     catalogue entry's ``execution.resources.threads`` wins over both.
+
+    ``shared_memory``: big batches (256 KiB and more) cross from the runner through a shared-memory segment
+    instead of the pipe. None (the default): on where the host has memfd, unless ``$MEDIGAN_ISO_SHM`` is
+    ``0``; False: every batch takes the pipe. Each runner gets 3 slots sized when it starts from the model's
+    declared ``image_size`` (16 bytes per pixel: up to 4 float32 channels) times the largest batch size
+    asked so far, at least 4 MiB and at most 1 GiB each (64 MiB without a declared size). The segment is
+    address space; only pages a batch touched are memory. A batch bigger than a slot takes the pipe and is
+    logged once per runner; the model's next runner (after :meth:`release`) gets slots that fit it.
+    ``runner_info(model)["shared_memory"]`` shows the slots and counters (None: pipe only).
+
+    ``sample_memory``: ``"copy"`` (the default) hands out arrays of the caller's own. ``"view"`` hands out
+    read-only arrays (writing raises ValueError; ``np.array(a)`` makes a writable copy); those that came
+    through shared memory are views of the slot itself, with no copy. A slot goes back to the runner when
+    every array viewing it is garbage; a runner whose slots are all held sends through the pipe instead,
+    so holding views never stalls a request. Views stay valid after the Session closes.
     """
 
     def __init__(
@@ -299,12 +317,20 @@ class Session:
         strict: bool = False,
         as_of: str | None = None,
         threads: int | None = None,
+        shared_memory: bool | None = None,
+        sample_memory: str = "copy",
     ) -> None:
         if threads is not None and (type(threads) is not int or threads < 0):
             raise ValueError(
                 f"threads must be an int >= 1, 0 (no budget) or None (the default budget), got {threads!r}"
             )
+        if shared_memory not in (None, True, False):
+            raise ValueError(f"shared_memory must be True, False or None, got {shared_memory!r}")
+        if sample_memory not in SAMPLE_MEMORY_POLICIES:
+            raise ValueError(f"sample_memory must be one of {SAMPLE_MEMORY_POLICIES}, got {sample_memory!r}")
         self._threads = threads
+        self._shared_memory = shared_memory
+        self._sample_memory = sample_memory
         self._sandbox = resolve_policy(sandbox)
         self._as_of = as_of
         self._strict = strict
@@ -464,7 +490,7 @@ class Session:
             backoff = RESPAWN_BACKOFF_S[min(slot.consecutive_crashes, len(RESPAWN_BACKOFF_S)) - 1]
             logger.warning("respawning the runner for %s in %.1f s", model_id, backoff)
             time.sleep(backoff)
-        runner = self._spawn(slot.prepared, output_dir=output_dir)
+        runner = self._spawn(slot.prepared, output_dir=output_dir, shm_slot_bytes=_slot_bytes(slot))
         slot.output_dir = output_dir
         try:
             package = slot.prepared.package
@@ -481,7 +507,9 @@ class Session:
         slot.runner = runner
         return runner
 
-    def _spawn(self, prepared: PreparedModel, *, output_dir: Path | None = None) -> RunnerProcess:
+    def _spawn(
+        self, prepared: PreparedModel, *, output_dir: Path | None = None, shm_slot_bytes: int | None = None
+    ) -> RunnerProcess:
         self._check_open()
         config = stricter(self._sandbox, prepared.entry.sandbox)
         if config.policy != "off" and self._support is None:
@@ -531,6 +559,9 @@ class Session:
             command_prefix=plan.command_prefix,
             env_overrides=plan.env_overrides,
             cgroup=cgroup,
+            shared_memory=self._shared_memory,
+            shm_slot_bytes=shm_slot_bytes,
+            sample_memory=self._sample_memory,
         )
         try:
             verify_hello(plan, runner.hello, model_id=prepared.entry.model_id)
@@ -625,10 +656,14 @@ class Session:
         }
 
     def runner_info(self, model_id: str | int) -> dict[str, Any]:
-        """The warm runner's hello (python, package versions, pid), starting the runner if needed."""
+        """The warm runner's hello (python, package versions, pid), starting the runner if needed.
+
+        ``shared_memory`` is the transport's slots and counters now (see :class:`Session`), or None.
+        """
         slot = self._slot(model_id)
         with slot.lock:
-            return dict(self._warm_runner(slot).hello)
+            runner = self._warm_runner(slot)
+            return dict(runner.hello, shared_memory=runner.shared_memory)
 
     # --- generation -----------------------------------------------------------------------------------
 
@@ -883,9 +918,12 @@ class Session:
         warm; any other exception (KeyboardInterrupt included) stops the runner instead of waiting for it.
         """
         with slot.lock:
+            slot.largest_batch = max(slot.largest_batch, batch_size or DEFAULT_BATCH_SIZE)
             try:
                 writable = Path(output_path) if save_images and output_path is not None else None
                 runner = self._warm_runner(slot, output_dir=writable)
+                # remembered for the next runner of this model, whichever way this request ends
+                note = functools.partial(_note_oversized, slot, runner)
                 request = runner.generate(
                     num_samples,
                     batch_size=batch_size or DEFAULT_BATCH_SIZE,
@@ -897,11 +935,14 @@ class Session:
                     max_sample_bytes=max_sample_bytes(slot.prepared.entry),
                 )
                 try:
-                    yield request
-                except GeneratorExit:
+                    try:
+                        yield request
+                    except GeneratorExit:
+                        request.close()
+                        raise
                     request.close()
-                    raise
-                request.close()
+                finally:
+                    note()
             except (
                 RunnerCrashedError,
                 RunnerStartError,
@@ -934,20 +975,53 @@ MIN_SAMPLE_BYTES = 64 * 1024**2
 UNKNOWN_SAMPLE_BYTES = 512 * 1024**2
 
 
+SHM_BYTES_PER_PIXEL = 16  # a declared pixel: up to 4 float32 channels (or an image and its mask)
+
+
+def _declared_pixels(entry: ModelEntry) -> int | None:
+    """The product of the entry's declared ``image_size``, or None when it declares no usable one."""
+    execution = entry.raw.get("execution") or {}
+    size = execution.get("image_size") if isinstance(execution, Mapping) else None
+    dims = [d for d in size if isinstance(d, int) and not isinstance(d, bool) and d > 0] if size else []
+    if not dims or len(dims) != len(size or ()):
+        return None
+    pixels = 1
+    for d in dims:
+        pixels *= d
+    return pixels
+
+
+def shared_slot_bytes(entry: ModelEntry, batch_size: int) -> int | None:
+    """The shared-memory slot a runner of ``entry`` gets for batches of ``batch_size`` (issue 17).
+
+    Its declared ``image_size`` times SHM_BYTES_PER_PIXEL times the batch size; RunnerProcess clamps it to
+    SHM_MIN_SLOT_BYTES..SHM_MAX_SLOT_BYTES. None (no declared size): RunnerProcess's SHM_SLOT_BYTES.
+    """
+    pixels = _declared_pixels(entry)
+    return None if pixels is None else pixels * SHM_BYTES_PER_PIXEL * max(1, batch_size)
+
+
+def _slot_bytes(slot: _Slot) -> int | None:
+    """The slot size for the next runner of ``slot``: its largest batch so far, or one that overflowed."""
+    wanted = shared_slot_bytes(slot.prepared.entry, slot.largest_batch or DEFAULT_BATCH_SIZE)
+    if slot.oversized_batch_bytes:
+        wanted = max(wanted or 0, slot.oversized_batch_bytes)
+    return wanted
+
+
+def _note_oversized(slot: _Slot, runner: RunnerProcess) -> None:
+    slot.oversized_batch_bytes = max(slot.oversized_batch_bytes, runner.oversized_batch_bytes)
+
+
 def max_sample_bytes(entry: ModelEntry) -> int:
     """What one sample of ``entry`` may weigh on the pipe: its declared ``image_size`` with a wide margin.
 
     Issue 16: frames and total bytes per request are capped by what the request can legitimately produce.
     An entry without a usable ``image_size`` gets ``UNKNOWN_SAMPLE_BYTES``.
     """
-    execution = entry.raw.get("execution") or {}
-    size = execution.get("image_size") if isinstance(execution, Mapping) else None
-    dims = [d for d in size if isinstance(d, int) and not isinstance(d, bool) and d > 0] if size else []
-    if not dims or len(dims) != len(size or ()):
+    pixels = _declared_pixels(entry)
+    if pixels is None:
         return UNKNOWN_SAMPLE_BYTES
-    pixels = 1
-    for d in dims:
-        pixels *= d
     return max(MIN_SAMPLE_BYTES, pixels * 4 * 8 * SAMPLE_BYTES_MARGIN)
 
 

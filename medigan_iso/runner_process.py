@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import functools
 import logging
+import mmap
 import os
 import queue
 import secrets
@@ -64,6 +65,11 @@ __all__ = [
     "RUNNER_LOG_MAX_BYTES",
     "RUNNER_READY_TIMEOUT_S",
     "RUNNER_SHUTDOWN_GRACE_S",
+    "SAMPLE_MEMORY_POLICIES",
+    "SHM_MAX_SLOT_BYTES",
+    "SHM_MIN_SLOT_BYTES",
+    "SHM_SLOTS",
+    "SHM_SLOT_BYTES",
     "SHM_SWITCH_ENV",
     "SHM_THRESHOLD_BYTES",
     "CappedLog",
@@ -96,10 +102,15 @@ MAX_LOGGED_FRAMES = 100  # log frames logged per runner; the rest are counted
 MAX_KEPT_WARNINGS = 100  # log frames kept on a stream's ``warnings``
 # Shared memory (issue 17): batches of at least SHM_THRESHOLD_BYTES that fit a slot travel through a
 # sealed memfd of SHM_SLOTS slots instead of the pipe. The segment is sparse: only the pages a batch
-# touches are ever allocated. MEDIGAN_ISO_SHM=0 (or RunnerProcess.start(shared_memory=False)) keeps
-# every batch on the pipe.
+# touches are ever allocated, so its size is address space, not memory. The caller sizes the slots
+# (a Session from the model's declared image size and the batch size, see generation.shared_slot_bytes);
+# SHM_SLOT_BYTES when it does not. A bigger batch takes the pipe, and the host logs it once per runner.
+# MEDIGAN_ISO_SHM=0 (or RunnerProcess.start(shared_memory=False)) keeps every batch on the pipe.
 SHM_SLOTS = 3
 SHM_SLOT_BYTES = 64 * 1024**2
+SHM_MIN_SLOT_BYTES = 4 * 1024**2
+SHM_MAX_SLOT_BYTES = 1024**3
+SAMPLE_MEMORY_POLICIES = ("copy", "view")
 SHM_THRESHOLD_BYTES = 256 * 1024
 SHM_SWITCH_ENV = "MEDIGAN_ISO_SHM"
 PARENT_PID_ENV = "MEDIGAN_ISO_RUNNER_PARENT_PID"
@@ -208,6 +219,11 @@ def runner_environment(
     return env
 
 
+def _shared_memory_default() -> bool:
+    """Whether shared memory is on when the caller does not say: unless MEDIGAN_ISO_SHM is 0/false/no/off."""
+    return os.environ.get(SHM_SWITCH_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def _shared_segment(size: int) -> int | None:
     """A sealed memfd of ``size`` bytes (it can neither shrink nor grow), or None where there is none."""
     memfd_create = getattr(os, "memfd_create", None)
@@ -224,6 +240,11 @@ def _shared_segment(size: int) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def _page_round(size: int) -> int:
+    page = mmap.PAGESIZE
+    return -(-size // page) * page
 
 
 class CappedLog:
@@ -436,7 +457,10 @@ class RunnerProcess:
         self.loaded: dict[str, Any] | None = None
         self._shm: protocol.SharedSlots | None = None
         self._shm_fd: int | None = None
+        self._shm_slot_bytes = SHM_SLOT_BYTES
+        self.sample_memory = "copy"
         self.shared_frames = 0  # frames whose arrays came through shared memory
+        self.oversized_batch_bytes = 0  # the largest batch too big for a slot (it took the pipe)
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -456,6 +480,8 @@ class RunnerProcess:
         cgroup: RunnerCgroup | None = None,
         threads: int | None = None,
         shared_memory: bool | None = None,
+        shm_slot_bytes: int | None = None,
+        sample_memory: str = "copy",
     ) -> RunnerProcess:
         """Spawn a runner with ``python`` and wait (``ready_timeout_s``) for its hello.
 
@@ -465,7 +491,13 @@ class RunnerProcess:
         With ``cgroup`` the runner joins that group before anything else runs; the runner owns the group
         from then on (its limits become ResourceLimitError, closing kills everything in it and removes it).
         ``shared_memory`` (default: on unless MEDIGAN_ISO_SHM=0) passes a shared-memory segment for big
-        batches (see SHM_SLOTS); a runner that does not take it up keeps using the pipe.
+        batches: SHM_SLOTS slots of ``shm_slot_bytes`` each (default SHM_SLOT_BYTES; clamped to
+        SHM_MIN_SLOT_BYTES..SHM_MAX_SLOT_BYTES); a bigger batch, and every batch of a runner that does not
+        take the segment up, takes the pipe. ``hello["shared_memory"]`` says what is in use (None: the pipe).
+        ``sample_memory`` is ``"copy"`` (arrays are the host's own) or ``"view"``: arrays are read-only
+        (writes raise ValueError), and those of shared-memory frames are views of the slot itself, which
+        goes back to the runner only when every array viewing it is garbage; they stay valid after close.
+        A runner whose slots are all held sends through the pipe, so held views never stall it.
         Raises RunnerStartError (cannot exec, wrong protocol), RunnerCrashedError, RunnerTimeoutError.
         """
         log = Path(log_path)
@@ -478,16 +510,20 @@ class RunnerProcess:
         overrides[PDEATHSIG_ENV] = "1" if threading.current_thread() is threading.main_thread() else "0"
         if threads is not None:
             overrides.update(thread_budget_env(threads))
+        if sample_memory not in SAMPLE_MEMORY_POLICIES:
+            raise ValueError(f"sample_memory must be one of {SAMPLE_MEMORY_POLICIES}, got {sample_memory!r}")
         if shared_memory is None:
-            shared_memory = os.environ.get(SHM_SWITCH_ENV, "1").strip().lower() not in (
-                "0",
-                "false",
-                "no",
-                "off",
+            shared_memory = _shared_memory_default()
+        slot_bytes = _page_round(
+            min(
+                max(SHM_SLOT_BYTES if shm_slot_bytes is None else shm_slot_bytes, SHM_MIN_SLOT_BYTES),
+                SHM_MAX_SLOT_BYTES,
             )
-        shm_fd = _shared_segment(SHM_SLOTS * SHM_SLOT_BYTES) if shared_memory else None
+        )
+        shm_fd = _shared_segment(SHM_SLOTS * slot_bytes) if shared_memory else None
         if shm_fd is not None:
-            overrides[SHM_SWITCH_ENV] = f"{shm_fd}:{SHM_SLOTS}:{SHM_SLOT_BYTES}:{SHM_THRESHOLD_BYTES}"
+            wait = int(sample_memory == "copy")  # views: a runner finding every slot held uses the pipe
+            overrides[SHM_SWITCH_ENV] = f"{shm_fd}:{SHM_SLOTS}:{slot_bytes}:{SHM_THRESHOLD_BYTES}:{wait}"
         overrides.update(env_overrides or {})
         env = runner_environment(private_dir, overrides=overrides)
         prefix = [part.replace(PRIVATE_DIR_PLACEHOLDER, str(private_dir)) for part in command_prefix]
@@ -540,6 +576,8 @@ class RunnerProcess:
         runner._cgroup = cgroup
         runner._via_launcher = bool(command_prefix)
         runner._shm_fd = shm_fd
+        runner._shm_slot_bytes = slot_bytes
+        runner.sample_memory = sample_memory
         try:
             runner._handshake()
         except RunnerCrashedError as exc:
@@ -566,12 +604,13 @@ class RunnerProcess:
             )
         self.hello = dict(frame.header)
         self.hello.pop("kind", None)
+        taken_up = self.hello.get("shared_memory") is True  # an older runner ignores the segment
         if self._shm_fd is not None:
-            if (
-                self.hello.get("shared_memory") is True
-            ):  # an older runner ignores the segment and uses the pipe
+            if taken_up:
                 try:
-                    self._shm = protocol.SharedSlots(self._shm_fd, SHM_SLOTS, SHM_SLOT_BYTES)
+                    self._shm = protocol.SharedSlots(
+                        self._shm_fd, SHM_SLOTS, self._shm_slot_bytes, views=self.sample_memory == "view"
+                    )
                 except (OSError, ValueError) as exc:
                     raise RunnerStartError(
                         f"cannot map the runner's shared memory: {exc}",
@@ -579,6 +618,7 @@ class RunnerProcess:
                     ) from exc
             os.close(self._shm_fd)
             self._shm_fd = None
+        self.hello["shared_memory"] = self.shared_memory  # what the host uses, not the runner's bool
         reported = self.hello.get("pid")
         if isinstance(reported, int) and reported != self._popen.pid:
             # In a sandbox's pid namespace the runner knows only its inner pid: report the one this host
@@ -589,6 +629,38 @@ class RunnerProcess:
     @property
     def pid(self) -> int:
         return self._popen.pid
+
+    @property
+    def held_slots(self) -> int:
+        """Shared-memory slots the host holds (with ``sample_memory="view"``: viewed by live arrays)."""
+        return 0 if self._shm is None else self._shm.held
+
+    @property
+    def shared_memory(self) -> dict[str, Any] | None:
+        """The shared-memory transport in use and its counters now; None when every batch takes the pipe.
+
+        ``slots`` x ``slot_bytes`` is the segment (address space; only pages a batch touched are memory),
+        ``threshold_bytes`` the smallest batch it carries, ``samples`` the policy (``"copy"``/``"view"``),
+        ``frames`` the frames it carried, ``held_slots`` the slots the host holds (views alive),
+        ``oversized_batch_bytes`` the largest batch too big for a slot (it took the pipe; 0: none).
+        """
+        if self._shm is None:
+            return None
+        return {
+            "slots": SHM_SLOTS,
+            "slot_bytes": self._shm_slot_bytes,
+            "threshold_bytes": SHM_THRESHOLD_BYTES,
+            "samples": self.sample_memory,
+            "frames": self.shared_frames,
+            "held_slots": self.held_slots,
+            "oversized_batch_bytes": self.oversized_batch_bytes,
+        }
+
+    def _send_releases(self) -> None:
+        """Give the runner back the slots whose last view died (queued by their finalizers, any thread)."""
+        shm = self._shm
+        while shm is not None and shm.released and not self._closed and not self._broken:
+            self._send({"kind": "release", "slot": shm.released.popleft()})
 
     @property
     def returncode(self) -> int | None:
@@ -750,6 +822,7 @@ class RunnerProcess:
                 raise RunnerTimeoutError(
                     self._read_phase, self._read_timeout_s, stderr_tail=self._drain.tail()
                 )
+            self._send_releases()
             ready = self._poller.poll(int(min(remaining, DEATH_CHECK_INTERVAL_S) * 1000) + 1)
             if not ready and self._exit_status() is not None:
                 raise self._crashed()
@@ -760,6 +833,7 @@ class RunnerProcess:
         self._read_timeout_s = timeout_s
         self._read_phase = phase
         self._read_deadline = time.monotonic() + timeout_s
+        self._send_releases()
         try:
             frame = protocol.read_frame(self._readinto, self._frame_limits, self._shm, self._shapes)
         except protocol.ProtocolError as exc:
@@ -778,11 +852,16 @@ class RunnerProcess:
             self._stop("it sent a malformed frame")
             raise ProtocolError(f"runner sent a host-only {frame.kind!r} frame")
         if self._shm is not None and "shm" in frame.header:
-            # the bytes are copied out: the runner may fill the slot again
-            slot = frame.header["shm"][0]
             self.shared_frames += 1
-            self._shm.release(slot)
-            self._send({"kind": "release", "slot": slot})
+            if not self._shm.views:  # the bytes are copied out: the runner may fill the slot again
+                slot = frame.header["shm"][0]
+                self._shm.release(slot)
+                self._send({"kind": "release", "slot": slot})
+        elif frame.kind == "batch" and self._shm is not None and frame.arrays:
+            self._note_piped_batch(sum(a.nbytes for a in frame.arrays))
+        if self.sample_memory == "view":
+            for array in frame.arrays:
+                array.flags.writeable = False
         if frame.kind == "log":
             self._log_frames += 1
             if self._log_frames <= MAX_LOGGED_FRAMES:
@@ -793,6 +872,23 @@ class RunnerProcess:
                     "runner %s: more log frames than %d; not logging the rest", self.pid, MAX_LOGGED_FRAMES
                 )
         return frame
+
+    def _note_piped_batch(self, nbytes: int) -> None:
+        """A batch too big for a slot took the pipe: say so once per runner (the Session sizes the next)."""
+        if nbytes <= self._shm_slot_bytes or nbytes <= self.oversized_batch_bytes:
+            return
+        first = not self.oversized_batch_bytes
+        self.oversized_batch_bytes = nbytes
+        if first:
+            logger.warning(
+                "runner %s (%s): a batch of %.1f MiB is larger than its shared-memory slots of %.1f MiB and "
+                "went through the pipe (slower); a runner started for this batch size gets bigger slots "
+                "(Session.release(model) restarts it)",
+                self.pid,
+                neutralise(self.model_id or "no model id", max_chars=80),
+                nbytes / 2**20,
+                self._shm_slot_bytes / 2**20,
+            )
 
     def _send(self, header: dict[str, Any], arrays: Sequence[Any] = ()) -> None:
         try:
@@ -899,6 +995,7 @@ class RunnerProcess:
         self._check_idle()
         if self.loaded is None:
             raise RunnerError("generate called before load", remedy="call load(package_root, ...) first")
+        self._send_releases()
         try:
             kwargs_tree, kwargs_arrays = protocol.pack_samples(dict(kwargs or {}))
         except protocol.ProtocolError as exc:

@@ -41,6 +41,7 @@ from medigan_iso.errors import (
 )
 from medigan_iso.packages import tree_sha256
 from medigan_iso.paths import cache_layout
+from medigan_iso.runner_process import SHM_MIN_SLOT_BYTES
 from medigan_iso.sandbox import probe_host
 
 ZOO_ID = "test-zoo"
@@ -584,3 +585,87 @@ def test_max_sample_bytes_follows_the_declared_image_size(world: dict[str, Path]
     assert max_sample_bytes(entry([512, 512, 3])) == 512 * 512 * 3 * 4 * 8 * 32
     assert max_sample_bytes(entry(None)) == UNKNOWN_SAMPLE_BYTES
     assert max_sample_bytes(entry(["big"])) == UNKNOWN_SAMPLE_BYTES
+
+
+# --- shared memory (issue 17) ---------------------------------------------------------------------------
+
+
+def _catalogue_with(world: dict[str, Path], name: str, entries: dict[str, list[int]]) -> Path:
+    """Entries over the module's zoo package (its env too), each declaring the given image_size."""
+    package = world["root"] / "catalogue" / "models" / "zoo"
+    digest = tree_sha256(package)
+    catalogue = {
+        model_id: {
+            "execution": zoo_execution("models/zoo", digest, custom={"size": 8}, image_size=size),
+            "selection": {"modality": ["test"], "tags": ["zoo"], "performance": {"FID": 1.0}},
+            "description": {"title": "test zoo, declared size"},
+        }
+        for model_id, size in entries.items()
+    }
+    path = world["root"] / "catalogue" / name
+    path.write_text(json.dumps(catalogue), encoding="utf-8")
+    return path
+
+
+def test_shared_memory_slots_fit_the_declared_image_size_and_batch_and_the_switch_turns_them_off(
+    world: dict[str, Path],
+) -> None:
+    # 24 samples of 1000x1000x3 in one batch: 72 MB, more than the fixed 64 MiB slots of before. The entry
+    # declares 1000x1000, so its runner's slots hold 24 x 16 bytes per pixel; the bytes equal the pipe's.
+    config = _catalogue_with(world, "declared.json", {"test-zoo-1000": [1000, 1000]})
+    got = {}
+    for switch in (True, False):
+        with Session(offline=False, config=config, shared_memory=switch) as session:
+            got[switch] = session.generate("test-zoo-1000", 24, batch_size=24, seed=4, size=1000)
+            info = session.runner_info("test-zoo-1000")["shared_memory"]
+        if switch:
+            assert info["slot_bytes"] == 24 * 1000 * 1000 * 16 > 64 * 2**20
+            assert info["frames"] == 1 and info["oversized_batch_bytes"] == 0 and info["samples"] == "copy"
+        else:
+            assert info is None
+    assert sum(a.nbytes for a in got[True]) == 72_000_000 > 64 * 2**20
+    for a, b in zip_strict(got[True], got[False]):
+        assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="shared_memory must be"):
+        Session(shared_memory="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sample_memory must be one of"):
+        Session(sample_memory="share")
+
+
+def test_a_batch_too_big_for_its_slots_is_logged_and_the_models_next_runner_fits_it(
+    world: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    # ZOO_ID declares 8x8: its slots are the floor. A batch of 3 x 1.5 MB does not fit: the pipe carries
+    # it and the host says so; after release() the model's next runner gets slots that fit it.
+    with Session(offline=False) as session:
+        first = session.generate(ZOO_ID, 3, batch_size=3, seed=5, size=700)
+        info = session.runner_info(ZOO_ID)["shared_memory"]
+        assert info["slot_bytes"] == SHM_MIN_SLOT_BYTES and info["frames"] == 0
+        assert info["oversized_batch_bytes"] == 3 * 700 * 700 * 3
+        assert any("larger than its shared-memory slots" in r.getMessage() for r in caplog.records)
+        assert session.release(ZOO_ID)
+        again = session.generate(ZOO_ID, 3, batch_size=3, seed=5, size=700)
+        info = session.runner_info(ZOO_ID)["shared_memory"]
+        assert info["slot_bytes"] >= 3 * 700 * 700 * 3 and info["frames"] == 1
+    for a, b in zip_strict(first, again):
+        assert np.array_equal(a, b)
+
+
+def test_view_samples_are_read_only_equal_to_copies_and_outlive_the_session(world: dict[str, Path]) -> None:
+    import gc
+
+    with Session(offline=False) as session:
+        copies = session.generate(ZOO_ID, 6, batch_size=1, seed=6, size=600)
+    with Session(offline=False, sample_memory="view") as session:
+        views = session.generate(ZOO_ID, 6, batch_size=1, seed=6, size=600)  # every slot held: no stall
+        info = session.runner_info(ZOO_ID)["shared_memory"]
+        assert info["samples"] == "view" and info["frames"] == info["held_slots"] == 3
+        for a, b in zip_strict(views, copies):
+            assert np.array_equal(a, b) and not a.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            views[0][0, 0, 0] = 0
+        kept = views[:2]
+        del views
+        gc.collect()
+        assert session.runner_info(ZOO_ID)["shared_memory"]["held_slots"] == 2
+    assert np.array_equal(kept[0], copies[0]) and np.array_equal(kept[1], copies[1])

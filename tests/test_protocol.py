@@ -113,17 +113,27 @@ def test_public_surface_is_pinned() -> None:
 SLOT = 4096
 
 
-@pytest.fixture
-def shared() -> Any:
+def _shared(views: bool) -> Any:
     """A real 2-slot memfd: the runner's writable mapping and the host's read-only SharedSlots."""
     fd = os.memfd_create("test-shm")
     os.ftruncate(fd, 2 * SLOT)
     writer = mmap.mmap(fd, 2 * SLOT)
-    slots = protocol.SharedSlots(fd, 2, SLOT)
+    slots = protocol.SharedSlots(fd, 2, SLOT, views=views)
     os.close(fd)
     yield writer, slots
     slots.close()
     writer.close()
+
+
+@pytest.fixture
+def shared() -> Any:
+    yield from _shared(False)
+
+
+@pytest.fixture(params=[False, True], ids=["copy", "views"])
+def any_shared(request: pytest.FixtureRequest) -> Any:
+    # the decoder's checks hold whatever the host does with the bytes (copies or views)
+    yield from _shared(request.param)
 
 
 def shm_frame(arrays: list[np.ndarray], ref: Any) -> bytes:
@@ -152,6 +162,37 @@ def test_a_shared_memory_frame_decodes_to_a_copy_of_its_slot(shared: Any) -> Non
     assert protocol.read_frame(protocol.bytes_reader(again), shm=slots) is not None
 
 
+def test_a_viewed_slot_is_the_runners_again_only_when_its_last_view_is_garbage() -> None:
+    fd = os.memfd_create("test-shm")
+    os.ftruncate(fd, 2 * SLOT)
+    writer = mmap.mmap(fd, 2 * SLOT)
+    slots = protocol.SharedSlots(fd, 2, SLOT, views=True)
+    os.close(fd)
+    a = np.arange(300, dtype="<i4").reshape(10, 30)
+    writer[SLOT + 16 : SLOT + 16 + a.nbytes] = a.tobytes()
+    frame = protocol.read_frame(protocol.bytes_reader(shm_frame([a], [1, 16, a.nbytes])), shm=slots)
+    assert frame is not None
+    view = frame.arrays[0]
+    assert np.array_equal(view, a) and not view.flags.writeable and not view.flags.owndata
+    with pytest.raises(ValueError, match="read-only"):
+        view[0, 0] = 1
+    writer[SLOT + 16 : SLOT + 20] = b"\x01\x00\x00\x00"  # a view is the slot itself (no copy)
+    assert view[0, 0] == 1
+    part = view[2:4, ::3]  # a view of the view holds the slot too
+    del frame, view
+    gc.collect()
+    assert slots.held == 1 and not slots.released
+    again = shm_frame([a[:1]], [1, 0, 120])
+    with pytest.raises(protocol.ProtocolError, match="not the runner's"):
+        protocol.read_frame(protocol.bytes_reader(again), shm=slots)
+    slots.close()  # the host is done with the segment; the live view keeps the mapping
+    writer.close()
+    assert np.array_equal(part, a[2:4, ::3])
+    del part
+    gc.collect()
+    assert slots.held == 0 and list(slots.released) == [1]  # for the host to send ``release``
+
+
 @pytest.mark.parametrize(
     ("ref", "reason"),
     [
@@ -167,15 +208,15 @@ def test_a_shared_memory_frame_decodes_to_a_copy_of_its_slot(shared: Any) -> Non
         ({"slot": 0}, "must be"),
     ],
 )
-def test_forged_shared_memory_references_raise_protocol_error(shared: Any, ref: Any, reason: str) -> None:
-    _, slots = shared
+def test_forged_shared_memory_references_raise_protocol_error(any_shared: Any, ref: Any, reason: str) -> None:
+    _, slots = any_shared
     data = shm_frame([np.zeros(4, dtype="<f4")], ref)
     with pytest.raises(protocol.ProtocolError, match=reason):
         protocol.read_frame(protocol.bytes_reader(data), shm=slots)
 
 
-def test_shared_memory_frames_obey_the_negotiation_and_the_caps(shared: Any) -> None:
-    _, slots = shared
+def test_shared_memory_frames_obey_the_negotiation_and_the_caps(any_shared: Any) -> None:
+    _, slots = any_shared
     data = shm_frame([np.zeros(4, dtype="<f4")], [0, 0, 16])
     with pytest.raises(protocol.ProtocolError, match="no shared memory was negotiated"):
         decode(data)

@@ -35,7 +35,15 @@ from medigan_iso.errors import (
     RunnerStartError,
     RunnerTimeoutError,
 )
-from medigan_iso.runner_process import SHM_SWITCH_ENV, SHM_THRESHOLD_BYTES, RunnerProcess, runner_environment
+from medigan_iso.runner_process import (
+    SHM_MAX_SLOT_BYTES,
+    SHM_MIN_SLOT_BYTES,
+    SHM_SLOTS,
+    SHM_SWITCH_ENV,
+    SHM_THRESHOLD_BYTES,
+    RunnerProcess,
+    runner_environment,
+)
 
 PACKAGE_NAME = "ProGAN-4ch"  # not an identifier, like upstream's package names
 
@@ -98,6 +106,11 @@ def test_public_surface_is_pinned() -> None:
         "RUNNER_LOG_MAX_BYTES",
         "RUNNER_READY_TIMEOUT_S",
         "RUNNER_SHUTDOWN_GRACE_S",
+        "SAMPLE_MEMORY_POLICIES",
+        "SHM_MAX_SLOT_BYTES",
+        "SHM_MIN_SLOT_BYTES",
+        "SHM_SLOTS",
+        "SHM_SLOT_BYTES",
         "SHM_SWITCH_ENV",
         "SHM_THRESHOLD_BYTES",
         "CappedLog",
@@ -403,7 +416,7 @@ def test_shared_memory_carries_big_batches_and_the_pipe_small_ones_with_the_same
     got = {}
     for on in (True, False):
         with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log", shared_memory=on) as proc:
-            assert proc.hello["shared_memory"] is on
+            assert (proc.hello["shared_memory"] is not None) is on
             proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
             got[on] = collect(proc, 9, batch_size=2, seed=5, kwargs={"size": size})
             assert proc.shared_frames == (5 if on and shared else 0)
@@ -423,10 +436,67 @@ def test_a_runner_that_does_not_take_up_shared_memory_keeps_the_pipe(
     switched_off = RunnerProcess.start(numpy_env, log_path=tmp_path / "r2.log")
     for proc in (hidden, switched_off):
         with proc:
-            assert proc.hello["shared_memory"] is False
+            assert proc.hello["shared_memory"] is None and proc.shared_memory is None
             proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
             images = collect(proc, 2, batch_size=2, kwargs={"size": 600})
             assert [a.shape for a in images] == [(600, 600, 3)] * 2 and proc.shared_frames == 0
+
+
+def test_a_batch_bigger_than_the_slots_takes_the_pipe_and_is_logged_once(
+    numpy_env: Path, zoo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The caller sizes the slots (clamped to the floor and the cap); a bigger batch is not lost nor
+    # silent: it takes the pipe, with one warning per runner, and the runner says how big it was.
+    for asked, got in ((1, SHM_MIN_SLOT_BYTES), (2**40, SHM_MAX_SLOT_BYTES)):
+        with RunnerProcess.start(numpy_env, log_path=tmp_path / "c.log", shm_slot_bytes=asked) as proc:
+            assert proc.hello["shared_memory"]["slot_bytes"] == got
+    with RunnerProcess.start(
+        numpy_env, log_path=tmp_path / "r.log", shm_slot_bytes=SHM_MIN_SLOT_BYTES
+    ) as proc:
+        proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
+        fits = collect(proc, 2, batch_size=1, seed=3, kwargs={"size": 1000})  # 3 MB batches
+        assert proc.shared_frames == 2 and proc.oversized_batch_bytes == 0
+        big = collect(proc, 4, batch_size=2, seed=3, kwargs={"size": 1000})  # 6 MB batches
+        info = proc.shared_memory
+    assert info is not None and info["frames"] == 2 and info["oversized_batch_bytes"] == 6_000_000
+    [record] = [r for r in caplog.records if "larger than its shared-memory slots" in r.getMessage()]
+    assert "5.7 MiB" in record.getMessage() and "4.0 MiB" in record.getMessage()
+    assert [a.shape for a in fits + big] == [(1000, 1000, 3)] * 6
+
+
+def test_views_are_read_only_slots_released_when_garbage_and_never_stall_the_runner(
+    numpy_env: Path, zoo: Path, tmp_path: Path
+) -> None:
+    import gc
+
+    with RunnerProcess.start(numpy_env, log_path=tmp_path / "c.log") as proc:
+        proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
+        copies = collect(proc, 8, batch_size=1, seed=9, kwargs={"size": 600})  # 1 MiB batches
+    with RunnerProcess.start(numpy_env, log_path=tmp_path / "v.log", sample_memory="view") as proc:
+        assert proc.hello["shared_memory"]["samples"] == "view"
+        proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
+        # Holding every sample holds every slot: the runner sends the rest through the pipe, no waiting.
+        views = collect(proc, 8, batch_size=1, seed=9, kwargs={"size": 600})
+        assert proc.shared_frames == SHM_SLOTS and proc.held_slots == SHM_SLOTS
+        for a, b in zip_strict(views, copies):
+            assert np.array_equal(a, b) and not a.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            views[0][0, 0, 0] = 1
+        with pytest.raises(ValueError, match="read-only"):
+            views[-1][0, 0, 0] = 1  # a piped one too: the policy, not the path, decides
+        kept = views[0]
+        del views
+        gc.collect()
+        assert proc.held_slots == 1  # ``kept`` still views its slot
+        del kept
+        gc.collect()
+        assert proc.held_slots == 0
+        again = collect(proc, 2, batch_size=1, seed=9, kwargs={"size": 600})  # the slots are the runner's
+        assert proc.shared_frames == SHM_SLOTS + 2
+        assert np.array_equal(again[0], copies[0])
+        last = again[1]
+    assert proc.returncode == 0
+    assert np.array_equal(last, copies[1])  # a view outlives its runner: the mapping lives with it
 
 
 def test_a_slow_reader_gets_the_batches_of_a_fast_one(runner: RunnerProcess) -> None:

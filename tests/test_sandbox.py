@@ -265,17 +265,23 @@ def test_shared_memory_carries_the_pipes_bytes_with_and_without_the_sandbox(
 ) -> None:
     # The memfd passes through bubblewrap, seccomp and Landlock: the runner takes it up (its hello says
     # so) and the samples equal, byte for byte, those the same runner sends through the pipe.
+    # The "view" policy hands out the sandboxed runner's slots themselves, read-only.
     config = REQUIRE if policy == "require" else "off"
     got = {}
-    for switch in ("1", "0"):
+    for switch, samples in (("1", "copy"), ("0", "copy"), ("1", "view")):
         monkeypatch.setenv(SHM_SWITCH_ENV, switch)
-        session = open_session(sandbox=config)
-        assert session.runner_info(ADV)["shared_memory"] is (switch == "1")
-        got[switch] = session.generate(ADV, 5, batch_size=1, attack="array", nbytes=nbytes, rng_seed=7)
-    assert [a.nbytes for a in got["1"]] == [nbytes] * 5
-    assert len({a.tobytes()[:64] for a in got["1"]}) == 5  # five different batches
-    for shared, piped in zip_strict(got["1"], got["0"]):
+        session = open_session(sandbox=config, sample_memory=samples)
+        assert (session.runner_info(ADV)["shared_memory"] is not None) is (switch == "1")
+        got[switch, samples] = session.generate(
+            ADV, 5, batch_size=1, attack="array", nbytes=nbytes, rng_seed=7
+        )
+        if switch == "1":
+            assert session.runner_info(ADV)["shared_memory"]["frames"] == (3 if samples == "view" else 5)
+    assert [a.nbytes for a in got["1", "copy"]] == [nbytes] * 5
+    assert len({a.tobytes()[:64] for a in got["1", "copy"]}) == 5  # five different batches
+    for shared, piped, viewed in zip_strict(got["1", "copy"], got["0", "copy"], got["1", "view"]):
         assert shared.dtype == piped.dtype == np.uint8 and np.array_equal(shared, piped)
+        assert np.array_equal(viewed, piped) and not viewed.flags.writeable
 
 
 @needs_full_stack

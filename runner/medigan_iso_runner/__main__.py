@@ -159,8 +159,8 @@ class Channel:
         if copy and header.get("kind") == "batch" and self.shm is not None and arrays:
             wire = [protocol.wire_array(a) for a in arrays]
             nbytes = sum(a.nbytes for a in wire)
-            if self.shm.threshold <= nbytes <= self.shm.slot_size:
-                slot = self.shm.acquire()
+            slot = self.shm.acquire() if self.shm.threshold <= nbytes <= self.shm.slot_size else None
+            if slot is not None:  # else the pipe: too small, too big, or (views) every slot held
                 self.shm.fill(slot, wire)
                 shm_header = dict(header)
                 shm_header["shm"] = [slot, 0, nbytes]
@@ -347,17 +347,21 @@ class Channel:
 class _SharedWriter:
     """The runner's side of the host's shared-memory segment (issue 17): slots it may fill, in a ring.
 
-    The host passes the segment's fd and its layout in MEDIGAN_ISO_SHM ("fd:slots:slot_size:threshold").
-    A batch of at least ``threshold`` bytes that fits a slot is copied into a free slot and its frame names
-    the slot instead of carrying the bytes; the slot is free again when the host's ``release`` arrives.
+    The host passes the segment's fd and its layout in MEDIGAN_ISO_SHM
+    ("fd:slots:slot_size:threshold[:wait]"). A batch of at least ``threshold`` bytes that fits a slot is
+    copied into a free slot and its frame names the slot instead of carrying the bytes; the slot is free
+    again when the host's ``release`` arrives. With ``wait`` 1 (the host copies every slot out at once)
+    a batch waits for a free slot; with 0 (the host hands out views, which the caller may keep as long as
+    it likes) a batch finding no free slot takes the pipe, so the runner never waits on the caller.
     """
 
-    def __init__(self, fd: int, slots: int, slot_size: int, threshold: int) -> None:
+    def __init__(self, fd: int, slots: int, slot_size: int, threshold: int, wait: int = 1) -> None:
         import mmap
 
         self.slots = slots
         self.slot_size = slot_size
         self.threshold = threshold
+        self.wait = bool(wait)
         self._map = mmap.mmap(
             fd, slots * slot_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
         )
@@ -373,18 +377,21 @@ class _SharedWriter:
             return None
         fd = -1
         try:
-            fd, slots, slot_size, threshold = (int(part) for part in value.split(":"))
-            return cls(fd, slots, slot_size, threshold)
-        except (ValueError, OSError) as exc:  # e.g. an address-space limit too small for the mapping
+            fields = [int(part) for part in value.split(":")]
+            fd = fields[0]
+            return cls(*fields)
+        except (ValueError, TypeError, OSError) as exc:  # e.g. an address-space limit too small for the map
             log(f"shared memory unavailable, using the pipe: {exc}")
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             return None
 
-    def acquire(self) -> int:
+    def acquire(self) -> Optional[int]:
         with self._cv:
             while not self._free:
+                if not self.wait:
+                    return None
                 self._cv.wait()
             return self._free.pop(0)
 

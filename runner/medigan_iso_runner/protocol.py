@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import io
 import struct
+import weakref
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 import msgpack
@@ -402,19 +403,33 @@ class SharedSlots:
     The host creates the segment (a sealed memfd: it can neither shrink nor grow, so a mapping never
     faults) and passes its fd to the runner, which writes a batch's array bytes into a slot it owns and
     sends a frame whose header holds ``"shm": [slot, offset, nbytes]`` and no payload. :meth:`take` checks
-    the reference against the segment and the declared arrays, copies the bytes out and marks the slot
-    held by the host; the host then sends ``release`` {slot} and calls :meth:`release`, and the runner may
-    fill that slot again. Every violation is a ProtocolError.
+    the reference against the segment and the declared arrays and marks the slot held by the host. Every
+    violation is a ProtocolError.
+
+    With ``views=False`` :meth:`take` copies the bytes out; the host then sends ``release`` {slot} and calls
+    :meth:`release`, and the runner may fill that slot again. With ``views=True`` it returns a read-only
+    array over the slot itself (zero copy): the slot stays held until every array viewing it is garbage;
+    then its number lands in :attr:`released` (from whichever thread collects the last view), for the host
+    to send ``release`` from its own thread. The mapping lives as long as any view does, even after
+    :meth:`close`.
     """
 
-    def __init__(self, fd: int, slots: int, slot_size: int) -> None:
+    def __init__(self, fd: int, slots: int, slot_size: int, views: bool = False) -> None:
+        import collections
         import mmap
 
         self.slots = slots
         self.slot_size = slot_size
+        self.views = views
         self._held: Set[int] = set()
+        self.released = collections.deque()  # type: Any  # slots whose last view died, not yet released
         self._map = mmap.mmap(fd, slots * slot_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         self._array = np.frombuffer(self._map, dtype=np.uint8)
+
+    @property
+    def held(self) -> int:
+        """Slots the host holds: being copied out, or viewed by arrays still alive."""
+        return len(self._held)
 
     def take(self, ref: Any, declared: int) -> np.ndarray:
         if not (isinstance(ref, list) and len(ref) == 3 and all(type(v) is int for v in ref)):
@@ -432,17 +447,39 @@ class SharedSlots:
             raise ProtocolError(f"shared-memory range of {nbytes} bytes != {declared} declared by the arrays")
         start = slot * self.slot_size + offset
         self._held.add(slot)
+        if self.views:
+            lease = _SlotLease(self._array, start, nbytes)
+            weakref.finalize(lease, self._drop, slot)
+            return np.asarray(lease)
         out = np.empty(nbytes, dtype=np.uint8)
         out[:] = self._array[start : start + nbytes]
         return out
+
+    def _drop(self, slot: int) -> None:
+        # may run in any thread, inside any allocation: only atomic container operations here
+        self._held.discard(slot)
+        self.released.append(slot)
 
     def release(self, slot: int) -> None:
         self._held.discard(slot)
 
     def close(self) -> None:
         self._array = None  # type: ignore[assignment]
-        with contextlib.suppress(BufferError):  # a view is still alive; the mapping goes with it
+        with contextlib.suppress(BufferError):  # a view is still alive; the mapping goes with the last one
             self._map.close()
+
+
+class _SlotLease:
+    """Owns one slot's bytes for the arrays viewing them (their ``base``); keeps the mapping alive."""
+
+    def __init__(self, array: np.ndarray, start: int, nbytes: int) -> None:
+        self._array = array  # its buffer export keeps the mmap open
+        self.__array_interface__ = {
+            "version": 3,
+            "shape": (nbytes,),
+            "typestr": "|u1",
+            "data": (array.ctypes.data + start, True),  # read-only
+        }
 
 
 # The header keys whose values describe a frame's structure rather than its content: the same for every frame
