@@ -283,26 +283,33 @@ def bench_throughput(
     ``ratio`` is frames / raw pipe throughput, best of ``repeats`` each, interleaved; the raw pipe's clock
     starts once its writer is ready (issue 17). Small batches may coalesce into one frame on the runner side.
     ``pipe`` runs with shared memory off, ``shared_memory`` with it on (batches of at least
-    SHM_THRESHOLD_BYTES travel through the memfd slots; smaller ones still take the pipe).
+    SHM_THRESHOLD_BYTES travel through the memfd slots; smaller ones still take the pipe), and
+    ``shared_memory_view`` with ``sample_memory="view"`` (read-only views of the slots, no host copy; each
+    batch is dropped at once, so its slot goes back to the runner).
     """
-    results: dict[str, dict[str, Any]] = {"pipe": {}, "shared_memory": {}}
+    variants = ("pipe", "shared_memory", "shared_memory_view")
+    results: dict[str, dict[str, Any]] = {key: {} for key in variants}
     for label, nbytes in TRANSPORT_SIZES:
         count = max(2, volume_bytes // nbytes)  # ~1 GiB per measurement by default
         pipe = RunnerProcess.start(python, log_path=work / "throughput.log", shared_memory=False)
         shm = RunnerProcess.start(python, log_path=work / "throughput-shm.log", shared_memory=True)
-        with pipe, shm:
-            rates: dict[str, list[float]] = {"pipe": [], "shared_memory": [], "raw": []}
+        view = RunnerProcess.start(
+            python, log_path=work / "throughput-view.log", shared_memory=True, sample_memory="view"
+        )
+        with pipe, shm, view:
+            procs = dict(zip(variants, (pipe, shm, view)))
+            rates: dict[str, list[float]] = {key: [] for key in (*variants, "raw")}
             frames: dict[str, int] = {}
-            for proc in (pipe, shm):
+            for proc in procs.values():
                 proc.load(fast, model_file=fast / "weights.bin", package_name="fast")
                 _stream_rate(proc, nbytes, 2)
             for _ in range(repeats):  # interleaved with the raw copy so all see the same machine load
-                for key, proc in (("pipe", pipe), ("shared_memory", shm)):
+                for key, proc in procs.items():
                     rate, frames[key] = _stream_rate(proc, nbytes, count)
                     rates[key].append(rate)
                 rates["raw"].append(raw_pipe_gib_s(python, nbytes, count))
         raw = max(rates["raw"])
-        for key in ("pipe", "shared_memory"):
+        for key in variants:
             best = max(rates[key])
             results[key][label] = {
                 "array_bytes": nbytes,

@@ -639,16 +639,17 @@ class RunnerProcess:
     def shared_memory(self) -> dict[str, Any] | None:
         """The shared-memory transport in use and its counters now; None when every batch takes the pipe.
 
-        ``slots`` x ``slot_bytes`` is the segment (address space; only pages a batch touched are memory),
-        ``threshold_bytes`` the smallest batch it carries, ``samples`` the policy (``"copy"``/``"view"``),
-        ``frames`` the frames it carried, ``held_slots`` the slots the host holds (views alive),
-        ``oversized_batch_bytes`` the largest batch too big for a slot (it took the pipe; 0: none).
+        ``segment_bytes`` (``slots`` x ``slot_bytes``) is address space: only pages a batch touched are
+        memory. ``threshold_bytes`` is the smallest batch it carries, ``samples`` the policy (``"copy"`` or
+        ``"view"``), ``frames`` the frames it carried, ``held_slots`` the slots the host holds (views
+        alive), ``oversized_batch_bytes`` the largest batch too big for a slot (it took the pipe; 0: none).
         """
         if self._shm is None:
             return None
         return {
             "slots": SHM_SLOTS,
             "slot_bytes": self._shm_slot_bytes,
+            "segment_bytes": SHM_SLOTS * self._shm_slot_bytes,
             "threshold_bytes": SHM_THRESHOLD_BYTES,
             "samples": self.sample_memory,
             "frames": self.shared_frames,

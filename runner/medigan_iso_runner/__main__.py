@@ -18,8 +18,11 @@ env
     re-parented to init; ``1`` means the runner's parent is the init of a sandbox's pid namespace.
     ``MEDIGAN_ISO_RUNNER_PDEATHSIG=0`` skips PR_SET_PDEATHSIG (the host sets it when it
     spawns from a non-main thread: the signal fires when the spawning *thread* exits); a watchdog thread
-    still exits the runner within a second of being re-parented. Everything else in the environment is the
-    host's allow-list.
+    still exits the runner within a second of being re-parented. ``MEDIGAN_ISO_SHM``
+    (``fd:slots:slot_size:threshold[:wait]``, optional) names an inherited sealed memfd of ``slots`` slots
+    for big batches (see ``_SharedWriter``); the runner maps it, closes the fd and removes the variable
+    before model code runs, and says ``shared_memory: true`` in its hello. Everything else in the
+    environment is the host's allow-list.
 fds
     0: frames from the host; 1: frames to the host; 2: free-form log text. Before any model code runs the
     runner dups fd 0 and fd 1 to private close-on-exec descriptors for the protocol, then points fd 0 at
@@ -46,6 +49,9 @@ frames (runner -> host unless marked)
     host ``cancel`` {request}: stop that request before its next batch (the batch in flight still arrives);
         ``done`` then says ``cancelled: true``.
     host ``shutdown``: exit with code 0.
+    A ``batch`` of at least ``threshold`` bytes that fits a free slot carries ``shm`` [slot, offset,
+    nbytes] and no payload: its arrays' bytes are in that slot, which stays the host's until a host
+    ``release`` {slot} arrives.
 exit codes
     0 after ``shutdown`` and whenever the host is gone (stdin EOF, a write to a closed pipe, the parent
     died); 2 when the host sent a malformed frame or a different protocol version.
