@@ -300,12 +300,15 @@ def bench_throughput(
             procs = dict(zip(variants, (pipe, shm, view)))
             rates: dict[str, list[float]] = {key: [] for key in (*variants, "raw")}
             frames: dict[str, int] = {}
+            shared: dict[str, int] = {}
             for proc in procs.values():
                 proc.load(fast, model_file=fast / "weights.bin", package_name="fast")
                 _stream_rate(proc, nbytes, 2)
             for _ in range(repeats):  # interleaved with the raw copy so all see the same machine load
                 for key, proc in procs.items():
+                    before = proc.shared_frames
                     rate, frames[key] = _stream_rate(proc, nbytes, count)
+                    shared[key] = proc.shared_frames - before
                     rates[key].append(rate)
                 rates["raw"].append(raw_pipe_gib_s(python, nbytes, count))
         raw = max(rates["raw"])
@@ -315,6 +318,7 @@ def bench_throughput(
                 "array_bytes": nbytes,
                 "arrays": count,
                 "frames_last_run": frames[key],
+                "shared_memory_frames_last_run": shared[key],
                 "frames_gib_s": round(best, 3),
                 "raw_pipe_gib_s": round(raw, 3),
                 "ratio": round(best / raw, 3),

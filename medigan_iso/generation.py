@@ -297,8 +297,9 @@ class Session:
     ``sample_memory``: ``"copy"`` (the default) hands out arrays of the caller's own. ``"view"`` hands out
     read-only arrays (writing raises ValueError; ``np.array(a)`` makes a writable copy); those that came
     through shared memory are views of the slot itself, with no copy. A slot goes back to the runner when
-    every array viewing it is garbage; a runner whose slots are all held sends through the pipe instead,
-    so holding views never stalls a request. Views stay valid after the Session closes.
+    every array viewing it is garbage; a runner whose slots are all held waits at most 0.1 s for one, then
+    sends through the pipe (and goes on doing so without waiting until a slot comes back), so holding views
+    never stalls a request. Views stay valid after the Session closes.
     """
 
     def __init__(

@@ -497,7 +497,8 @@ class RunnerProcess:
         ``sample_memory`` is ``"copy"`` (arrays are the host's own) or ``"view"``: arrays are read-only
         (writes raise ValueError), and those of shared-memory frames are views of the slot itself, which
         goes back to the runner only when every array viewing it is garbage; they stay valid after close.
-        A runner whose slots are all held sends through the pipe, so held views never stall it.
+        A runner whose slots are all held waits at most 0.1 s, then sends through the pipe: held views
+        never stall it.
         Raises RunnerStartError (cannot exec, wrong protocol), RunnerCrashedError, RunnerTimeoutError.
         """
         log = Path(log_path)

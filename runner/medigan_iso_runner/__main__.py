@@ -118,6 +118,7 @@ _DIST_INFO = re.compile(r"^([A-Za-z0-9_.]+)-([^-]+)\.dist-info$")
 EXIT_OK = 0
 EXIT_PROTOCOL = 2
 SHM_ENV = "MEDIGAN_ISO_SHM"
+SHM_VIEW_WAIT_S = 0.1  # views: how long a batch waits for a slot before it takes the pipe
 SNAPSHOT_POOL_SIZE = 2  # batch snapshots kept for reuse (one queued, one being written)
 DIRECT_MAX_BUFFERS = (
     512  # a batch frame written by the model's thread has at most this many buffers (IOV_MAX)
@@ -357,8 +358,9 @@ class _SharedWriter:
     ("fd:slots:slot_size:threshold[:wait]"). A batch of at least ``threshold`` bytes that fits a slot is
     copied into a free slot and its frame names the slot instead of carrying the bytes; the slot is free
     again when the host's ``release`` arrives. With ``wait`` 1 (the host copies every slot out at once)
-    a batch waits for a free slot; with 0 (the host hands out views, which the caller may keep as long as
-    it likes) a batch finding no free slot takes the pipe, so the runner never waits on the caller.
+    a batch waits for a free slot. With 0 (the host hands out views, which the caller may keep as long as
+    it likes) a batch waits at most SHM_VIEW_WAIT_S for one, then takes the pipe, and so do later batches
+    without waiting until a slot comes back: the runner never waits long on a caller holding its views.
     """
 
     def __init__(self, fd: int, slots: int, slot_size: int, threshold: int, wait: int = 1) -> None:
@@ -374,6 +376,7 @@ class _SharedWriter:
         os.close(fd)  # the mapping stays; model code never sees the fd
         self._view = memoryview(self._map)
         self._free = list(range(slots))
+        self._starved = False  # views: no slot came back within SHM_VIEW_WAIT_S; cleared by a release
         self._cv = threading.Condition()
 
     @classmethod
@@ -395,11 +398,13 @@ class _SharedWriter:
 
     def acquire(self) -> Optional[int]:
         with self._cv:
-            while not self._free:
-                if not self.wait:
-                    return None
-                self._cv.wait()
-            return self._free.pop(0)
+            if self.wait:
+                self._cv.wait_for(lambda: self._free)
+            elif not self._free and not self._starved:
+                # views: a slot usually comes back within a frame or two; if none does, the caller holds
+                # them all, and later batches take the pipe at once until one comes back
+                self._starved = not self._cv.wait_for(lambda: self._free, SHM_VIEW_WAIT_S)
+            return self._free.pop(0) if self._free else None
 
     def fill(self, slot: int, wire: List[np.ndarray]) -> None:
         offset = slot * self.slot_size
@@ -417,6 +422,7 @@ class _SharedWriter:
         with self._cv:
             if type(slot) is int and 0 <= slot < self.slots and slot not in self._free:
                 self._free.append(slot)
+                self._starved = False
                 self._cv.notify_all()
 
 
