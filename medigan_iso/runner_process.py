@@ -1156,7 +1156,12 @@ class GenerateStream(Iterator[list[Sample]]):
             if frame.kind == "batch":
                 self.frames += 1
                 self.batches += 1
-                self.bytes_received += sum(a.nbytes for a in frame.arrays)
+                # a frame read through the shape cache knows its payload size (its arrays' specs)
+                shape = frame.shape
+                if shape is not None:
+                    self.bytes_received += shape.declared
+                else:
+                    self.bytes_received += sum(a.nbytes for a in frame.arrays)
                 self._check_caps()
                 try:
                     samples = protocol.frame_samples(frame)
