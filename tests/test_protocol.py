@@ -102,6 +102,7 @@ def test_public_surface_is_pinned() -> None:
         "shift_refs",
         "unpack_samples",
         "wire_array",
+        "wire_specs",
         "write_frame",
     ]
     assert all(hasattr(protocol, name) for name in protocol.__all__)
@@ -262,6 +263,24 @@ def test_medigan_sample_shapes_survive_the_pipe_exactly() -> None:
 def test_big_endian_bool_and_empty_arrays_round_trip() -> None:
     samples = [np.arange(6, dtype=">i4").reshape(2, 3), np.array([True, False]), np.zeros((0, 3), np.float64)]
     assert_same(roundtrip_samples(samples), samples)
+
+
+def test_a_list_of_like_and_unlike_arrays_packs_and_encodes_as_the_general_walk_does() -> None:
+    # issue 17: a list of plain arrays skips the walk, and each (dtype, shape) is checked and described once
+    # per frame; a non-contiguous array of an already seen key is still made contiguous
+    base = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
+    samples = [base, base[:, ::-1], base.astype(">i4"), base.copy(), np.asarray(np.int16(7)), base.T]
+    tree, arrays = protocol.pack_samples(samples)
+    walker = protocol._Packer()
+    assert tree == walker.walk(samples, 0) == [{"a": i} for i in range(6)]
+    assert all(a is b for a, b in zip_strict(arrays, walker.arrays))
+    wire, specs = protocol.wire_specs(arrays)
+    assert specs == [[a.dtype.str, list(a.shape)] for a in wire]
+    assert all(a.flags.c_contiguous for a in wire) and wire[0] is base and wire[1] is not samples[1]
+    assert_same(roundtrip_samples(samples), samples)
+    masked = [base, np.ma.masked_array(base)]  # a subclass takes the walk, as before
+    masked_tree, masked_arrays = protocol.pack_samples(masked)
+    assert masked_tree == [{"a": 0}, {"a": 1}] and masked_arrays[1] is masked[1]
 
 
 def test_the_payload_is_read_with_one_readinto_loop_and_arrays_are_views_of_it() -> None:

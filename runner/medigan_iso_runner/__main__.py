@@ -164,7 +164,7 @@ class Channel:
     def send(self, header: Dict[str, Any], arrays: Any = (), copy: bool = False) -> None:
         """Queue one frame. ``copy`` snapshots the arrays (the model may reuse its buffers next call)."""
         if copy and header.get("kind") == "batch" and self.shm is not None and arrays:
-            wire = [protocol.wire_array(a) for a in arrays]
+            wire, _ = protocol.wire_specs(arrays)
             nbytes = sum(a.nbytes for a in wire)
             slot = self.shm.acquire() if self.shm.threshold <= nbytes <= self.shm.slot_size else None
             if slot is not None:  # else the pipe: too small, too big, or (views) every slot held

@@ -67,6 +67,7 @@ __all__ = [
     "shift_refs",
     "unpack_samples",
     "wire_array",
+    "wire_specs",
     "write_frame",
 ]
 
@@ -193,7 +194,7 @@ def wire_array(array: np.ndarray) -> np.ndarray:
     return array if array.flags.c_contiguous else array.copy(order="C")
 
 
-def _wire_specs(arrays: Sequence[np.ndarray]) -> Tuple[List[np.ndarray], List[Any]]:
+def wire_specs(arrays: Sequence[np.ndarray]) -> Tuple[List[np.ndarray], List[Any]]:
     """The arrays as they cross the pipe and their ``[dtype_str, shape]`` descriptors.
 
     A batch is mostly arrays of one dtype and shape: each (dtype, shape) is checked by :func:`wire_array`
@@ -228,7 +229,7 @@ def encode_frame(header: Dict[str, Any], arrays: Sequence[np.ndarray] = (), inli
         raise ProtocolError(
             f"{len(arrays)} arrays in one frame exceed the cap of {MAX_ARRAYS}; use smaller batches"
         )
-    wire, specs = _wire_specs(arrays)
+    wire, specs = wire_specs(arrays)
     if wire:
         header = dict(header)
         header["arrays"] = specs
@@ -764,6 +765,9 @@ class _Packer:
 
 def pack_samples(samples: Any) -> Tuple[Any, List[np.ndarray]]:
     """Turn a model's return value into (msgpack-able tree, arrays); see the module docstring."""
+    if type(samples) is list and all(type(sample) is np.ndarray for sample in samples):
+        # the usual batch, a list of plain arrays: the tree the walk builds, without the walk
+        return [{"a": i} for i in range(len(samples))], list(samples)
     packer = _Packer()
     tree = packer.walk(samples, 0)
     return tree, packer.arrays
