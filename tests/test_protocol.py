@@ -590,6 +590,13 @@ def test_a_cached_shape_is_checked_again_under_tighter_limits() -> None:
         cached_samples(no_payload, cache, protocol.Limits(max_payload_bytes=3))
     with pytest.raises(protocol.ProtocolError, match="header nesting deeper than 1"):
         _warm(cache, protocol.Limits(max_depth=1))
+    for reader_cache in (None, cache):  # a scalar value is already too deep under max_depth=0
+        with pytest.raises(protocol.ProtocolError, match="header nesting deeper than 0"):
+            protocol.read_frame(
+                protocol.bytes_reader(raw_frame({"kind": "done", "x": 1})),
+                protocol.Limits(max_depth=0),
+                cache=reader_cache,
+            )
     # read under the limits the shape was checked with, unpacked under a tighter depth: the plan is not used
     frame = protocol.read_frame(protocol.bytes_reader(raw_frame(*WARM_FRAMES[0])), cache=cache)
     assert frame is not None and frame.shape is not None and frame.shape.plan is not None

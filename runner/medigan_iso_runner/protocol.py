@@ -307,6 +307,11 @@ def _read_body(readinto: Callable[[memoryview], Optional[int]], view: memoryview
         got += n
 
 
+_SCALARS = frozenset(
+    {type(None), bool, int, float, str, bytes}
+)  # what msgpack decodes to, nested types aside
+
+
 def _check_plain(value: Any, depth: int, limits: Limits) -> None:
     """Refuse anything but msgpack's plain types (no Timestamp, no ext) and too-deep nesting."""
     if depth > limits.max_depth:
@@ -534,17 +539,20 @@ class ShapeCache:
         self._entries = {}  # type: Dict[Any, _Shape]
         self._sizes = {}  # type: Dict[Any, int]
         self._bytes = 0
+        self._options = {}  # type: Dict[int, Dict[str, Any]]  # msgpack options per max_header_bytes
 
     def header(self, data: bytes, limits: Limits) -> Tuple[Dict[str, Any], Any]:
         """The header map (every value checked as plain) and the key of its structure for :meth:`shape`."""
         header = {}  # type: Dict[str, Any]
         raws = {}  # type: Dict[str, bytes]
+        shallow = limits.max_depth < 1  # then even a scalar value is too deep (as _check_plain has it)
+        options = self._options.get(limits.max_header_bytes)
+        if options is None:
+            options = self._options[limits.max_header_bytes] = _msgpack_options(limits)
         try:
             # read_size: by default msgpack allocates a 1 MiB buffer per Unpacker, and the churn made the next
             # frame's payload buffer a fresh, page-faulting mapping
-            unpacker = msgpack.Unpacker(
-                None, read_size=len(data), max_buffer_size=len(data), **_msgpack_options(limits)
-            )
+            unpacker = msgpack.Unpacker(None, read_size=len(data), max_buffer_size=len(data), **options)
             unpacker.feed(data)
             try:
                 count = unpacker.read_map_header()
@@ -562,7 +570,8 @@ class ShapeCache:
                     raws[key] = data[start : unpacker.tell()]
                 else:
                     value = unpacker.unpack()
-                    _check_plain(value, 1, limits)
+                    if shallow or type(value) not in _SCALARS:
+                        _check_plain(value, 1, limits)
                     header[key] = value
             if unpacker.tell() != len(data):
                 raise ProtocolError(f"header has {len(data) - unpacker.tell()} bytes after its map")
@@ -631,7 +640,7 @@ def read_frame(
     prefix = bytearray(PREFIX_BYTES)
     if not _read_exact(readinto, memoryview(prefix), "frame prefix"):
         return None
-    magic, header_len, payload_len = _PREFIX.unpack(bytes(prefix))
+    magic, header_len, payload_len = _PREFIX.unpack_from(prefix)
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r} (is something else writing to the protocol pipe?)")
     if header_len == 0 or header_len > limits.max_header_bytes:
