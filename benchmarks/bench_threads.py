@@ -13,12 +13,15 @@ For each package two Sessions are opened side by side, each with as many warm ru
 - ``budget``: ``Session()``, the default thread budget (issue 17, item 6): each runner gets usable CPUs //
   (warm runners + 1) when it spawns, so on 2 CPUs the runners get 2, 1, 1, ...;
 - ``no_budget``: ``Session(threads=0)``: no budget, each runner's pools start a thread per core (the behaviour
-  before item 6).
+  before item 6);
+- ``every_cpu``: ``Session(threads=CPUs)``: a control, the pool sizes of ``no_budget`` set explicitly
+  (``control_ratio_*`` = every_cpu / no_budget; with one runner it equals ``budget``, so it shows how far
+  set-vs-unset variables and the machine's noise move a ratio that should be 1.0).
 
 For each runner count ``k``, the first ``k`` runners of a Session each generate ``--samples`` samples at the
 same time (one host thread each); the clock runs from the start until the last one is done. ``cpu_s`` is the
-CPU time (user + system) of those runners and of this process over the same span. Rounds interleave the two
-Sessions (budget, no_budget, then no_budget, budget, ...) so the machine's load hits both alike; best and
+CPU time (user + system) of those runners and of this process over the same span. Rounds interleave the
+Sessions (each round starts with the next one) so the machine's load hits all alike; best and
 median are reported, and ``ratio_*`` is budget / no_budget. ``runner_tasks`` counts each runner's threads
 (/proc/PID/task) after the warm-up, which shows the pools the budget allowed.
 
@@ -202,7 +205,7 @@ def bench_kind(
 ) -> dict[str, Any]:
     most = max(runner_counts)
     catalogue, ids = write_catalogue(root / kind, kind, most)
-    variants = {"budget": None, "no_budget": 0}
+    variants = {"budget": None, "no_budget": 0, "every_cpu": usable_cpus()}
     sessions = {
         name: Session(config=str(catalogue), home=home, offline=False, sandbox=sandbox, threads=threads)
         for name, threads in variants.items()
@@ -229,7 +232,8 @@ def bench_kind(
             times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in variants}
             load_before = os.getloadavg()
             for round_ in range(rounds):
-                order = list(variants) if round_ % 2 == 0 else list(reversed(variants))
+                names = list(variants)
+                order = names[round_ % len(names) :] + names[: round_ % len(names)]
                 for name in order:
                     wall, cpu = run_concurrently(sessions[name], ids[:k], pids[name][:k], n, kwargs)
                     times[name]["wall"].append(wall)
@@ -241,11 +245,12 @@ def bench_kind(
                 "wall_s": {name: _stats(times[name]["wall"]) for name in variants},
                 "cpu_s": {name: _stats(times[name]["cpu"]) for name in variants},
             }
-            for metric in ("wall", "cpu"):
-                budget, free = times["budget"][metric], times["no_budget"][metric]
-                case[f"ratio_{metric}"] = round(min(budget) / min(free), 3)
-                medians = statistics.median(budget) / statistics.median(free)
-                case[f"ratio_{metric}_medians"] = round(medians, 3)
+            for prefix, name in (("ratio", "budget"), ("control_ratio", "every_cpu")):
+                for metric in ("wall", "cpu"):
+                    mine, free = times[name][metric], times["no_budget"][metric]
+                    case[f"{prefix}_{metric}"] = round(min(mine) / min(free), 3)
+                    medians = statistics.median(mine) / statistics.median(free)
+                    case[f"{prefix}_{metric}_medians"] = round(medians, 3)
             case["load_average"] = {"before": load_before, "after": os.getloadavg()}
             cases[f"{k}_runner{'s' if k > 1 else ''}"] = case
         return {
@@ -294,7 +299,8 @@ def main(argv: list[str]) -> int:
         },
         "cleared_from_environment": cleared,
         "sandbox": args.sandbox,
-        "ratio": "budget / no_budget (Session() / Session(threads=0)); best of rounds, and of medians",
+        "ratio": "budget / no_budget (Session() / Session(threads=0)); best of rounds, and of medians; "
+        "control_ratio: every_cpu / no_budget (Session(threads=CPUs) / Session(threads=0))",
     }
     try:
         for kind in KINDS:

@@ -64,8 +64,8 @@ def _isolation(case: str, variant: str = "") -> tuple[str, str]:
     return f"{key}.best", f"{key}.medians"
 
 
-def _threads(kind: str, case: str, metric: str) -> tuple[str, str]:
-    key = f"bench_threads.{kind}.cases.{case}.ratio_{metric}"
+def _threads(kind: str, case: str, metric: str, ratio: str = "ratio") -> tuple[str, str]:
+    key = f"bench_threads.{kind}.cases.{case}.{ratio}_{metric}"
     return key, f"{key}_medians"
 
 
@@ -119,6 +119,19 @@ ISSUE_17 = [
     ),
     Figure(
         "threads torch, CPUs+1 runners: CPU, budget / none", *_threads("torch", "{many}", "cpu"), _LE1, "-"
+    ),
+    # the control: Session(threads=CPUs) has no_budget's pool sizes set explicitly, so it should be ~1.0
+    Figure(
+        "threads numpy, CPUs+1 runners: wall, control / none",
+        *_threads("numpy", "{many}", "wall", "control_ratio"),
+        _ONE,
+        "-",
+    ),
+    Figure(
+        "threads torch, CPUs+1 runners: wall, control / none",
+        *_threads("torch", "{many}", "wall", "control_ratio"),
+        _ONE,
+        "-",
     ),
     # isolation alone: in-process seeded per batch as the runner seeds (the 1.05 target's ratio)
     Figure("warm runner / in-process, numpy zoo", *_isolation("default_malloc"), _LE105, "1.05"),

@@ -99,7 +99,11 @@ def test_bench_threads_compares_the_default_budget_with_none(
     kinds = ["numpy"] if isinstance(result["torch"].get("skipped"), str) and not os.environ.get("CI") else []
     for kind in kinds or ["numpy", "torch"]:
         report = result[kind]
-        assert report["thread_budgets"] == {"budget": [cpus, max(1, cpus // 2)], "no_budget": [None, None]}
+        assert report["thread_budgets"] == {
+            "budget": [cpus, max(1, cpus // 2)],
+            "no_budget": [None, None],
+            "every_cpu": [cpus, cpus],
+        }
         tasks = report["runner_tasks"]
         assert all(count > 1 for count in tasks["budget"] + tasks["no_budget"]), (
             tasks
@@ -109,11 +113,12 @@ def test_bench_threads_compares_the_default_budget_with_none(
         assert set(report["cases"]) == {"1_runner", "2_runners"}
         for case in report["cases"].values():
             for metric in ("wall_s", "cpu_s"):
-                for variant in ("budget", "no_budget"):
+                for variant in ("budget", "no_budget", "every_cpu"):
                     stats = case[metric][variant]
                     assert 0 < stats["best"] <= stats["median"], case
-            for ratio in ("ratio_wall", "ratio_cpu", "ratio_wall_medians", "ratio_cpu_medians"):
-                assert case[ratio] > 0, case
+            for prefix in ("ratio", "control_ratio"):
+                for ratio in ("wall", "cpu", "wall_medians", "cpu_medians"):
+                    assert case[f"{prefix}_{ratio}"] > 0, case
 
 
 def test_run_all_gathers_every_issue_17_figure(smoke_report: dict[str, dict[str, object]]) -> None:
