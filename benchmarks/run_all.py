@@ -89,6 +89,10 @@ ISSUE_17 = [
     Figure("transport shm 1 MiB / raw pipe", *_ratios(f"{_SHM}.1MiB"), (">=", 2.0), _NO_SHM),
     Figure("transport shm 4 MiB / raw pipe", *_ratios(f"{_SHM}.4MiB"), (">=", 2.0), _NO_SHM),
     Figure("transport shm 16 MiB / raw pipe", *_ratios(f"{_SHM}.16MiB"), (">=", 2.0), _NO_SHM),
+    # sample_memory="view": read-only views of the slots handed out, no host copy
+    Figure("transport shm views 1 MiB / raw pipe", *_ratios(f"{_SHM}_view.1MiB"), (">=", 2.0), _NO_SHM),
+    Figure("transport shm views 4 MiB / raw pipe", *_ratios(f"{_SHM}_view.4MiB"), (">=", 2.0), _NO_SHM),
+    Figure("transport shm views 16 MiB / raw pipe", *_ratios(f"{_SHM}_view.16MiB"), (">=", 2.0), _NO_SHM),
     Figure("CLI --version / import numpy", "bench_startup.version_over_import_numpy", None, ("<=", 1.5), "4"),
     Figure("CLI list / import numpy", "bench_startup.list_over_import_numpy", None, ("<=", 3.0), "-"),
     Figure(
