@@ -426,6 +426,23 @@ def test_shared_memory_carries_big_batches_and_the_pipe_small_ones_with_the_same
         assert a.shape == (size, size, 3) and np.array_equal(a, b)
 
 
+def test_copied_out_slots_go_back_two_at_a_time_and_the_runner_never_stalls(
+    numpy_env: Path, zoo: Path, tmp_path: Path
+) -> None:
+    # issue 17: each release write wakes the runner's reader thread, so the host gives copied-out slots
+    # back SHM_SLOTS - 1 at a time; the one held back after an odd count must not stall this request (the
+    # runner fills every slot more than once) nor the next one
+    with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log", shared_memory=True) as proc:
+        proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
+        first = collect(proc, 14, batch_size=2, seed=9, kwargs={"size": 600})
+        assert proc.shared_frames == 7 and proc.release_writes == 7 // (SHM_SLOTS - 1)
+        again = collect(proc, 14, batch_size=2, seed=9, kwargs={"size": 600})
+        assert proc.shared_frames == 14 and proc.release_writes == 14 // (SHM_SLOTS - 1)
+    assert len({a.tobytes() for a in first}) == 14
+    for a, b in zip_strict(first, again):
+        assert np.array_equal(a, b)
+
+
 def test_a_runner_that_does_not_take_up_shared_memory_keeps_the_pipe(
     numpy_env: Path, zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
