@@ -119,6 +119,7 @@ EXIT_OK = 0
 EXIT_PROTOCOL = 2
 SHM_ENV = "MEDIGAN_ISO_SHM"
 SHM_VIEW_WAIT_S = 0.1  # views: how long a batch waits for a slot before it takes the pipe
+READ_BUFFER_BYTES = 64 * 1024  # the reader's buffer for host frames
 SNAPSHOT_POOL_SIZE = 2  # batch snapshots kept for reuse (one queued, one being written)
 DIRECT_MAX_BUFFERS = (
     512  # a batch frame written by the model's thread has at most this many buffers (IOV_MAX)
@@ -145,7 +146,10 @@ class Channel:
         self.in_fd = in_fd
         self.out_fd = out_fd
         self.coalesce_bytes = 0  # of the current request: set by receive() from the generate frame
-        self._reader = open(in_fd, "rb", buffering=0, closefd=False)  # noqa: SIM115 - lives for the process
+        # Buffered: the frames one host write carries (releases go back two at a time) are read with one
+        # read(2), so the reader thread gives up and retakes the GIL once, not once per frame (issue 17).
+        # This thread is the fd's only reader.
+        self._reader = open(in_fd, "rb", buffering=READ_BUFFER_BYTES, closefd=False)  # noqa: SIM115
         self._cv = threading.Condition()
         self._outbox = None  # type: Optional[Any]
         self._pending = None  # type: Optional[_Pending]
