@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
+from _signals import sigint_default
 
 from medigan_iso.packages import tree_sha256
 
@@ -184,6 +185,7 @@ class ExploreServer:
                 text=True,
                 env=env,
                 start_new_session=True,
+                preexec_fn=sigint_default,
             )
         lines: queue.Queue[str | None] = queue.Queue()
 

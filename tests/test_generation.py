@@ -25,6 +25,7 @@ import pytest
 from _compat import zip_strict
 from _model_fixtures import write_numpy_zoo, zoo_execution
 from _pkgserver import serve
+from _signals import sigint_default
 from _zipcraft import package_zip
 
 import medigan_iso
@@ -423,7 +424,9 @@ def test_ctrl_c_stops_the_runner_and_keeps_what_was_written(
                        "--format", "npy", "--sandbox", {policy!r}]))
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(out.glob("*.npy"))) < 5 and proc.poll() is None:
         time.sleep(0.05)
