@@ -461,8 +461,7 @@ class RunnerProcess:
         self.sample_memory = "copy"
         self.shared_frames = 0  # frames whose arrays came through shared memory
         self.oversized_batch_bytes = 0  # the largest batch too big for a slot (it took the pipe)
-        self.release_writes = 0  # writes of copied-out slots back to the runner (one per SHM_SLOTS - 1)
-        self._unsent_releases: list[int] = []
+        self._release_fd: int | None = None  # the release pipe's write end until the runner takes it up
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -524,9 +523,27 @@ class RunnerProcess:
             )
         )
         shm_fd = _shared_segment(SHM_SLOTS * slot_bytes) if shared_memory else None
+        # Slots go back through a pipe of their own, which the runner's model thread drains only when it
+        # needs a slot: a release on the frame pipe woke the runner's reader thread (issue 17).
+        release_pipe: tuple[int, int] | None = None
         if shm_fd is not None:
+            try:
+                release_pipe = os.pipe2(os.O_CLOEXEC)
+                os.set_blocking(release_pipe[1], False)  # a full pipe never blocks the host
+            except OSError:
+                if release_pipe is not None:
+                    os.close(release_pipe[0])
+                    os.close(release_pipe[1])
+                    release_pipe = None
+                os.close(shm_fd)
+                shm_fd = None
+        passed: tuple[int, ...] = ()
+        if shm_fd is not None and release_pipe is not None:
             wait = int(sample_memory == "copy")  # views: a runner finding every slot held uses the pipe
-            overrides[SHM_SWITCH_ENV] = f"{shm_fd}:{SHM_SLOTS}:{slot_bytes}:{SHM_THRESHOLD_BYTES}:{wait}"
+            overrides[SHM_SWITCH_ENV] = (
+                f"{shm_fd}:{SHM_SLOTS}:{slot_bytes}:{SHM_THRESHOLD_BYTES}:{wait}:{release_pipe[0]}"
+            )
+            passed = (shm_fd, release_pipe[0])  # inherited through a launcher (bwrap) too
         overrides.update(env_overrides or {})
         env = runner_environment(private_dir, overrides=overrides)
         prefix = [part.replace(PRIVATE_DIR_PLACEHOLDER, str(private_dir)) for part in command_prefix]
@@ -543,7 +560,7 @@ class RunnerProcess:
                 env=env,
                 cwd=private_dir,
                 close_fds=True,
-                pass_fds=() if shm_fd is None else (shm_fd,),
+                pass_fds=passed,
                 start_new_session=True,
                 bufsize=0,
             )
@@ -559,12 +576,17 @@ class RunnerProcess:
             shutil.rmtree(private_dir, ignore_errors=True)
             if shm_fd is not None:
                 os.close(shm_fd)
+            if release_pipe is not None:
+                os.close(release_pipe[0])
+                os.close(release_pipe[1])
             if cgroup is not None:
                 cgroup.remove()
             raise RunnerStartError(
                 f"cannot start the runner {argv[0]}: {exc}",
                 remedy="check that the model env exists (`medigan-iso env list`) and rebuild it if not",
             ) from exc
+        if release_pipe is not None:
+            os.close(release_pipe[0])  # the runner's end
         assert popen.stderr is not None
         runner = cls(
             popen,
@@ -579,6 +601,7 @@ class RunnerProcess:
         runner._cgroup = cgroup
         runner._via_launcher = bool(command_prefix)
         runner._shm_fd = shm_fd
+        runner._release_fd = None if release_pipe is None else release_pipe[1]
         runner._shm_slot_bytes = slot_bytes
         runner.sample_memory = sample_memory
         try:
@@ -612,8 +635,13 @@ class RunnerProcess:
             if taken_up:
                 try:
                     self._shm = protocol.SharedSlots(
-                        self._shm_fd, SHM_SLOTS, self._shm_slot_bytes, views=self.sample_memory == "view"
+                        self._shm_fd,
+                        SHM_SLOTS,
+                        self._shm_slot_bytes,
+                        views=self.sample_memory == "view",
+                        release_fd=self._release_fd,
                     )
+                    self._release_fd = None  # the slots own (and close) it now
                 except (OSError, ValueError) as exc:
                     raise RunnerStartError(
                         f"cannot map the runner's shared memory: {exc}",
@@ -621,6 +649,9 @@ class RunnerProcess:
                     ) from exc
             os.close(self._shm_fd)
             self._shm_fd = None
+        if self._release_fd is not None:
+            os.close(self._release_fd)
+            self._release_fd = None
         self.hello["shared_memory"] = self.shared_memory  # what the host uses, not the runner's bool
         reported = self.hello.get("pid")
         if isinstance(reported, int) and reported != self._popen.pid:
@@ -660,11 +691,16 @@ class RunnerProcess:
             "oversized_batch_bytes": self.oversized_batch_bytes,
         }
 
+    @property
+    def release_writes(self) -> int:
+        """Slots given back to the runner so far, one byte each on the release pipe (no frame)."""
+        return 0 if self._shm is None else self._shm.release_writes
+
     def _send_releases(self) -> None:
-        """Give the runner back the slots whose last view died (queued by their finalizers, any thread)."""
+        """Retry the releases the pipe did not take at once (its finalizers write them when they can)."""
         shm = self._shm
-        while shm is not None and shm.released and not self._closed and not self._broken:
-            self._send({"kind": "release", "slot": shm.released.popleft()})
+        if shm is not None and shm.released and not self._closed and not self._broken:
+            shm.flush()
 
     @property
     def returncode(self) -> int | None:
@@ -734,6 +770,9 @@ class RunnerProcess:
         if self._shm_fd is not None:
             os.close(self._shm_fd)
             self._shm_fd = None
+        if self._release_fd is not None:
+            os.close(self._release_fd)
+            self._release_fd = None
 
     def _signal_group(self, sig: signal.Signals) -> None:
         # Only while the leader is unreaped (running or zombie) is its pid guaranteed to still name our group.
@@ -858,9 +897,7 @@ class RunnerProcess:
         if self._shm is not None and "shm" in frame.header:
             self.shared_frames += 1
             if not self._shm.views:  # the bytes are copied out: the runner may fill the slot again
-                slot = frame.header["shm"][0]
-                self._shm.release(slot)
-                self._give_back(slot)
+                self._shm.release(frame.header["shm"][0])
         elif frame.kind == "batch" and self._shm is not None and frame.arrays:
             self._note_piped_batch(sum(a.nbytes for a in frame.arrays))
         if self.sample_memory == "view":
@@ -893,30 +930,6 @@ class RunnerProcess:
                 nbytes / 2**20,
                 self._shm_slot_bytes / 2**20,
             )
-
-    def _give_back(self, slot: int) -> None:
-        """Tell the runner a copied-out slot is free; ``SHM_SLOTS - 1`` slots go back in one write.
-
-        Each write wakes the runner's reader thread, which then takes the GIL from the model's thread
-        (issue 17: 50-80 us of that thread's CPU per batch). Holding back fewer than ``SHM_SLOTS - 1``
-        cannot stall the runner: it waits for a slot only when every slot is out, and a host waiting for
-        the next frame (none in the pipe) holds at most ``SHM_SLOTS - 2`` back, so the runner has two.
-        """
-        self._unsent_releases.append(slot)
-        if len(self._unsent_releases) < max(1, SHM_SLOTS - 1):
-            return
-        data = b"".join(
-            bytes(protocol.encode_frame({"kind": "release", "slot": s})[0]) for s in self._unsent_releases
-        )
-        self._unsent_releases.clear()
-        self.release_writes += 1
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(self._in_fd, view) :]
-        except BrokenPipeError as exc:
-            self._wait_exit(1.0)
-            raise self._crashed() from exc
 
     def _send(self, header: dict[str, Any], arrays: Sequence[Any] = ()) -> None:
         try:

@@ -191,7 +191,76 @@ def test_a_viewed_slot_is_the_runners_again_only_when_its_last_view_is_garbage()
     assert np.array_equal(part, a[2:4, ::3])
     del part
     gc.collect()
-    assert slots.held == 0 and list(slots.released) == [1]  # for the host to send ``release``
+    assert slots.held == 0 and list(slots.released) == [1]  # no release pipe (closed): it stays queued
+
+
+def _segment(slots: int) -> int:
+    fd = os.memfd_create("test-shm")
+    os.ftruncate(fd, slots * SLOT)
+    return fd
+
+
+def test_releases_never_block_the_host_when_the_runner_stops_draining_its_pipe() -> None:
+    # A hostile runner can keep filling slots without reading the release pipe. The host writes releases
+    # without blocking, queues at most ``slots`` of them in memory, and never raises, from a copy-out or
+    # from a view's finalizer; what the pipe took is the slot numbers, one byte each, in order.
+    import fcntl
+
+    for views in (False, True):
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(write_end, False)
+        capacity = fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: one page
+        fd = _segment(3)
+        slots = protocol.SharedSlots(fd, 3, SLOT, views=views, release_fd=write_end)
+        os.close(fd)
+        a = np.zeros(8, np.uint8)
+        for i in range(capacity + 500):
+            frame = protocol.read_frame(protocol.bytes_reader(shm_frame([a], [i % 3, 0, 8])), shm=slots)
+            assert frame is not None
+            if not views:
+                slots.release(i % 3)
+            del frame
+            gc.collect()
+            assert slots.held == 0 and len(slots.released) <= 3
+        assert slots.release_writes == capacity and len(slots.released) == 3
+        os.set_blocking(read_end, False)
+        taken = os.read(read_end, 2 * capacity)
+        assert taken == bytes(i % 3 for i in range(capacity))
+        slots.flush()  # the runner drained: the queued releases go now
+        assert not slots.released and slots.release_writes == capacity + 3
+        slots.close()
+        os.close(read_end)
+
+
+def test_a_finalizer_after_close_writes_to_no_fd_and_a_gone_runner_drops_releases() -> None:
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(write_end, False)
+    fd = _segment(2)
+    slots = protocol.SharedSlots(fd, 2, SLOT, views=True, release_fd=write_end)
+    os.close(fd)
+    a = np.zeros(8, np.uint8)
+    frame = protocol.read_frame(protocol.bytes_reader(shm_frame([a], [1, 0, 8])), shm=slots)
+    assert frame is not None
+    slots.close()  # closes the write end; the fd number may be reused by anything
+    with pytest.raises(OSError):
+        os.fstat(write_end)
+    reused = os.open(os.devnull, os.O_WRONLY)  # likely the same number: must not receive a release
+    del frame
+    gc.collect()
+    assert slots.held == 0 and list(slots.released) == [1] and slots.release_writes == 0
+    os.close(reused)
+    os.close(read_end)
+    # the runner's end closed (it exited): a release is dropped, nothing raises
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(write_end, False)
+    fd = _segment(2)
+    slots = protocol.SharedSlots(fd, 2, SLOT, release_fd=write_end)
+    os.close(fd)
+    os.close(read_end)
+    assert protocol.read_frame(protocol.bytes_reader(shm_frame([a], [0, 0, 8])), shm=slots) is not None
+    slots.release(0)
+    assert not slots.released and slots.release_writes == 0
+    slots.close()
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ project's envs module). Nothing of ours is mocked.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -426,21 +427,98 @@ def test_shared_memory_carries_big_batches_and_the_pipe_small_ones_with_the_same
         assert a.shape == (size, size, 3) and np.array_equal(a, b)
 
 
-def test_copied_out_slots_go_back_two_at_a_time_and_the_runner_never_stalls(
-    numpy_env: Path, zoo: Path, tmp_path: Path
+def _recording(send: Any, kinds: list[str]) -> Any:
+    """The host's real frame sender, noting the kind of every frame it writes to the runner."""
+
+    def record(header: dict[str, Any], arrays: Any = ()) -> None:
+        kinds.append(header["kind"])
+        send(header, arrays)
+
+    return record
+
+
+@pytest.mark.parametrize("policy", ["copy", "view"])
+def test_slots_go_back_on_the_release_pipe_and_many_batches_match_the_pipe(
+    numpy_env: Path, zoo: Path, tmp_path: Path, policy: str
 ) -> None:
-    # issue 17: each release write wakes the runner's reader thread, so the host gives copied-out slots
-    # back SHM_SLOTS - 1 at a time; the one held back after an odd count must not stall this request (the
-    # runner fills every slot more than once) nor the next one
-    with RunnerProcess.start(numpy_env, log_path=tmp_path / "r.log", shared_memory=True) as proc:
-        proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
-        first = collect(proc, 14, batch_size=2, seed=9, kwargs={"size": 600})
-        assert proc.shared_frames == 7 and proc.release_writes == 7 // (SHM_SLOTS - 1)
-        again = collect(proc, 14, batch_size=2, seed=9, kwargs={"size": 600})
-        assert proc.shared_frames == 14 and proc.release_writes == 14 // (SHM_SLOTS - 1)
-    assert len({a.tobytes() for a in first}) == 14
-    for a, b in zip_strict(first, again):
+    # issue 17: a release frame woke the runner's reader thread; slots now go back as one byte each on a
+    # pipe of their own that the model's thread drains when it needs a slot. 20 batches cycle 3 slots
+    # several times, twice in a row, with the same bytes as a runner without shared memory.
+    sent: list[str] = []
+    got = {}
+    for on in (True, False):
+        log = tmp_path / f"{policy}-{on}.log"
+        with RunnerProcess.start(numpy_env, log_path=log, shared_memory=on, sample_memory=policy) as proc:
+            proc._send = _recording(proc._send, sent)  # type: ignore[method-assign]
+            proc.load(zoo, model_file=zoo / "weights.npy", package_name=PACKAGE_NAME)
+            got[on] = []
+            for _ in range(2):  # copied while streaming: a view's slot goes back when its batch is dropped
+                for batch in proc.generate(20, batch_size=1, seed=9, kwargs={"size": 600}):
+                    got[on] += [a.copy() for a in batch]
+                del batch
+            if on:
+                assert proc.shared_frames > 2 * SHM_SLOTS  # each slot came back more than once
+                if policy == "copy":
+                    assert proc.shared_frames == 40 and proc.release_writes == 40
+                else:
+                    assert proc.release_writes >= proc.shared_frames - SHM_SLOTS
+            else:
+                assert proc.shared_memory is None and proc.release_writes == 0
+    assert "release" not in sent and sent.count("generate") == 4
+    assert len({a.tobytes() for a in got[True][:20]}) == 20
+    for a, b in zip_strict(got[True], got[False]):
         assert np.array_equal(a, b)
+
+
+def test_the_runner_ignores_garbage_on_its_release_pipe() -> None:
+    # Bytes naming no slot, or a slot already free, free nothing; a real slot number frees that slot.
+    from medigan_iso_runner.__main__ import _SharedWriter
+
+    fd = os.memfd_create("test-shm")
+    os.ftruncate(fd, 3 * 4096)
+    read_end, write_end = os.pipe()
+    writer = _SharedWriter(fd, 3, 4096, 1, 1, read_end)
+    assert [writer.acquire() for _ in range(3)] == [0, 1, 2]
+    os.write(write_end, bytes([3, 255, 200, 1, 1, 7]))  # out of range, and slot 1 twice
+    assert writer.acquire() == 1
+    os.write(write_end, bytes([1, 0]))
+    assert writer.acquire() == 1 and writer.acquire() == 0
+    fd = os.memfd_create("test-shm")
+    os.ftruncate(fd, 3 * 4096)
+    view = _SharedWriter(fd, 3, 4096, 1, 0, os.dup(read_end))
+    assert [view.acquire() for _ in range(3)] == [0, 1, 2]
+    assert view.acquire() is None  # views: waits at most SHM_VIEW_WAIT_S, then the pipe
+    os.write(write_end, bytes([2]))
+    assert view.acquire() == 2
+    os.close(write_end)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "{fd}:3:4096:1:1",
+        "{fd}:3:4096:1:1:{fd}",
+        "{fd}:3:4096:1:1:-1",
+        "{fd}:0:4096:1:1:{r}",
+        "{fd}:3:4096:1:2:{r}",
+        "{fd}:3:4096:1:1:{r}:9",
+        "{fd}:x:4096:1:1:{r}",
+        "{fd}:300:4096:1:1:{r}",
+    ],
+)
+def test_a_malformed_shared_memory_layout_leaves_the_pipe(
+    layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medigan_iso_runner.__main__ import SHM_ENV, _SharedWriter
+
+    fd = os.memfd_create("test-shm")
+    os.ftruncate(fd, 3 * 4096)
+    read_end, write_end = os.pipe()
+    monkeypatch.setenv(SHM_ENV, layout.format(fd=fd, r=read_end))
+    assert _SharedWriter.from_env() is None
+    for end in (fd, read_end, write_end):
+        with contextlib.suppress(OSError):
+            os.close(end)
 
 
 def test_a_runner_that_does_not_take_up_shared_memory_keeps_the_pipe(

@@ -19,8 +19,9 @@ env
     ``MEDIGAN_ISO_RUNNER_PDEATHSIG=0`` skips PR_SET_PDEATHSIG (the host sets it when it
     spawns from a non-main thread: the signal fires when the spawning *thread* exits); a watchdog thread
     still exits the runner within a second of being re-parented. ``MEDIGAN_ISO_SHM``
-    (``fd:slots:slot_size:threshold[:wait]``, optional) names an inherited sealed memfd of ``slots`` slots
-    for big batches (see ``_SharedWriter``); the runner maps it, closes the fd and removes the variable
+    (``fd:slots:slot_size:threshold:wait:release_fd``, optional) names an inherited sealed memfd of
+    ``slots`` slots for big batches and the read end of the host's release pipe (see ``_SharedWriter``);
+    the runner maps the memfd, closes its fd and removes the variable
     before model code runs, and says ``shared_memory: true`` in its hello. Everything else in the
     environment is the host's allow-list.
 fds
@@ -50,8 +51,8 @@ frames (runner -> host unless marked)
         ``done`` then says ``cancelled: true``.
     host ``shutdown``: exit with code 0.
     A ``batch`` of at least ``threshold`` bytes that fits a free slot carries ``shm`` [slot, offset,
-    nbytes] and no payload: its arrays' bytes are in that slot, which stays the host's until a host
-    ``release`` {slot} arrives.
+    nbytes] and no payload: its arrays' bytes are in that slot, which stays the host's until the host
+    writes the slot's number (one byte) to the release pipe. A host ``release`` frame is read and ignored.
 exit codes
     0 after ``shutdown`` and whenever the host is gone (stdin EOF, a write to a closed pipe, the parent
     died); 2 when the host sent a malformed frame or a different protocol version.
@@ -146,7 +147,7 @@ class Channel:
         self.in_fd = in_fd
         self.out_fd = out_fd
         self.coalesce_bytes = 0  # of the current request: set by receive() from the generate frame
-        # Buffered: the frames one host write carries (releases go back two at a time) are read with one
+        # Buffered: the frames one host write carries are read with one
         # read(2), so the reader thread gives up and retakes the GIL once, not once per frame (issue 17).
         # This thread is the fd's only reader.
         self._reader = open(in_fd, "rb", buffering=READ_BUFFER_BYTES, closefd=False)  # noqa: SIM115
@@ -346,8 +347,7 @@ class Channel:
     def receive(self) -> Optional[protocol.Frame]:
         frame = protocol.read_frame(self._reader.readinto)
         while frame is not None and frame.kind == "release":
-            if self.shm is not None:
-                self.shm.release(frame.header.get("slot"))
+            # slots come back on the release pipe (see _SharedWriter); a release frame frees nothing
             frame = protocol.read_frame(self._reader.readinto)
         if frame is not None and frame.kind == "generate":
             value = frame.header.get("coalesce_bytes")
@@ -358,22 +358,37 @@ class Channel:
 class _SharedWriter:
     """The runner's side of the host's shared-memory segment (issue 17): slots it may fill, in a ring.
 
-    The host passes the segment's fd and its layout in MEDIGAN_ISO_SHM
-    ("fd:slots:slot_size:threshold[:wait]"). A batch of at least ``threshold`` bytes that fits a slot is
-    copied into a free slot and its frame names the slot instead of carrying the bytes; the slot is free
-    again when the host's ``release`` arrives. With ``wait`` 1 (the host copies every slot out at once)
-    a batch waits for a free slot. With 0 (the host hands out views, which the caller may keep as long as
-    it likes) a batch waits at most SHM_VIEW_WAIT_S for one, then takes the pipe, and so do later batches
-    without waiting until a slot comes back: the runner never waits long on a caller holding its views.
+    The host passes the segment's fd, its layout and the read end of a release pipe in MEDIGAN_ISO_SHM
+    ("fd:slots:slot_size:threshold:wait:release_fd"). A batch of at least ``threshold`` bytes that fits a
+    slot is copied into a free slot and its frame names the slot instead of carrying the bytes; the slot
+    is free again once the host has written its number (one byte) to the release pipe. Only the model's
+    thread reads that pipe, without blocking, when it needs a slot: a release wakes no thread of the
+    runner (releases sent as frames woke the reader thread, which took the GIL from the model's thread).
+    With ``wait`` 1 (the host copies every slot out at once) a batch waits for a free slot. With 0 (the
+    host hands out views, which the caller may keep as long as it likes) a batch waits at most
+    SHM_VIEW_WAIT_S for one, then takes the pipe, and so do later batches without waiting until a slot
+    comes back: the runner never waits long on a caller holding its views. EOF on the release pipe means
+    the host is gone: the runner exits with code 0, as on a write to a closed frame pipe.
     """
 
-    def __init__(self, fd: int, slots: int, slot_size: int, threshold: int, wait: int = 1) -> None:
+    def __init__(
+        self, fd: int, slots: int, slot_size: int, threshold: int, wait: int, release_fd: int
+    ) -> None:
         import mmap
 
+        if not (0 < slots < 256 and slot_size > 0 and threshold >= 0 and wait in (0, 1)):
+            raise ValueError(f"bad layout: {slots} slots of {slot_size} bytes, threshold {threshold}")
+        if release_fd < 0 or release_fd == fd:
+            raise ValueError(f"bad release fd {release_fd}")
         self.slots = slots
         self.slot_size = slot_size
         self.threshold = threshold
         self.wait = bool(wait)
+        os.set_blocking(release_fd, False)
+        os.set_inheritable(release_fd, False)  # model subprocesses do not get it
+        self._release_fd = release_fd
+        self._release_poll = select.poll()
+        self._release_poll.register(release_fd, select.POLLIN)
         self._map = mmap.mmap(
             fd, slots * slot_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
         )
@@ -381,34 +396,69 @@ class _SharedWriter:
         self._view = memoryview(self._map)
         self._free = list(range(slots))
         self._starved = False  # views: no slot came back within SHM_VIEW_WAIT_S; cleared by a release
-        self._cv = threading.Condition()
 
     @classmethod
     def from_env(cls) -> "Optional[_SharedWriter]":
         value = os.environ.pop(SHM_ENV, "")
         if not value:
             return None
-        fd = -1
+        parts = value.split(":")
         try:
-            fields = [int(part) for part in value.split(":")]
-            fd = fields[0]
+            fields = [int(part) for part in parts]
+            if len(fields) != 6:
+                raise ValueError(f"{SHM_ENV} has {len(fields)} fields, not 6")
             return cls(*fields)
         except (ValueError, TypeError, OSError) as exc:  # e.g. an address-space limit too small for the map
             log(f"shared memory unavailable, using the pipe: {exc}")
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            fds = set()
+            for part in parts[0:1] + parts[5:6]:  # the memfd and the release pipe, if they are numbers
+                with contextlib.suppress(ValueError):
+                    fds.add(int(part))
+            for fd in fds:
+                if fd > 2:  # never the std fds the protocol still uses
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
             return None
 
+    def _drain(self) -> None:
+        """Take every slot number the host has written so far, without blocking; garbage is ignored."""
+        while True:
+            try:
+                data = os.read(self._release_fd, 256)
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            except OSError:  # not a pipe any more (model code closed it): the pipe transport is left
+                self._free = []
+                self._starved = True
+                self.wait = False
+                return
+            if not data:  # the host closed its end: nobody is left to read our frames
+                os._exit(EXIT_OK)
+            for slot in data:
+                if slot < self.slots and slot not in self._free:
+                    self._free.append(slot)
+                    self._starved = False
+
     def acquire(self) -> Optional[int]:
-        with self._cv:
-            if self.wait:
-                self._cv.wait_for(lambda: self._free)
-            elif not self._free and not self._starved:
-                # views: a slot usually comes back within a frame or two; if none does, the caller holds
-                # them all, and later batches take the pipe at once until one comes back
-                self._starved = not self._cv.wait_for(lambda: self._free, SHM_VIEW_WAIT_S)
-            return self._free.pop(0) if self._free else None
+        """A free slot, or None (views: every slot held); called by the model's thread only."""
+        self._drain()
+        if not self._free and (self.wait or not self._starved):
+            # views: a slot usually comes back within a frame or two; if none does, the caller holds
+            # them all, and later batches take the pipe at once until one comes back
+            deadline = None if self.wait else time.monotonic() + SHM_VIEW_WAIT_S
+            while not self._free and (self.wait or not self._starved):
+                if deadline is None:
+                    self._release_poll.poll()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        self._starved = True
+                        break
+                    self._release_poll.poll(int(remaining * 1000) + 1)
+                self._drain()
+        return self._free.pop(0) if self._free else None
 
     def fill(self, slot: int, wire: List[np.ndarray]) -> None:
         offset = slot * self.slot_size
@@ -421,13 +471,6 @@ class _SharedWriter:
             except (TypeError, ValueError):  # a format memoryview cannot cast on this Python
                 self._view[offset : offset + size] = a.reshape(-1).view(np.uint8)
             offset += size
-
-    def release(self, slot: Any) -> None:
-        with self._cv:
-            if type(slot) is int and 0 <= slot < self.slots and slot not in self._free:
-                self._free.append(slot)
-                self._starved = False
-                self._cv.notify_all()
 
 
 class _Pending:

@@ -32,7 +32,9 @@ PROTOCOL_VERSION is part of every env key: bump it whenever frames change incomp
 import contextlib
 import hashlib
 import io
+import os
 import struct
+import threading
 import weakref
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
@@ -412,23 +414,32 @@ class SharedSlots:
     the reference against the segment and the declared arrays and marks the slot held by the host. Every
     violation is a ProtocolError.
 
-    With ``views=False`` :meth:`take` copies the bytes out; the host then sends ``release`` {slot} and calls
-    :meth:`release`, and the runner may fill that slot again. With ``views=True`` it returns a read-only
-    array over the slot itself (zero copy): the slot stays held until every array viewing it is garbage;
-    then its number lands in :attr:`released` (from whichever thread collects the last view), for the host
-    to send ``release`` from its own thread. The mapping lives as long as any view does, even after
-    :meth:`close`.
+    Slots go back to the runner through ``release_fd``, the non-blocking write end of a pipe whose read end
+    the runner drains when it needs a slot: one byte, the slot's number, per release. With
+    ``views=False`` :meth:`take` copies the bytes out and the host calls :meth:`release`. With
+    ``views=True`` it returns a read-only array over the slot itself (zero copy): the slot stays held
+    until every array viewing it is garbage; the finalizer of the last one (whichever thread collects it)
+    queues the slot and writes it if the pipe is free at once. A write never blocks and never raises: a
+    full pipe (a runner that does not drain) keeps at most ``slots`` releases queued in memory, and
+    :meth:`flush` retries them. The mapping lives as long as any view does, even after :meth:`close`.
     """
 
-    def __init__(self, fd: int, slots: int, slot_size: int, views: bool = False) -> None:
+    def __init__(
+        self, fd: int, slots: int, slot_size: int, views: bool = False, release_fd: Optional[int] = None
+    ) -> None:
         import collections
         import mmap
 
+        if not 0 < slots < 256:
+            raise ValueError(f"{slots} slots: a release is one byte, so 1..255")
         self.slots = slots
         self.slot_size = slot_size
         self.views = views
+        self.release_writes = 0  # slot numbers written to the release pipe
         self._held: Set[int] = set()
-        self.released = collections.deque()  # type: Any  # slots whose last view died, not yet released
+        self.released = collections.deque()  # type: Any  # slots given back, not yet written
+        self._release_fd = release_fd
+        self._release_lock = threading.Lock()
         self._map = mmap.mmap(fd, slots * slot_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         self._array = np.frombuffer(self._map, dtype=np.uint8)
 
@@ -462,14 +473,52 @@ class SharedSlots:
         return out
 
     def _drop(self, slot: int) -> None:
-        # may run in any thread, inside any allocation: only atomic container operations here
+        # may run in any thread, inside any allocation, at exit: no blocking call, no exception
         self._held.discard(slot)
-        self.released.append(slot)
+        self._queue(slot)
+        with contextlib.suppress(Exception):
+            self.flush(blocking=False)
+
+    def _queue(self, slot: int) -> None:
+        # an honest runner has at most ``slots`` releases outstanding; more queued means the pipe is full
+        # because the runner does not drain it, and that runner loses the extra ones
+        if len(self.released) < self.slots:
+            self.released.append(slot)
 
     def release(self, slot: int) -> None:
+        """The host is done with ``slot`` (copied out): give it back to the runner."""
         self._held.discard(slot)
+        self._queue(slot)
+        self.flush()
+
+    def flush(self, blocking: bool = True) -> None:
+        """Write the queued releases that the pipe takes now; the rest stay queued. Never blocks on I/O.
+
+        ``blocking=False`` (finalizers) skips the flush if another flush holds the lock, which may be this
+        very thread, interrupted by a garbage collection.
+        """
+        if not self._release_lock.acquire(blocking):
+            return
+        try:
+            while self.released and self._release_fd is not None:
+                slot = self.released.popleft()
+                try:
+                    os.write(self._release_fd, bytes((slot,)))
+                except BlockingIOError:  # full: the runner does not drain; try again later
+                    self.released.appendleft(slot)
+                    return
+                except OSError:  # the runner is gone (EPIPE): nobody needs the slot any more
+                    self.released.clear()
+                    return
+                self.release_writes += 1
+        finally:
+            self._release_lock.release()
 
     def close(self) -> None:
+        with self._release_lock:  # no finalizer writes to the fd number once it is closed (and reused)
+            if self._release_fd is not None:
+                os.close(self._release_fd)
+                self._release_fd = None
         self._array = None  # type: ignore[assignment]
         with contextlib.suppress(BufferError):  # a view is still alive; the mapping goes with the last one
             self._map.close()
