@@ -299,7 +299,9 @@ class Session:
     through shared memory are views of the slot itself, with no copy. A slot goes back to the runner when
     every array viewing it is garbage; a runner whose slots are all held waits at most 0.1 s for one, then
     sends through the pipe (and goes on doing so without waiting until a slot comes back), so holding views
-    never stalls a request. Views stay valid after the Session closes.
+    never stalls a request. Views stay valid after the Session closes. Read-only means read-only for you:
+    the runner maps the segment writable, so a model could still change the bytes of a view it handed out.
+    Keep ``"copy"`` (the default, and what the CLI uses) when you hash or compare samples in memory.
     """
 
     def __init__(
