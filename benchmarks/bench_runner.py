@@ -13,6 +13,7 @@ ready excluding model imports <= 150 ms; host RSS while streaming 100,000 128x12
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -275,6 +276,20 @@ def _stream_rate(proc: RunnerProcess, nbytes: int, count: int) -> tuple[float, i
     return nbytes * count / (time.perf_counter() - started) / 2**30, stream.frames
 
 
+def _process_cpu_s(pid: int) -> float:
+    """CPU seconds of a process's live threads, to the nanosecond (/proc/PID/task/*/schedstat, which counts
+    a thread's time on a CPU: user and system); NaN when unreadable. Threads that already ended are not
+    counted: the runner's reader and writer live as long as it does."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+                total += int((task / "schedstat").read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return total / 1e9
+
+
 def bench_throughput(
     python: Path, fast: Path, work: Path, repeats: int, *, volume_bytes: int = 1 << 30
 ) -> dict[str, Any]:
@@ -285,7 +300,9 @@ def bench_throughput(
     ``pipe`` runs with shared memory off, ``shared_memory`` with it on (batches of at least
     SHM_THRESHOLD_BYTES travel through the memfd slots; smaller ones still take the pipe), and
     ``shared_memory_view`` with ``sample_memory="view"`` (read-only views of the slots, no host copy; each
-    batch is dropped at once, so its slot goes back to the runner).
+    batch is dropped at once, so its slot goes back to the runner). ``host_cpu_us_per_array`` and
+    ``runner_cpu_us_per_array`` are the CPU each side spent per array: unlike the ratio, they barely move
+    with the machine's load, so they tell whether a change made the transport itself dearer.
     """
     variants = ("pipe", "shared_memory", "shared_memory_view")
     results: dict[str, dict[str, Any]] = {key: {} for key in variants}
@@ -301,13 +318,18 @@ def bench_throughput(
             rates: dict[str, list[float]] = {key: [] for key in (*variants, "raw")}
             frames: dict[str, int] = {}
             shared: dict[str, int] = {}
+            cpu_us: dict[str, dict[str, list[float]]] = {key: {"host": [], "runner": []} for key in variants}
             for proc in procs.values():
                 proc.load(fast, model_file=fast / "weights.bin", package_name="fast")
                 _stream_rate(proc, nbytes, 2)
             for _ in range(repeats):  # interleaved with the raw copy so all see the same machine load
                 for key, proc in procs.items():
                     before = proc.shared_frames
+                    runner_pid = int(proc.hello.get("pid", proc.pid))  # the runner itself, sandboxed too
+                    host_cpu, runner_cpu = time.process_time(), _process_cpu_s(runner_pid)
                     rate, frames[key] = _stream_rate(proc, nbytes, count)
+                    cpu_us[key]["host"].append((time.process_time() - host_cpu) / count * 1e6)
+                    cpu_us[key]["runner"].append((_process_cpu_s(runner_pid) - runner_cpu) / count * 1e6)
                     shared[key] = proc.shared_frames - before
                     rates[key].append(rate)
                 rates["raw"].append(raw_pipe_gib_s(python, nbytes, count))
@@ -323,6 +345,11 @@ def bench_throughput(
                 "raw_pipe_gib_s": round(raw, 3),
                 "ratio": round(best / raw, 3),
                 "ratio_medians": round(statistics.median(rates[key]) / statistics.median(rates["raw"]), 3),
+                # CPU per array (batch), median of the repeats: what a change to the transport costs, which
+                # the wall-clock ratio on a loaded 2-core machine hides (issue 17); the host's covers its
+                # whole process, the runner's all its threads
+                "host_cpu_us_per_array": round(statistics.median(cpu_us[key]["host"]), 1),
+                "runner_cpu_us_per_array": round(statistics.median(cpu_us[key]["runner"]), 1),
             }
     return {
         **results,

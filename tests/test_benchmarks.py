@@ -121,6 +121,20 @@ def test_bench_threads_compares_the_default_budget_with_none(
                     assert case[f"{prefix}_{ratio}"] > 0, case
 
 
+def test_frame_throughput_reports_cpu_per_array_on_both_sides(
+    smoke_report: dict[str, dict[str, object]],
+) -> None:
+    # the wall-clock ratio moves with the machine's load; CPU per array tells a dearer transport apart
+    result = smoke_report["bench_runner"]["result"]
+    assert isinstance(result, dict)
+    throughput = result["frame_throughput"]
+    for variant in ("pipe", "shared_memory", "shared_memory_view"):
+        for size, case in throughput[variant].items():
+            for side in ("host", "runner"):
+                value = case[f"{side}_cpu_us_per_array"]
+                assert isinstance(value, float) and value > 0, (variant, size, case)
+
+
 def test_run_all_gathers_every_issue_17_figure(smoke_report: dict[str, dict[str, object]]) -> None:
     # `tox -e bench` prints each of issue 17's figures as a ratio: after a full (smoke) run none is missing,
     # so a benchmark that renames a key the summary reads fails here
