@@ -254,7 +254,9 @@ class Channel:
             view = None  # type: ignore[assignment]
             with self._cv:
                 self._busy = False
-                self._cv.notify_all()
+                # no notify, as in _write_now: every send and flush() runs on this thread, and the writer
+                # waits for the outbox or a pending frame only; waking it cost a futex wake-up and a GIL
+                # handoff per shared-memory batch (issue 17)
 
     def _write_now(self, header: Dict[str, Any], arrays: Any) -> None:
         """Write a frame from this thread as far as the pipe takes it; snapshot the rest for the writer."""
