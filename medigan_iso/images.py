@@ -28,9 +28,11 @@ import collections
 import contextlib
 import csv
 import errno
+import hashlib
 import io
 import os
 import stat
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -189,12 +191,30 @@ def write_exclusive(path: Path, data: bytes, *, before_link: Callable[[], object
     manifest line goes there, so a killed run never leaves a file its manifest does not name (at worst the
     manifest's last line names a file that did not land).
     """
+    tmp = _stage(path, data)
+    _link_staged(tmp, path, before_link)
+
+
+def _stage(path: Path, data: bytes) -> Path:
+    """Write ``data`` whole to a new hidden temp file next to ``path`` and return its name."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, 0o644)
     try:
-        fd = os.open(tmp, flags, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        _discard(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _link_staged(tmp: Path, path: Path, before_link: Callable[[], object] | None) -> None:
+    """Link the staged ``tmp`` to ``path`` (see :func:`write_exclusive`) and remove ``tmp`` in any case."""
+    try:
         if before_link is not None:
             if os.path.lexists(path):
                 raise OutputExistsError(path)
@@ -204,11 +224,25 @@ def write_exclusive(path: Path, data: bytes, *, before_link: Callable[[], object
         except FileExistsError as exc:
             raise OutputExistsError(path) from exc
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        _discard(tmp)
+
+
+def _discard(tmp: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
 
 
 _write_exclusive = write_exclusive
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A file encoded and written to its hidden temp name on a pool thread, waiting to be linked."""
+
+    path: Path
+    tmp: Path
+    digest: str
+    size: int
 
 
 @dataclass
@@ -220,11 +254,14 @@ class SampleWriter:
 
     ``workers`` > 0 encodes files (PNG compression, .npy) on a pool of that many threads, overlapping with
     the caller reading the next batch (issue 17: encoding on the caller's thread made ``generate -n 3000``
-    1.65x slower than the same request without files). Files still land one by one in submission order,
-    each written to a temporary name and linked into place by the caller's thread, so ``files``, the
-    manifest and the directory keep the serial writer's order and atomicity; at most ``4 x workers``
-    encoded files wait in memory. :meth:`close` (or :meth:`flush`) lands everything submitted; an encoding
-    error is raised there or at a later write.
+    1.65x slower than the same request without files). A pool thread also writes each file whole to its
+    hidden temporary name and hashes it (file syscalls release the GIL: on the caller's thread each one
+    waited for the GIL behind the encoders, the convoy that made the pool gain nothing). Files still land
+    one by one in submission order, linked into place by the caller's thread after their manifest line,
+    so ``files``, the manifest and the directory keep the serial writer's order and atomicity; at most
+    ``4 x workers`` encoded files wait (in memory or as hidden ``*.part`` files, removed on failure).
+    :meth:`close` (or :meth:`flush`) lands everything submitted; an encoding error is raised there or at
+    a later write.
     """
 
     directory: Path
@@ -237,9 +274,9 @@ class SampleWriter:
     _labels: list[tuple[int, str]] = field(default_factory=list)
     _index: int | None = None
     _pool: Any = None
-    _pending: collections.deque[tuple[Future[tuple[Path, bytes]], int | None]] = field(
-        default_factory=collections.deque
-    )
+    _staged: set[Path] = field(default_factory=set)
+    _staged_lock: threading.Lock = field(default_factory=threading.Lock)
+    _pending: collections.deque[tuple[Future[_Staged], int | None]] = field(default_factory=collections.deque)
 
     def __post_init__(self) -> None:
         if self.fmt not in ("png", "npy"):
@@ -288,9 +325,13 @@ class SampleWriter:
             self.flush()
         finally:
             if self._pool is not None:
+                self._abandon_pending()
                 self._pool.shutdown(wait=True, cancel_futures=True)
                 self._pool = None
-                self._pending.clear()
+                with self._staged_lock:
+                    for tmp in self._staged:  # encoded but never linked (an error or an interrupt)
+                        _discard(tmp)
+                    self._staged.clear()
         if not self._labels:
             return
         buffer = io.StringIO()
@@ -299,8 +340,7 @@ class SampleWriter:
         for index, label in self._labels:
             writer.writerow([f"sample_{index:05d}", label])
         path = self.directory / "labels.csv"
-        self._land(path, buffer.getvalue().encode("utf-8"), None, kind="labels")
-        self.files.append(path)
+        self._land(path, buffer.getvalue().encode("utf-8"), None, kind="labels")  # _land lists it in files
 
     def _write_array(self, stem: str, array: npt.NDArray[Any]) -> None:
         image = _png_layout(array) if self.fmt == "png" else None
@@ -314,7 +354,7 @@ class SampleWriter:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="medigan-iso-writer")
         # the model's buffer may be reused after this batch: the pool gets its own copy of the pixels
         own = np.array(image if image is not None else array, copy=True)
-        job = self._pool.submit(self._encode, stem, own, own if image is not None else None)
+        job = self._pool.submit(self._encode_and_stage, stem, own, own if image is not None else None)
         self._pending.append((job, self._index))
         while self._pending and (len(self._pending) > 4 * self.workers or self._pending[0][0].done()):
             self._land_next()
@@ -331,17 +371,43 @@ class SampleWriter:
         Image.fromarray(to_uint8(image)).save(buffer, format="PNG")
         return self.directory / f"{stem}.png", buffer.getvalue()
 
+    def _encode_and_stage(
+        self, stem: str, array: npt.NDArray[Any], image: npt.NDArray[Any] | None
+    ) -> _Staged:
+        """On a pool thread: encode, write the bytes to a hidden temp file and hash them (not linked yet)."""
+        path, data = self._encode(stem, array, image)
+        digest = hashlib.sha256(data).hexdigest()
+        tmp = _stage(path, data)
+        with self._staged_lock:  # whatever interrupts the caller, close() finds and removes it
+            self._staged.add(tmp)
+        return _Staged(path, tmp, digest, len(data))
+
     def _land_next(self) -> None:
         future, index = self._pending.popleft()
+        manifest = self.manifest
         try:
-            path, data = future.result()
-            self._land(path, data, index)
+            staged = future.result()
+            _link_staged(
+                staged.tmp,
+                staged.path,
+                None
+                if manifest is None
+                else lambda: manifest.record(
+                    staged.path.name, sha256=(staged.digest, staged.size), sample_index=index, kind="sample"
+                ),
+            )
         except BaseException:
-            # as the serial writer: nothing after the first failure lands (close() must not write on)
-            for later, _ in self._pending:
-                later.cancel()
-            self._pending.clear()
+            self._abandon_pending()  # this file's temp name stays in _staged too: close() removes it
             raise
+        with self._staged_lock:
+            self._staged.discard(staged.tmp)  # linked and its temp name removed by _link_staged
+        self.files.append(staged.path)
+
+    def _abandon_pending(self) -> None:
+        """As the serial writer: nothing after the first failure lands (close() removes their temp files)."""
+        for later, _ in self._pending:
+            later.cancel()
+        self._pending.clear()
 
     def _land(self, path: Path, data: bytes, index: int | None, *, kind: str = "sample") -> None:
         manifest = self.manifest

@@ -70,3 +70,26 @@ def test_an_existing_file_still_raises_output_exists(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"sample_0000{i}.png" for i in range(3)]
     with pytest.raises(ValueError, match="workers must be an int >= 0"):
         SampleWriter(tmp_path / "x", workers=-1)
+
+
+def test_pooled_files_hashed_on_the_pool_verify_against_their_manifest(tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    import medigan_iso
+    from medigan_iso.manifest import ManifestWriter, RunContext
+
+    writer = SampleWriter(tmp_path, fmt="png", workers=2)
+    writer.manifest = ManifestWriter(tmp_path, RunContext({"model_id": "m", "batch_size": 8, "seed": 1}))
+    batch = samples(24)
+    for first in range(0, 24, 8):
+        writer.write_batch(first, batch[first : first + 8])
+    writer.close()
+    writer.manifest.finish("complete")
+    lines = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert [line["path"] for line in lines] == [p.name for p in writer.files]  # in landing order
+    for line in lines:
+        data = (tmp_path / line["path"]).read_bytes()
+        assert (line["sha256"], line["size"]) == (hashlib.sha256(data).hexdigest(), len(data))
+    report = medigan_iso.verify(tmp_path)
+    assert report.ok and report.extra == () and report.missing == ()
